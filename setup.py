@@ -1,0 +1,39 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'terrain_ssl'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*', 'bench']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
+        ('share/' + package_name + '/config', glob('config/*.yaml')),
+    ],
+    # rclpy and the message packages come from the ROS 2 distro (colcon) or from
+    # requirements-ros.txt (plain venv); they are deliberately not install_requires.
+    install_requires=['setuptools', 'numpy', 'scipy', 'scikit-learn', 'rosbags', 'PyYAML'],
+    extras_require={
+        'perception': ['open3d', 'opencv-python-headless'],
+        'report': ['matplotlib'],
+        'test': ['pytest'],
+    },
+    zip_safe=True,
+    maintainer='terrain_ssl developers',
+    maintainer_email='dev@terrain-ssl.invalid',
+    description='Online self-supervised terrain-roughness learning for off-road ground robots.',
+    license='Apache-2.0',
+    tests_require=['pytest'],
+    entry_points={
+        'console_scripts': [
+            'roughness_labeler = terrain_ssl.ros.labeler_node:main',
+            'roughness_learner = terrain_ssl.ros.learner_node:main',
+            'speed_advisor = terrain_ssl.ros.advisor_node:main',
+            'terrain-ssl = terrain_ssl.cli:main',
+        ],
+    },
+)

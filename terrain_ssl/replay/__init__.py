@@ -1,0 +1,1 @@
+"""Bag reading, deterministic offline replay through the nodes, and the evaluation report."""

@@ -1,0 +1,230 @@
+"""ROS message <-> numpy conversion: PointCloud2, Imu, Odometry and stamps.
+
+PointCloud2 is read by viewing its bytes through a numpy structured dtype whose itemsize is the
+cloud's point_step, so padding, extra fields (ring, time, reflectivity...), big-endian data,
+``count`` > 1 and organised clouds all come for free and nothing is copied until a field is used.
+Building a cloud assigns ``bytes`` to ``data``: assigning a numpy array is ~100x slower.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import PointCloud2, PointField
+
+__all__ = [
+    'MalformedCloudError',
+    'stamp_to_ns',
+    'ns_to_stamp',
+    'pointcloud2_dtype',
+    'pointcloud2_to_array',
+    'pointcloud2_to_xyz',
+    'array_to_pointcloud2',
+    'xyz_fields_to_pointcloud2',
+    'imu_to_arrays',
+    'odometry_to_arrays',
+]
+
+# PointField.datatype -> numpy type code (byte order added per cloud).
+_DATATYPE_TO_CODE = {
+    PointField.INT8: 'i1',
+    PointField.UINT8: 'u1',
+    PointField.INT16: 'i2',
+    PointField.UINT16: 'u2',
+    PointField.INT32: 'i4',
+    PointField.UINT32: 'u4',
+    PointField.FLOAT32: 'f4',
+    PointField.FLOAT64: 'f8',
+}
+_CODE_TO_DATATYPE = {code: datatype for datatype, code in _DATATYPE_TO_CODE.items()}
+
+_NS_PER_S = 1_000_000_000
+
+
+class MalformedCloudError(ValueError):
+    """A PointCloud2 whose layout or data cannot be interpreted."""
+
+
+def stamp_to_ns(stamp) -> int:
+    """builtin_interfaces/Time (or anything with sec, nanosec) -> integer nanoseconds."""
+    return int(stamp.sec) * _NS_PER_S + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    """Integer nanoseconds -> builtin_interfaces/Time (floor division keeps nanosec in [0, 1e9))."""
+    sec, nanosec = divmod(int(ns), _NS_PER_S)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def pointcloud2_dtype(fields, point_step: int, is_bigendian: bool) -> np.dtype:
+    """The structured dtype of one point, itemsize = point_step; raises MalformedCloudError."""
+    if point_step <= 0 and fields:
+        raise MalformedCloudError(f'point_step is {point_step}, must be > 0')
+    order = '>' if is_bigendian else '<'
+    names, formats, offsets = [], [], []
+    for field in fields:
+        code = _DATATYPE_TO_CODE.get(field.datatype)
+        if code is None:
+            raise MalformedCloudError(
+                f"field '{field.name}' has unknown datatype {field.datatype} (valid: 1..8)")
+        count = max(int(field.count), 1)
+        size = np.dtype(code).itemsize * count
+        if field.offset < 0 or field.offset + size > point_step:
+            raise MalformedCloudError(
+                f"field '{field.name}' (offset {field.offset}, {size} bytes) runs past "
+                f'point_step {point_step}')
+        if field.name in names:
+            raise MalformedCloudError(f"field '{field.name}' appears twice")
+        names.append(field.name)
+        formats.append((order + code, (count,)) if count > 1 else order + code)
+        offsets.append(field.offset)
+    return np.dtype({'names': names, 'formats': formats, 'offsets': offsets,
+                     'itemsize': max(point_step, 1)})
+
+
+def pointcloud2_to_array(msg: PointCloud2) -> np.ndarray:
+    """PointCloud2 -> structured array of shape (height * width,), one named field per PointField.
+
+    A read-only view on the message bytes where the rows are not padded; a copy otherwise.
+    Organised clouds are flattened row-major (index = row * width + column).
+    """
+    dtype = pointcloud2_dtype(msg.fields, msg.point_step, msg.is_bigendian)
+    height, width = int(msg.height), int(msg.width)
+    n_points = height * width
+    if n_points == 0:
+        return np.zeros(0, dtype=dtype)
+    row_bytes = width * msg.point_step
+    if msg.row_step < row_bytes:
+        raise MalformedCloudError(
+            f'row_step {msg.row_step} is smaller than width*point_step = {row_bytes}')
+    expected = height * msg.row_step
+    data = msg.data
+    if len(data) != expected:
+        raise MalformedCloudError(
+            f'data has {len(data)} bytes, expected height*row_step = {height}*{msg.row_step} '
+            f'= {expected}')
+    buffer = data if isinstance(data, (bytes, bytearray, memoryview)) else bytes(data)
+    if msg.row_step == row_bytes:
+        return np.frombuffer(buffer, dtype=dtype, count=n_points)
+    rows = np.frombuffer(buffer, dtype=np.uint8).reshape(height, msg.row_step)[:, :row_bytes]
+    return np.ascontiguousarray(rows).view(dtype).reshape(n_points)
+
+
+def pointcloud2_to_xyz(msg: PointCloud2, skip_nans: bool = True) -> np.ndarray:
+    """PointCloud2 -> (N, 3) float64 x, y, z in the cloud's frame (m).
+
+    With skip_nans, points with any non-finite coordinate (no-return markers of organised,
+    non-dense clouds, or corrupted values) are dropped.
+    """
+    names = [field.name for field in msg.fields]
+    missing = [axis for axis in ('x', 'y', 'z') if axis not in names]
+    if missing:
+        raise MalformedCloudError(f'cloud has no {"/".join(missing)} field (fields: {names})')
+    points = pointcloud2_to_array(msg)
+    columns = [points[axis] for axis in ('x', 'y', 'z')]
+    if any(column.ndim > 1 for column in columns):
+        raise MalformedCloudError("an x/y/z field has count > 1")
+    if skip_nans:
+        # One pass over a sum finds every non-finite point (NaN and Inf propagate); a row-wise
+        # boolean index of an (N, 3) array is ~5x slower than compressing each column.
+        finite = np.isfinite(columns[0].astype(np.float64) + columns[1] + columns[2])
+        if not finite.all():  # no-return markers, or a driver that claims is_dense but lies
+            columns = [column[finite] for column in columns]
+    xyz = np.empty((columns[0].shape[0], 3), dtype=np.float64)
+    for index, column in enumerate(columns):
+        xyz[:, index] = column
+    return xyz
+
+
+def _fields_from_dtype(dtype: np.dtype) -> tuple[list[PointField], bool]:
+    fields = []
+    big_endian = None
+    for name in dtype.names:
+        field_dtype, offset = dtype.fields[name][:2]
+        base, shape = field_dtype.base, field_dtype.shape
+        code = base.kind + str(base.itemsize)
+        datatype = _CODE_TO_DATATYPE.get(code)
+        if datatype is None:
+            raise ValueError(f"field '{name}' has dtype {base}, which PointCloud2 cannot carry")
+        if base.itemsize > 1 and base.byteorder in '<>':
+            field_big = base.byteorder == '>'
+            if big_endian is not None and field_big != big_endian:
+                raise ValueError('fields mix big- and little-endian byte orders')
+            big_endian = field_big
+        count = int(np.prod(shape)) if shape else 1
+        fields.append(PointField(name=name, offset=offset, datatype=datatype, count=count))
+    return fields, bool(big_endian)
+
+
+def array_to_pointcloud2(points: np.ndarray, frame_id: str, stamp_ns: int,
+                         height: int = 1) -> PointCloud2:
+    """Structured array (one point per element) -> PointCloud2, unorganised or with `height` rows."""
+    if points.dtype.names is None:
+        raise ValueError('array_to_pointcloud2 needs a structured array (named fields)')
+    points = np.ascontiguousarray(points).reshape(-1)
+    if height < 1 or points.shape[0] % height:
+        raise ValueError(f'{points.shape[0]} points cannot form {height} rows')
+    fields, big_endian = _fields_from_dtype(points.dtype)
+    msg = PointCloud2()
+    msg.header.frame_id = frame_id
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.height = height
+    msg.width = points.shape[0] // height
+    msg.fields = fields
+    msg.is_bigendian = big_endian
+    msg.point_step = points.dtype.itemsize
+    msg.row_step = msg.point_step * msg.width
+    msg.data = points.tobytes()
+    dense = True
+    for name in points.dtype.names:
+        if points.dtype.fields[name][0].base.kind == 'f' and not np.isfinite(points[name]).all():
+            dense = False
+            break
+    msg.is_dense = dense
+    return msg
+
+
+def xyz_fields_to_pointcloud2(columns: dict, frame_id: str, stamp_ns: int) -> PointCloud2:
+    """Named 1-D columns of equal length -> unorganised PointCloud2 with all-float32 fields."""
+    if not columns:
+        raise ValueError('no columns given')
+    lengths = {name: np.shape(values)[0] for name, values in columns.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f'columns differ in length: {lengths}')
+    n_points = next(iter(lengths.values()))
+    points = np.empty(n_points, dtype=[(name, '<f4') for name in columns])
+    for name, values in columns.items():
+        points[name] = values
+    return array_to_pointcloud2(points, frame_id, stamp_ns)
+
+
+def imu_to_arrays(msg):
+    """sensor_msgs/Imu -> (t_ns, accel (3,) m/s^2, gyro (3,) rad/s, quat xyzw (4,) or None).
+
+    The orientation is None when the driver marks it unavailable (orientation_covariance[0] == -1,
+    REP 145) or sends a zero quaternion.
+    """
+    accel = np.array([msg.linear_acceleration.x, msg.linear_acceleration.y,
+                      msg.linear_acceleration.z])
+    gyro = np.array([msg.angular_velocity.x, msg.angular_velocity.y, msg.angular_velocity.z])
+    q = msg.orientation
+    quat = np.array([q.x, q.y, q.z, q.w])
+    if msg.orientation_covariance[0] == -1.0 or not np.isfinite(quat).all() \
+            or np.dot(quat, quat) < 1e-6:
+        quat = None
+    return stamp_to_ns(msg.header.stamp), accel, gyro, quat
+
+
+def odometry_to_arrays(msg):
+    """nav_msgs/Odometry -> (t_ns, position (3,) m, quat xyzw (4,), v (3,) m/s, w (3,) rad/s).
+
+    Position and orientation are in header.frame_id; velocities in child_frame_id (REP 105).
+    """
+    pose = msg.pose.pose
+    twist = msg.twist.twist
+    position = np.array([pose.position.x, pose.position.y, pose.position.z])
+    quat = np.array([pose.orientation.x, pose.orientation.y, pose.orientation.z,
+                     pose.orientation.w])
+    linear = np.array([twist.linear.x, twist.linear.y, twist.linear.z])
+    angular = np.array([twist.angular.x, twist.angular.y, twist.angular.z])
+    return stamp_to_ns(msg.header.stamp), position, quat, linear, angular
