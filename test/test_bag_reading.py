@@ -1,0 +1,110 @@
+"""Reading bags of every supported kind into rclpy messages, with counts checked."""
+
+import numpy as np
+from sensor_msgs.msg import PointCloud2
+import pytest
+from bag_factory import (make_messages, write_empty_rosbag2, write_ros1_bag, write_rosbag2,
+                         write_split_rosbag2)
+
+from terrain_ssl.replay.bag import Bag, BagError, ReadCounts
+from terrain_ssl.ros.conversions import pointcloud2_to_xyz, stamp_to_ns
+
+
+def _read_all(path, overrides=None):
+    counts = ReadCounts()
+    with Bag(path) as bag:
+        roles = bag.resolve_inputs(overrides)
+        messages = list(bag.messages(roles.values(), counts))
+    return roles, messages, counts
+
+
+def _check_same(messages, expected):
+    assert len(messages) == len(expected)
+    for got, (topic, stamp, msg) in zip(messages, expected):
+        assert got.topic == topic and got.stamp_ns == stamp
+        assert stamp_to_ns(got.message.header.stamp) == stamp
+        assert type(got.message) is type(msg)
+    clouds = [(g.message, m) for g, (_, _, m) in zip(messages, expected) if isinstance(m, PointCloud2)]
+    for got, sent in clouds:
+        np.testing.assert_array_equal(pointcloud2_to_xyz(got), pointcloud2_to_xyz(sent))
+
+
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+def test_rosbag2_both_storages(tmp_path, storage):
+    expected = make_messages()
+    path = write_rosbag2(tmp_path / 'bag', expected, storage)
+    roles, messages, counts = _read_all(path)
+    assert roles == {'imu': '/imu/data', 'points': '/points', 'odom': '/odom'}
+    _check_same(messages, expected)
+    assert counts.mismatches() == {} and counts.read['/imu/data'] == 100
+
+
+def test_single_file_of_a_bag(tmp_path):
+    path = write_rosbag2(tmp_path / 'bag', make_messages(), 'mcap')
+    (mcap_file,) = path.glob('*.mcap')
+    _, messages, _ = _read_all(mcap_file)
+    assert len(messages) == len(make_messages())
+
+
+def test_split_bag(tmp_path):
+    expected = make_messages(duration_s=2.0)
+    path = write_split_rosbag2(tmp_path / 'split', expected)
+    assert len(list(path.glob('*.db3'))) == 2
+    _, messages, counts = _read_all(path)
+    _check_same(messages, expected)
+    assert counts.mismatches() == {}
+
+
+def test_ros1_bag(tmp_path):
+    expected = make_messages()
+    path = write_ros1_bag(tmp_path / 'drive.bag', expected)
+    roles, messages, counts = _read_all(path)
+    assert roles['points'] == '/points'
+    _check_same(messages, expected)
+    imu = next(m.message for m in messages if m.topic == '/imu/data')
+    assert imu.linear_acceleration.z == pytest.approx(9.81)
+    assert imu.header.frame_id == 'imu_link'
+
+
+def test_non_default_topic_names_detected_by_type(tmp_path):
+    expected = make_messages(imu_topic='/vectornav/imu', points_topic='/os1/points',
+                             odom_topic='/wheel/odometry')
+    path = write_rosbag2(tmp_path / 'bag', expected)
+    roles, messages, _ = _read_all(path)
+    assert roles == {'imu': '/vectornav/imu', 'points': '/os1/points', 'odom': '/wheel/odometry'}
+    assert len(messages) == len(expected)
+
+
+def test_ambiguous_and_explicit_topics(tmp_path):
+    messages = make_messages() + [(t.replace('/points', '/points2'), s, m)
+                                  for t, s, m in make_messages() if t == '/points']
+    messages.sort(key=lambda item: item[1])
+    path = write_rosbag2(tmp_path / 'bag', messages)
+    with pytest.raises(BagError, match='several sensor_msgs/msg/PointCloud2 topics'):
+        _read_all(path)
+    roles, _, _ = _read_all(path, {'points': '/points2'})
+    assert roles['points'] == '/points2'
+    with pytest.raises(BagError, match='/nope'):
+        _read_all(path, {'points': '/nope'})
+
+
+def test_missing_topic_named(tmp_path):
+    path = write_rosbag2(tmp_path / 'bag', [m for m in make_messages() if m[0] != '/odom'])
+    with pytest.raises(BagError, match='no nav_msgs/msg/Odometry topic'):
+        _read_all(path)
+
+
+def test_empty_bag(tmp_path):
+    path = write_empty_rosbag2(tmp_path / 'bag', [('/imu/data', 'sensor_msgs/msg/Imu'),
+                                                  ('/points', 'sensor_msgs/msg/PointCloud2'),
+                                                  ('/odom', 'nav_msgs/msg/Odometry')])
+    roles, messages, counts = _read_all(path)
+    assert messages == [] and counts.mismatches() == {}
+
+
+def test_not_a_bag(tmp_path):
+    with pytest.raises(BagError, match='does not exist'):
+        Bag(tmp_path / 'nothing')
+    (tmp_path / 'dir').mkdir()
+    with pytest.raises(BagError, match='metadata.yaml'):
+        Bag(tmp_path / 'dir')
