@@ -1,0 +1,420 @@
+"""Online roughness regressor: patch features -> roughness ((m/s^2)/(m/s)) with an uncertainty.
+
+Pipeline per batch (KISS):
+
+    features --(online standardisation, Welford)--> z
+    z --(random Fourier features, RBFSampler drawn once)--> phi (float32)
+    log(roughness + floor) --(online standardisation)--> target
+    phi, target --> K SGDRegressor members, each seeing every sample with a Poisson(1) weight
+                    (online bagging, Oza & Russell 2001)
+
+Prediction is the ensemble mean mapped back through exp (a median estimate, the MAE-optimal
+point). The log-space standard deviation combines three parts, because the advisor needs to be
+careful for each reason:
+  * the ensemble spread (epistemic: members disagree where data are few),
+  * the running prequential residual (aleatoric: labels are noisy even where we know the terrain),
+  * a novelty term: `novelty_scale` times the standardised distance outside the feature range
+    seen so far (random Fourier features do not fade far from data, so the spread alone would not
+    grow there).
+`uncertainty` is in roughness units such that `roughness + uncertainty` is the +1 sigma bound
+in log space: uncertainty = exp(mu + sigma) - exp(mu).
+
+Why this model (measured on a synthetic nonlinear function, 20,000 samples in batches of 64,
+noise-floor MAE 0.144): RFF + SGD, 5 members, MAE over the second half 0.33 (lr 0.05), learns
+~27,000 samples/s, predicts 10,000 patches in ~2 ms (float32 cos is SIMD-fast). An ensemble of
+3 MLPRegressor(32, 32) reached 0.27 but predicted 10,000 patches in 10 ms (target <= 5 ms) and
+its Adam state lives in private attributes, so it cannot be saved and resumed without pickle;
+single-layer MLP ensembles were no better than RFF (0.35-0.39); plain linear SGD 0.48. The RFF
+ensemble's whole state is plain arrays: it persists without pickle and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import sklearn
+from sklearn.exceptions import NotFittedError
+from sklearn.kernel_approximation import RBFSampler
+from sklearn.linear_model import SGDRegressor
+
+from terrain_ssl.core.model_store import ModelFileError, load_model_file, save_model_file
+
+__all__ = ['MODEL_KINDS', 'OnlineStandardizer', 'OnlineRoughnessRegressor', 'ModelFileError']
+
+MODEL_KINDS = ('rff_sgd', 'linear_sgd')
+FORMAT_NAME = 'terrain_ssl.roughness_model'
+FORMAT_VERSION = 1
+
+# Inputs are checked once here (shape, finiteness); scikit-learn need not re-check them for every
+# member and batch, which otherwise costs more than the learning itself.
+def _trusted_input():
+    return sklearn.config_context(assume_finite=True, skip_parameter_validation=True)
+
+# Residual variance forgets with this many samples' memory: recent errors describe today's terrain.
+_RESIDUAL_MEMORY_SAMPLES = 500.0
+
+
+class OnlineStandardizer:
+    """Running per-column mean and variance (Welford, batches merged with Chan's formula) + range."""
+
+    def __init__(self, n_features: int):
+        self.count = 0
+        self.mean = np.zeros(n_features)
+        self.m2 = np.zeros(n_features)
+        self.min = np.full(n_features, np.inf)
+        self.max = np.full(n_features, -np.inf)
+
+    def update(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+        n = values.shape[0]
+        if n == 0:
+            return
+        batch_mean = values.mean(axis=0)
+        batch_m2 = ((values - batch_mean) ** 2).sum(axis=0)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + batch_m2 + delta ** 2 * (self.count * n / total)
+        self.count = total
+        self.min = np.minimum(self.min, values.min(axis=0))
+        self.max = np.maximum(self.max, values.max(axis=0))
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population std; 1 for columns with (almost) no spread yet, so nothing divides by ~0."""
+        if self.count < 2:
+            return np.ones_like(self.mean)
+        std = np.sqrt(self.m2 / self.count)
+        return np.where(std > 1e-12, std, 1.0)
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return (values - self.mean) / self.std
+
+    def novelty(self, values: np.ndarray) -> np.ndarray:
+        """Euclidean distance outside the seen [min, max] box, per row, in standard deviations."""
+        if self.count == 0:
+            return np.full(values.shape[0], np.inf)
+        excess = np.maximum(np.maximum(values - self.max, self.min - values), 0.0) / self.std
+        return np.sqrt(np.einsum('ij,ij->i', excess, excess))
+
+    def state(self, prefix: str) -> dict:
+        return {prefix + 'count': np.array(self.count, dtype=np.int64), prefix + 'mean': self.mean,
+                prefix + 'm2': self.m2, prefix + 'min': self.min, prefix + 'max': self.max}
+
+    @classmethod
+    def from_state(cls, arrays: dict, prefix: str, n_features: int) -> 'OnlineStandardizer':
+        standardizer = cls(n_features)
+        standardizer.count = int(arrays[prefix + 'count'])
+        for name in ('mean', 'm2', 'min', 'max'):
+            value = np.asarray(arrays[prefix + name], dtype=np.float64)
+            if value.shape != (n_features,):
+                raise ModelFileError(f'{prefix}{name} has shape {value.shape}, '
+                                     f'expected ({n_features},)')
+            setattr(standardizer, name, value.copy())
+        return standardizer
+
+
+class OnlineRoughnessRegressor:
+    """Incremental roughness regressor with uncertainty; scikit-learn style (partial_fit/predict).
+
+    Parameters
+    ----------
+    feature_names : sequence of str
+        Names of the feature columns, in order; stored with the model so a consumer can pick the
+        matching fields from patch clouds.
+    model : 'rff_sgd' (random Fourier features + linear SGD) or 'linear_sgd' (SGD on z directly).
+    n_members : ensemble size (online bagging).
+    learning_rate : SGD step size (constant, so the model keeps adapting to new terrain).
+    n_components : random Fourier features (rff_sgd only).
+    gamma : RBF kernel width on the standardised features; None -> 1 / n_features.
+    alpha : L2 penalty of each member.
+    log_target : learn log(roughness + roughness_floor) (roughness is positive and skewed).
+    roughness_floor : (m/s^2)/(m/s), keeps the log finite for zero labels.
+    novelty_scale : log-space sigma added per standard deviation outside the seen feature range.
+    random_state : int seed for the feature map and the bagging weights.
+    """
+
+    def __init__(self, feature_names, model: str = 'rff_sgd', n_members: int = 5,
+                 learning_rate: float = 0.05, n_components: int = 128, gamma=None,
+                 alpha: float = 1e-5, log_target: bool = True, roughness_floor: float = 1e-3,
+                 novelty_scale: float = 0.5, random_state: int = 0):
+        self.feature_names = tuple(str(name) for name in feature_names)
+        self.model = model
+        self.n_members = int(n_members)
+        self.learning_rate = float(learning_rate)
+        self.n_components = int(n_components)
+        self.gamma = gamma
+        self.alpha = float(alpha)
+        self.log_target = bool(log_target)
+        self.roughness_floor = float(roughness_floor)
+        self.novelty_scale = float(novelty_scale)
+        self.random_state = int(random_state)
+        self._check_params()
+        self._initialise()
+
+    # -- scikit-learn conventions --------------------------------------------------------------
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {'feature_names': list(self.feature_names), 'model': self.model,
+                'n_members': self.n_members, 'learning_rate': self.learning_rate,
+                'n_components': self.n_components, 'gamma': self.gamma, 'alpha': self.alpha,
+                'log_target': self.log_target, 'roughness_floor': self.roughness_floor,
+                'novelty_scale': self.novelty_scale, 'random_state': self.random_state}
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """Change the SGD step size live (applies to the next partial_fit)."""
+        if not learning_rate > 0:
+            raise ValueError(f'learning_rate must be > 0, got {learning_rate}')
+        self.learning_rate = float(learning_rate)
+        for member in self.members_:
+            member.eta0 = self.learning_rate
+
+    @property
+    def n_features_in_(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.n_samples_seen_ > 0
+
+    # -- learning ------------------------------------------------------------------------------
+
+    def partial_fit(self, X, y) -> 'OnlineRoughnessRegressor':
+        """Learn one batch: X (n, n_features) features, y (n,) roughness >= 0, all finite."""
+        X = self._check_features(X)
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(f'X has {X.shape[0]} rows but y has {y.shape[0]} labels')
+        if not np.isfinite(y).all() or (y < 0).any():
+            bad = int((~np.isfinite(y) | (y < 0)).sum())
+            raise ValueError(f'{bad} roughness labels are negative or not finite')
+        n = X.shape[0]
+        if n == 0:
+            return self
+        target = self._to_target(y)
+        if self.is_fitted:  # predict-then-train: the residual is honest (sample not yet learned)
+            residual = target - self._predict_target(X)[0]
+            keep = (1.0 - 1.0 / _RESIDUAL_MEMORY_SAMPLES) ** n
+            self.residual_var_ = keep * self.residual_var_ + (1 - keep) * float(
+                np.mean(residual ** 2))
+        self.features_.update(X)
+        self.targets_.update(target)
+        phi = self._feature_map(X)
+        target_z = ((target - self.targets_.mean[0]) / self.targets_.std[0])
+        target_z = target_z.astype(np.float32)
+        with _trusted_input():
+            for member in self.members_:
+                weights = self._bagging_rng.poisson(1.0, size=n).astype(np.float32)
+                if weights.any():
+                    member.partial_fit(phi, target_z, sample_weight=weights)
+        if self.n_samples_seen_ == 0:
+            self.residual_var_ = float(np.var(target)) if n > 1 else 1.0
+        self.n_samples_seen_ += n
+        self._stacked = None
+        return self
+
+    # -- prediction ----------------------------------------------------------------------------
+
+    def predict(self, X, return_std: bool = False):
+        """Roughness ((m/s^2)/(m/s)) per row; with return_std also the uncertainty (same units).
+
+        `roughness + uncertainty` is the one-sigma upper bound (log space when log_target).
+        """
+        if not self.is_fitted:
+            raise NotFittedError('OnlineRoughnessRegressor has not learned any sample yet')
+        X = self._check_features(X)
+        if not np.isfinite(X).all():
+            raise ValueError('features contain NaN or inf; drop those rows first')
+        mean, spread = self._predict_target(X)
+        if self.log_target:
+            roughness = np.maximum(np.exp(mean) - self.roughness_floor, 0.0)
+        else:
+            roughness = np.maximum(mean, 0.0)
+        if not return_std:
+            return roughness
+        novelty = self.features_.novelty(X)
+        sigma = np.sqrt(spread ** 2 + self.residual_var_ + (self.novelty_scale * novelty) ** 2)
+        if self.log_target:
+            uncertainty = np.exp(mean) * np.expm1(sigma)
+        else:
+            uncertainty = sigma
+        return roughness, uncertainty
+
+    def _predict_target(self, X):
+        """Ensemble mean and spread in target space (log roughness when log_target)."""
+        phi = self._feature_map(X)
+        coef, intercept = self._stacked_members()
+        member_z = phi @ coef + intercept  # (n, K): all members in one matmul
+        target_std = self.targets_.std[0]
+        mean = self.targets_.mean[0] + target_std * member_z.mean(axis=1, dtype=np.float64)
+        if member_z.shape[1] > 1:
+            spread = target_std * member_z.std(axis=1, ddof=1, dtype=np.float64)
+        else:
+            spread = np.zeros(X.shape[0])
+        return mean, spread
+
+    def _stacked_members(self):
+        if self._stacked is None:
+            coef = np.stack([member.coef_ for member in self.members_], axis=1).astype(np.float32)
+            # Intercepts stay float64: SGD keeps them in double, and a saved model must resume
+            # bit-exactly.
+            intercept = np.array([member.intercept_[0] for member in self.members_],
+                                 dtype=np.float64)
+            self._stacked = (coef, intercept)
+        return self._stacked
+
+    def _feature_map(self, X) -> np.ndarray:
+        z = self.features_.transform(X).astype(np.float32)
+        if self.feature_map_ is None:
+            return z
+        with _trusted_input():
+            return self.feature_map_.transform(z)
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def save(self, path: str) -> None:
+        """Atomically write the model to `path` (.npz arrays + JSON metadata, no pickle)."""
+        arrays, meta = self.get_state()
+        save_model_file(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path: str) -> 'OnlineRoughnessRegressor':
+        """Read a model saved by `save`; raises ModelFileError if unusable (says why)."""
+        arrays, meta = load_model_file(path)
+        try:
+            return cls.from_state(arrays, meta)
+        except ModelFileError as error:
+            raise ModelFileError(f'model file {path}: {error}') from None
+
+    def get_state(self) -> tuple:
+        """(arrays, meta): everything needed to predict and to keep learning exactly."""
+        arrays = {}
+        arrays.update(self.features_.state('features_'))
+        arrays.update(self.targets_.state('targets_'))
+        if self.feature_map_ is not None:
+            arrays['rff_weights'] = self.feature_map_.random_weights_
+            arrays['rff_offset'] = self.feature_map_.random_offset_
+        if self.is_fitted:
+            coef, intercept = self._stacked_members()
+            arrays['member_coef'] = coef
+            arrays['member_intercept'] = intercept
+        meta = {
+            'format': FORMAT_NAME,
+            'format_version': FORMAT_VERSION,
+            'params': self.get_params(),
+            'n_samples_seen': int(self.n_samples_seen_),
+            'residual_var': float(self.residual_var_),
+            'created_unix_s': float(self.created_unix_s_),
+            'saved_unix_s': time.time(),
+            'member_t': [float(getattr(member, 't_', 1.0)) for member in self.members_],
+            'bagging_rng_state': self._bagging_rng.bit_generator.state,
+        }
+        return arrays, meta
+
+    @classmethod
+    def from_state(cls, arrays: dict, meta: dict) -> 'OnlineRoughnessRegressor':
+        if meta.get('format') != FORMAT_NAME:
+            raise ModelFileError(f"not a roughness model (format {meta.get('format')!r})")
+        if meta.get('format_version') != FORMAT_VERSION:
+            raise ModelFileError(f"format version {meta.get('format_version')!r} is not "
+                                 f'supported (this code reads version {FORMAT_VERSION})')
+        try:
+            model = cls(**meta['params'])
+            n_features = model.n_features_in_
+            model.features_ = OnlineStandardizer.from_state(arrays, 'features_', n_features)
+            model.targets_ = OnlineStandardizer.from_state(arrays, 'targets_', 1)
+            if model.feature_map_ is not None:
+                weights = np.asarray(arrays['rff_weights'], dtype=np.float32)
+                offset = np.asarray(arrays['rff_offset'], dtype=np.float32)
+                if weights.shape != (n_features, model.n_components) or \
+                        offset.shape != (model.n_components,):
+                    raise ModelFileError(f'feature map has shape {weights.shape}/{offset.shape}, '
+                                         f'expected ({n_features}, {model.n_components})')
+                model.feature_map_.random_weights_ = weights
+                model.feature_map_.random_offset_ = offset
+            model.n_samples_seen_ = int(meta['n_samples_seen'])
+            model.residual_var_ = float(meta['residual_var'])
+            model.created_unix_s_ = float(meta['created_unix_s'])
+            model._bagging_rng.bit_generator.state = meta['bagging_rng_state']
+            if model.is_fitted:
+                model._restore_members(arrays, meta)
+        except ModelFileError:
+            raise
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(f'incompatible model contents ({type(error).__name__}: '
+                                 f'{error})') from None
+        return model
+
+    def _restore_members(self, arrays: dict, meta: dict) -> None:
+        coef = np.asarray(arrays['member_coef'], dtype=np.float32)
+        intercept = np.asarray(arrays['member_intercept'], dtype=np.float64)
+        width = self.n_components if self.feature_map_ is not None else self.n_features_in_
+        if coef.shape != (width, self.n_members) or intercept.shape != (self.n_members,):
+            raise ModelFileError(f'member weights have shape {coef.shape}/{intercept.shape}, '
+                                 f'expected ({width}, {self.n_members})')
+        member_t = meta['member_t']
+        for index, member in enumerate(self.members_):
+            # The fitted state of a non-averaged SGDRegressor is exactly these attributes.
+            member.coef_ = np.ascontiguousarray(coef[:, index])
+            member.intercept_ = np.array([intercept[index]], dtype=np.float64)
+            member.t_ = float(member_t[index])
+            member.n_features_in_ = width
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _check_params(self) -> None:
+        if not self.feature_names:
+            raise ValueError('feature_names must not be empty')
+        if len(set(self.feature_names)) != len(self.feature_names):
+            raise ValueError(f'feature_names has duplicates: {list(self.feature_names)}')
+        if self.model not in MODEL_KINDS:
+            raise ValueError(f'model must be one of {MODEL_KINDS}, got {self.model!r}')
+        if self.n_members < 1:
+            raise ValueError(f'n_members must be >= 1, got {self.n_members}')
+        if not self.learning_rate > 0:
+            raise ValueError(f'learning_rate must be > 0, got {self.learning_rate}')
+        if self.n_components < 1:
+            raise ValueError(f'n_components must be >= 1, got {self.n_components}')
+        if not self.roughness_floor > 0:
+            raise ValueError(f'roughness_floor must be > 0, got {self.roughness_floor}')
+        if not self.novelty_scale >= 0:
+            raise ValueError(f'novelty_scale must be >= 0, got {self.novelty_scale}')
+
+    def _initialise(self) -> None:
+        n_features = self.n_features_in_
+        self.features_ = OnlineStandardizer(n_features)
+        self.targets_ = OnlineStandardizer(1)
+        self.n_samples_seen_ = 0
+        self.residual_var_ = 0.0
+        self.created_unix_s_ = time.time()
+        self._bagging_rng = np.random.default_rng(self.random_state)
+        self._stacked = None
+        if self.model == 'rff_sgd':
+            gamma = self.gamma if self.gamma is not None else 1.0 / n_features
+            self.feature_map_ = RBFSampler(gamma=gamma, n_components=self.n_components,
+                                           random_state=self.random_state)
+            # Drawn once, on the standardised space; float32 input keeps the weights float32.
+            self.feature_map_.fit(np.zeros((1, n_features), dtype=np.float32))
+        else:
+            self.feature_map_ = None
+        self.members_ = [
+            SGDRegressor(loss='squared_error', penalty='l2', alpha=self.alpha,
+                         learning_rate='constant', eta0=self.learning_rate, shuffle=False,
+                         random_state=self.random_state + index)
+            for index in range(self.n_members)]
+
+    def _check_features(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim == 1 and self.n_features_in_ == 1:
+            X = X.reshape(-1, 1)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f'expected features of shape (n, {self.n_features_in_}) '
+                             f'({", ".join(self.feature_names)}), got {X.shape}')
+        if not np.isfinite(X).all():
+            raise ValueError(f'{int((~np.isfinite(X)).any(axis=1).sum())} feature rows contain '
+                             'NaN or inf; drop them first')
+        return X
+
+    def _to_target(self, y: np.ndarray) -> np.ndarray:
+        return np.log(y + self.roughness_floor) if self.log_target else y

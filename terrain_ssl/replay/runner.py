@@ -1,0 +1,208 @@
+"""Deterministic offline replay: a bag through the real nodes, in bag time, as fast as the CPU allows.
+
+The three nodes are the same classes that run on the robot. Bag messages are handed to their
+subscription callbacks in recording order, node outputs reach the next node through in-process
+links, and timers fire at bag-time intervals, so two replays of the same bag give the same result.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from terrain_ssl.replay.bag import Bag, BagError, ReadCounts
+from terrain_ssl.replay.report import ReplayRecord
+
+# Where the nodes listen for each input role (default names; replay calls the callbacks directly,
+# so a bag's own topic names need no remapping).
+ROLE_TOPICS = {'imu': '/imu/data', 'points': '/points', 'odom': '/odom'}
+LABELED_TOPIC = '/terrain_ssl/labeled_patches'
+MAP_TOPIC = '/terrain_ssl/roughness_map'
+SPEED_TOPIC = '/terrain_ssl/speed_limit'
+
+
+@dataclass
+class ReplayOptions:
+    bag: str
+    topics: dict = field(default_factory=dict)        # role -> bag topic (auto-detect when absent)
+    config: Optional[str] = None                      # parameters file (YAML)
+    parameters: list = field(default_factory=list)    # ['node:name:=value', ...]
+    start_s: float = 0.0                              # offset into the bag
+    duration_s: Optional[float] = None
+    model_in: Optional[str] = None                    # start from this model file
+    model_out: Optional[str] = None                   # save the learned model here
+    progress: bool = True
+
+
+class ReplayError(RuntimeError):
+    pass
+
+
+def _ros_arguments(options: ReplayOptions) -> list:
+    args = ['terrain-ssl-replay', '--ros-args']
+    if options.config:
+        args += ['--params-file', str(options.config)]
+    # Bag time; and the learner neither loads nor saves its robot model file during a replay
+    # (a replay starts cold or from --model-in, and writes its own model file at the end).
+    args += ['-p', 'use_sim_time:=true', '-p', "model_path:=''"]
+    for override in options.parameters:
+        args += ['-p', override]
+    return args
+
+
+def _node_by_name(nodes, name):
+    return next(node for node in nodes if node.get_name() == name)
+
+
+def run_replay(options: ReplayOptions) -> ReplayRecord:
+    """Replay `options.bag`; returns everything the report needs. Raises BagError/ReplayError."""
+    import rclpy
+    from rclpy.context import Context
+
+    from terrain_ssl.ros.conversions import pointcloud2_to_array, stamp_to_ns
+    from terrain_ssl.ros.pipeline import create_nodes
+    from terrain_ssl.ros.wiring import (BagTimeDriver, link_in_process, outlets_of,
+                                        subscription_callbacks)
+
+    bag_path = Path(options.bag)
+    context = Context()
+    rclpy.init(args=_ros_arguments(options), context=context)
+    record = ReplayRecord()
+    try:
+        nodes = create_nodes(context=context)
+        labeler, learner, advisor = nodes
+        if options.model_in:
+            from terrain_ssl.core.learner import OnlineRoughnessRegressor
+            learner.model = OnlineRoughnessRegressor.load(options.model_in)
+
+        samples: list = []
+        learner.add_prequential_listener(samples.append)
+        link_in_process(nodes)
+        driver = BagTimeDriver(nodes)
+        inputs = subscription_callbacks(nodes)
+
+        speed_rows: list = []
+        latest_odom = {}
+        for outlet in [o for node in nodes for o in outlets_of(node)]:
+            if outlet.topic_name == SPEED_TOPIC:
+                outlet.connect(lambda msg: speed_rows.append(
+                    (driver.now_ns, msg.data, latest_odom.get('x', np.nan),
+                     latest_odom.get('y', np.nan), latest_odom.get('v', np.nan))))
+        final_map = {}
+        for outlet in outlets_of(learner):
+            if outlet.topic_name == MAP_TOPIC:
+                outlet.connect(lambda msg: final_map.__setitem__('cloud', msg))
+
+        counts = ReadCounts()
+        wall_start = time.perf_counter()
+        with Bag(bag_path) as bag:
+            roles = bag.resolve_inputs(options.topics)
+            topic_to_callbacks = {}
+            for role, bag_topic in roles.items():
+                callbacks = inputs.get(ROLE_TOPICS[role], [])
+                if not callbacks:
+                    raise ReplayError(f'no node subscribes {ROLE_TOPICS[role]} ({role})')
+                topic_to_callbacks[bag_topic] = callbacks
+            start_ns = bag.start_ns + int(options.start_s * 1e9) if options.start_s else None
+            end_ns = None
+            if options.duration_s is not None:
+                end_ns = (start_ns or bag.start_ns) + int(options.duration_s * 1e9)
+            odom_topic = roles['odom']
+            total_s = (bag.end_ns - bag.start_ns) / 1e9
+            first_ns = None
+            n_messages = 0
+            for message in bag.messages(topic_to_callbacks, counts, start_ns, end_ns):
+                first_ns = message.stamp_ns if first_ns is None else first_ns
+                driver.advance_to(message.stamp_ns)
+                if message.topic == odom_topic:
+                    pose = message.message.pose.pose.position
+                    latest_odom.update(x=pose.x, y=pose.y,
+                                       v=message.message.twist.twist.linear.x)
+                for callback in topic_to_callbacks[message.topic]:
+                    callback(message.message)
+                n_messages += 1
+                if options.progress and n_messages % 2000 == 0:
+                    _progress(n_messages, message.stamp_ns - first_ns, total_s,
+                              time.perf_counter() - wall_start)
+            if options.progress and n_messages:
+                _progress(n_messages, (driver.now_ns or 0) - (first_ns or 0), total_s,
+                          time.perf_counter() - wall_start)
+                print(file=sys.stderr)
+        wall_s = time.perf_counter() - wall_start
+        mismatches = counts.mismatches()
+        if mismatches:
+            detail = ', '.join(f'{t}: bag has {e}, read {r}' for t, (e, r) in mismatches.items())
+            raise ReplayError(f'messages lost while reading {bag_path}: {detail}')
+
+        if options.model_out and learner.model.is_fitted:
+            learner.model.save(options.model_out)
+
+        bag_s = ((driver.now_ns or 0) - (first_ns or 0)) / 1e9
+        record.info = {
+            'bag': str(bag_path), 'topics': roles, 'messages_read': dict(counts.read),
+            'messages_undecodable': dict(counts.undecodable), 'bag_duration_s': bag_s,
+            'wall_s': wall_s, 'realtime_factor': bag_s / wall_s if wall_s > 0 else None,
+            'messages_per_s': n_messages / wall_s if wall_s > 0 else None,
+            'rejected': {node.get_name(): dict(getattr(node, 'rejects').counts)
+                         for node in nodes if hasattr(node, 'rejects')},
+        }
+        record.samples = _samples_to_arrays(samples, first_ns or 0)
+        _add_ground_truth(record, bag_path)
+        if speed_rows:
+            rows = np.array(speed_rows, dtype=float)
+            record.speed = {'t_s': (rows[:, 0] - (first_ns or 0)) / 1e9,
+                            'speed_limit': rows[:, 1], 'x': rows[:, 2], 'y': rows[:, 3],
+                            'speed': rows[:, 4]}
+        if 'cloud' in final_map:
+            cloud = pointcloud2_to_array(final_map['cloud'])
+            record.final_map = {name: np.asarray(cloud[name], float)
+                                for name in ('x', 'y', 'roughness', 'uncertainty')}
+        record.info['final_stamp_ns'] = stamp_to_ns(final_map['cloud'].header.stamp) \
+            if 'cloud' in final_map else None
+        for node in nodes:
+            node.destroy_node()
+    finally:
+        context.try_shutdown()
+    return record
+
+
+def _samples_to_arrays(samples: list, t0_ns: int) -> dict:
+    """Prequential events from the learner -> aligned arrays (one entry per labeled patch)."""
+    if not samples:
+        return {}
+    keys = ('stamp_ns', 'x', 'y', 'roughness', 'roughness_class', 'predicted', 'uncertainty',
+            'baseline', 'speed')
+    columns = {key: np.concatenate([np.atleast_1d(np.asarray(s[key], float)) for s in samples])
+               for key in keys}
+    columns['t_s'] = (columns.pop('stamp_ns') - t0_ns) / 1e9
+    return columns
+
+
+def _add_ground_truth(record: ReplayRecord, bag_path: Path) -> None:
+    """Add the true roughness of each labeled cell when the bag has the simulator's truth."""
+    directory = bag_path if bag_path.is_dir() else bag_path.parent
+    if not (directory / 'ground_truth.json').exists() or not record.samples:
+        return
+    from terrain_ssl.sim.ground_truth import GroundTruth
+
+    truth = GroundTruth.load(directory)
+    xy = np.column_stack([record.samples['x'], record.samples['y']])
+    record.samples['truth'] = np.asarray(truth.roughness_at(xy), float)
+
+
+def _progress(n_messages: int, bag_ns: int, total_s: float, wall_s: float) -> None:
+    bag_s = bag_ns / 1e9
+    rate = n_messages / wall_s if wall_s > 0 else 0.0
+    factor = bag_s / wall_s if wall_s > 0 else 0.0
+    width = 30
+    done = int(width * min(bag_s / total_s, 1.0)) if total_s > 0 else width
+    print(f'\r[{"#" * done}{"." * (width - done)}] {bag_s:7.1f}/{total_s:.1f} s bag  '
+          f'{rate:8.0f} msg/s  {factor:5.1f}x real time', end='', file=sys.stderr, flush=True)
+
+
+__all__ = ['ReplayOptions', 'ReplayError', 'BagError', 'run_replay']

@@ -1,0 +1,83 @@
+"""`terrain-ssl bringup`: all three nodes in one process, linked directly (no serialisation).
+
+For machines without the ROS 2 launch tools and for the lowest latency. Same parameters file as
+the launch file; DDS topics are still published, so RViz and other nodes see everything.
+
+    terrain-ssl bringup --config config/terrain_ssl.yaml --ros-args -p roughness_labeler.xxx:=...
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def default_config_path() -> str:
+    """config/terrain_ssl.yaml from the install share directory, else from the source tree."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        shared = Path(get_package_share_directory('terrain_ssl')) / 'config' / 'terrain_ssl.yaml'
+        if shared.exists():
+            return str(shared)
+    except Exception:  # not installed with colcon: use the source tree
+        pass
+    return str(Path(__file__).resolve().parents[2] / 'config' / 'terrain_ssl.yaml')
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        'bringup', help='run the three nodes in one process (multi-threaded executor)',
+        description='Run roughness_labeler, roughness_learner and speed_advisor in one process. '
+                    'Anything after --ros-args is passed to rclpy (remaps, -p overrides).')
+    parser.add_argument('--config', default=None,
+                        help='parameters file (default: the package config/terrain_ssl.yaml)')
+    parser.add_argument('--threads', type=int, default=2,
+                        help='executor threads (default 2)')
+    parser.set_defaults(func=run, accepts_ros_args=True)
+
+
+def run(args) -> int:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    from terrain_ssl.ros.pipeline import create_nodes
+    from terrain_ssl.ros.wiring import link_in_process, serialize_node_callbacks
+
+    config = args.config or default_config_path()
+    if not Path(config).exists():
+        print(f'error: parameters file {config} does not exist', file=sys.stderr)
+        return 2
+    ros_args = list(args.ros_args or [])
+    if ros_args and ros_args[0] == '--ros-args':
+        ros_args = ros_args[1:]
+    rclpy.init(args=['terrain-ssl', '--ros-args', '--params-file', config] + ros_args)
+    try:
+        nodes = create_nodes()
+    except ValueError as error:  # an invalid parameter value: say which, do not trace back
+        print(f'error: {error}', file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    for node in nodes:
+        serialize_node_callbacks(node)
+    links = link_in_process(nodes)
+    logger = nodes[0].get_logger()
+    for link in links:
+        logger.info(f'in-process link {link.publisher_node} -> {link.subscriber_node} '
+                    f'on {link.topic}')
+    executor = MultiThreadedExecutor(num_threads=max(1, args.threads))
+    for node in nodes:
+        executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        for node in reversed(nodes):
+            close = getattr(node, 'close', None)
+            if close is not None:
+                close()
+        executor.shutdown(timeout_sec=1.0)
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

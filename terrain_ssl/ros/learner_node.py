@@ -1,0 +1,370 @@
+"""roughness_learner: learns patch roughness online and publishes predictions for the ground ahead.
+
+In:  terrain_ssl/lookahead_patches  (PointCloud2, one point per patch: x, y, z, feature fields)
+     terrain_ssl/labeled_patches    (same, plus roughness (m/s^2)/(m/s) measured on crossing)
+Out: terrain_ssl/roughness_map      (PointCloud2: x, y, z, roughness, uncertainty; frame as input)
+     terrain_ssl/roughness_grid     (nav_msgs/OccupancyGrid, 0..100 = roughness / grid_full_scale)
+     /diagnostics                   (samples learned, prequential MAE / Spearman, baseline MAE, ...)
+Services: ~/save_model, ~/reset_model (std_srvs/Trigger)
+
+Labeled patches are predicted first, then learned ("predict, then train"), so the running error
+is honest. Lookahead patches are predicted and published once `warmup_samples` labels are learned;
+before that nothing is published and the advisor keeps its cautious default.
+
+Model file policy: loaded at start-up when `model_path` exists. A file that cannot be used is
+renamed aside to `<model_path>.bad-<UTC time>` (kept for inspection, never overwritten) and the
+node starts a fresh model under `model_path`. If the rename is impossible, saving is disabled
+(diagnostics say so) rather than overwrite the bad file. Saving happens every `save_period_s`,
+on ~/save_model and on shutdown, and only once something has been learned.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import time
+
+import numpy as np
+from nav_msgs.msg import OccupancyGrid
+from rclpy.node import Node
+from sensor_msgs.msg import PointCloud2
+from std_srvs.srv import Trigger
+
+from terrain_ssl.core.grid import roughness_grid
+from terrain_ssl.core.learner import MODEL_KINDS, OnlineRoughnessRegressor
+from terrain_ssl.core.metrics import BinnedIsotonicBaseline, PrequentialScore
+from terrain_ssl.core.model_store import ModelFileError, quarantine_model_file
+from terrain_ssl.ros.common import (DIAG_ERROR, DIAG_OK, DIAG_WARN, RELIABLE_QOS,
+                                    DiagnosticsPublisher, LiveParameters, Outlet, ParamSpec,
+                                    RejectCounter, run_node)
+from terrain_ssl.ros.conversions import (MalformedCloudError, pointcloud2_to_array,
+                                         stamp_to_ns, xyz_fields_to_pointcloud2)
+
+DEFAULT_MODEL_PATH = '~/.ros/terrain_ssl/roughness_model.npz'
+
+PARAMS = [
+    ParamSpec('model', 'rff_sgd', 'Regressor for a new model (start-up or ~/reset_model): '
+              'rff_sgd = random Fourier features + SGD ensemble, linear_sgd = linear SGD ensemble. '
+              'A loaded model keeps its own kind.', choices=MODEL_KINDS),
+    ParamSpec('ensemble_size', 5, 'Online-bagging members of a new model (spread = uncertainty).',
+              min=1, max=32),
+    ParamSpec('n_components', 128, 'Random Fourier features of a new rff_sgd model.',
+              min=8, max=4096),
+    ParamSpec('learning_rate', 0.05, 'SGD step size (constant), applied live.', min=1e-6, max=1.0),
+    ParamSpec('novelty_scale', 0.5, 'Log-space sigma added per standard deviation outside the '
+              'feature range seen so far, applied live.', min=0.0, max=10.0),
+    ParamSpec('feature_names', '', 'Comma-separated patch-cloud fields to learn from, for a new '
+              'model; empty = terrain_ssl.core.patches.FEATURE_NAMES.', read_only=True),
+    ParamSpec('baseline_feature', 'height_std', 'Feature (m) the geometric baseline maps '
+              'monotonically to roughness; its MAE is reported beside the learner\'s.'),
+    ParamSpec('model_path', DEFAULT_MODEL_PATH, 'Model file (.npz); loaded at start-up if present. '
+              'Empty = never load or save.', read_only=True),
+    ParamSpec('save_period_s', 60.0, 'Seconds between periodic saves (s); 0 = only on request '
+              'and shutdown.', min=0.0, max=86400.0),
+    ParamSpec('warmup_samples', 200, 'Labels to learn before lookahead predictions are '
+              'published.', min=0, max=10_000_000),
+    ParamSpec('metrics_window', 1000, 'Recent labeled samples in the windowed MAE / Spearman.',
+              min=10, max=1_000_000),
+    ParamSpec('grid_resolution_m', 0.5, 'Occupancy grid cell size (m).', min=0.05, max=10.0),
+    ParamSpec('grid_size_m', 40.0, 'Occupancy grid side length (m), centred on the patches.',
+              min=1.0, max=1000.0),
+    ParamSpec('grid_full_scale', 2.0, 'Roughness ((m/s^2)/(m/s)) shown as 100 in the grid.',
+              min=1e-6, max=1e6),
+    ParamSpec('diagnostics_period_s', 1.0, 'Period of /diagnostics (s).', min=0.05, max=60.0,
+              read_only=True),
+]
+
+
+class RoughnessLearnerNode(Node):
+    """Thin ROS shell over OnlineRoughnessRegressor (see module docstring)."""
+
+    def __init__(self, context=None, **kwargs):
+        super().__init__('roughness_learner', context=context, **kwargs)
+        self.rejects = RejectCounter(self.get_logger())
+        self._prequential_listeners = []
+        self.params = LiveParameters(self, PARAMS, validate=self._validate,
+                                     on_change=self._apply)
+        values = self.params.values
+        self.model_path = os.path.expanduser(values['model_path']) if values['model_path'] else ''
+        self.save_enabled = bool(self.model_path)
+        self.save_problem = ''
+        self.last_save_unix_s = None
+        self.model_file_message = 'no model file configured' if not self.model_path else ''
+        self.model = self._load_or_create()
+        self._reset_scores()
+        self.lookahead_skipped_warmup = 0
+
+        self.map_outlet = Outlet(self, PointCloud2, 'terrain_ssl/roughness_map', RELIABLE_QOS)
+        self.grid_outlet = Outlet(self, OccupancyGrid, 'terrain_ssl/roughness_grid', RELIABLE_QOS)
+        self.create_subscription(PointCloud2, 'terrain_ssl/lookahead_patches',
+                                 self.on_lookahead, RELIABLE_QOS)
+        self.create_subscription(PointCloud2, 'terrain_ssl/labeled_patches',
+                                 self.on_labeled, RELIABLE_QOS)
+        self.create_service(Trigger, '~/save_model', self.on_save_model)
+        self.create_service(Trigger, '~/reset_model', self.on_reset_model)
+        self.diagnostics = DiagnosticsPublisher(self, values['diagnostics_period_s'],
+                                                self.collect_diagnostics)
+        self.save_timer = None
+        self._apply(values)
+
+    # -- parameters ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _validate(values: dict):
+        if values['grid_size_m'] < values['grid_resolution_m']:
+            return 'grid_size_m must be at least grid_resolution_m'
+        return None
+
+    def _apply(self, values: dict) -> None:
+        if hasattr(self, 'model'):
+            self.model.set_learning_rate(values['learning_rate'])
+            self.model.novelty_scale = values['novelty_scale']
+        period = values['save_period_s']
+        if getattr(self, 'save_timer', None) is not None:
+            self.destroy_timer(self.save_timer)
+            self.save_timer = None
+        if period > 0 and self.save_enabled:
+            self.save_timer = self.create_timer(period, self.on_save_timer)
+
+    def _feature_names(self) -> list:
+        names = self.params.values['feature_names']
+        if names.strip():
+            return [name.strip() for name in names.split(',') if name.strip()]
+        from terrain_ssl.core.patches import FEATURE_NAMES  # the labeler's current features
+        return list(FEATURE_NAMES)
+
+    def _new_model(self) -> OnlineRoughnessRegressor:
+        values = self.params.values
+        return OnlineRoughnessRegressor(
+            self._feature_names(), model=values['model'], n_members=values['ensemble_size'],
+            learning_rate=values['learning_rate'], n_components=values['n_components'],
+            novelty_scale=values['novelty_scale'])
+
+    def _load_or_create(self) -> OnlineRoughnessRegressor:
+        if not self.model_path or not os.path.exists(self.model_path):
+            if self.model_path:
+                self.model_file_message = f'no model at {self.model_path}; started fresh'
+            return self._new_model()
+        try:
+            model = OnlineRoughnessRegressor.load(self.model_path)
+            wanted = self._feature_names()
+            if list(model.feature_names) != wanted:
+                raise ModelFileError(f'model file {self.model_path} was learned on features '
+                                     f'{list(model.feature_names)}, the patches now carry {wanted}')
+        except ModelFileError as error:
+            self.get_logger().error(f'{error}; starting a fresh model')
+            try:
+                moved = quarantine_model_file(self.model_path)
+                self.model_file_message = f'bad model file moved to {moved}; started fresh'
+                self.get_logger().error(f'kept the unusable model file as {moved}')
+            except OSError as move_error:
+                self.save_enabled = False
+                self.save_problem = (f'cannot move the bad model file aside ({move_error}); '
+                                     'saving disabled so it is not overwritten')
+                self.model_file_message = self.save_problem
+                self.get_logger().error(self.save_problem)
+            return self._new_model()
+        model.set_learning_rate(self.params.values['learning_rate'])
+        model.novelty_scale = self.params.values['novelty_scale']
+        self.model_file_message = (f'loaded {self.model_path}: {model.n_samples_seen_} samples, '
+                                   f'model {model.model}')
+        self.get_logger().info(self.model_file_message)
+        return model
+
+    def _reset_scores(self) -> None:
+        window = self.params.values['metrics_window']
+        self.score = PrequentialScore(window)
+        self.baseline_score = PrequentialScore(window)
+        self.baseline = BinnedIsotonicBaseline()
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def _features(self, msg: PointCloud2, extra: tuple = ()):
+        """(points, X, extras..., keep mask) from a patch cloud, or None if it is unusable."""
+        try:
+            points = pointcloud2_to_array(msg)
+        except MalformedCloudError as error:
+            self.rejects.reject('malformed_cloud', str(error))
+            return None
+        needed = list(self.model.feature_names) + ['x', 'y', 'z'] + list(extra)
+        missing = [name for name in needed if name not in (points.dtype.names or ())]
+        if missing:
+            self.rejects.reject('missing_fields', f'patch cloud lacks {missing}')
+            return None
+        X = np.column_stack([points[name].astype(np.float64)
+                             for name in self.model.feature_names]) \
+            if points.shape[0] else np.zeros((0, self.model.n_features_in_))
+        keep = np.isfinite(X).all(axis=1)
+        for name in ('x', 'y', 'z') + tuple(extra):
+            keep &= np.isfinite(points[name])
+        if not keep.all():
+            self.rejects.reject('nonfinite_patch', f'{int((~keep).sum())} patches with NaN/inf '
+                                'dropped')
+        return points, X, keep
+
+    def on_labeled(self, msg: PointCloud2) -> None:
+        parsed = self._features(msg, extra=('roughness',))
+        if parsed is None:
+            return
+        points, X, keep = parsed
+        y = points['roughness'].astype(np.float64)
+        negative = keep & (y < 0)
+        if negative.any():
+            self.rejects.reject('negative_roughness', f'{int(negative.sum())} labels dropped')
+            keep &= ~negative
+        X, y = X[keep], y[keep]
+        if y.shape[0] == 0:
+            return
+        predicted = uncertainty = baseline = np.full(y.shape[0], np.nan)
+        if self.model.is_fitted:  # predict, then train
+            predicted, uncertainty = self.model.predict(X, return_std=True)
+            self.score.update(predicted, y)
+            baseline_column = self._baseline_column()
+            if baseline_column is not None and self.baseline.is_fitted:
+                baseline = self.baseline.predict(X[:, baseline_column])
+                self.baseline_score.update(baseline, y)
+        if self._prequential_listeners:
+            event = {'stamp_ns': np.full(y.shape[0], stamp_to_ns(msg.header.stamp)),
+                     'x': points['x'][keep], 'y': points['y'][keep], 'roughness': y,
+                     'predicted': predicted, 'uncertainty': uncertainty, 'baseline': baseline}
+            for name in ('roughness_class', 'speed'):
+                event[name] = points[name][keep] if name in points.dtype.names \
+                    else np.full(y.shape[0], np.nan)
+            for listener in self._prequential_listeners:
+                listener(event)
+        self.model.partial_fit(X, y)
+        baseline_column = self._baseline_column()
+        if baseline_column is not None:
+            self.baseline.partial_fit(X[:, baseline_column], y)
+
+    def add_prequential_listener(self, callback) -> None:
+        """Call `callback(event)` for every labeled batch with the predictions made before
+        learning it (dict of aligned arrays: stamp_ns, x, y, roughness, predicted, uncertainty,
+        baseline, roughness_class, speed); offline evaluation records these."""
+        self._prequential_listeners.append(callback)
+
+    def _baseline_column(self):
+        name = self.params.values['baseline_feature']
+        names = self.model.feature_names
+        return names.index(name) if name in names else None
+
+    def on_lookahead(self, msg: PointCloud2) -> None:
+        if self.model.n_samples_seen_ < max(self.params.values['warmup_samples'], 1):
+            self.lookahead_skipped_warmup += 1
+            return
+        parsed = self._features(msg)
+        if parsed is None:
+            return
+        points, X, keep = parsed
+        points, X = points[keep], X[keep]
+        if X.shape[0]:
+            roughness, uncertainty = self.model.predict(X, return_std=True)
+        else:
+            roughness = uncertainty = np.zeros(0)
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        frame = msg.header.frame_id
+        self.map_outlet.publish(xyz_fields_to_pointcloud2(
+            {'x': points['x'], 'y': points['y'], 'z': points['z'], 'roughness': roughness,
+             'uncertainty': uncertainty}, frame, stamp_ns))
+        self.grid_outlet.publish(self._grid_message(points, roughness, msg))
+
+    def _grid_message(self, points, roughness, msg: PointCloud2) -> OccupancyGrid:
+        values = self.params.values
+        xy = np.column_stack([points['x'], points['y']]).astype(np.float64)
+        grid = roughness_grid(xy, roughness, values['grid_resolution_m'], values['grid_size_m'],
+                              values['grid_full_scale'])
+        out = OccupancyGrid()
+        out.header = msg.header
+        out.info.map_load_time = msg.header.stamp
+        out.info.resolution = grid.resolution_m
+        out.info.width = grid.width
+        out.info.height = grid.height
+        out.info.origin.position.x = grid.origin_x_m
+        out.info.origin.position.y = grid.origin_y_m
+        out.info.origin.orientation.w = 1.0
+        out.data = array.array('b', grid.cells.tobytes())  # typed array: no per-item checks
+        return out
+
+    # -- persistence and services -------------------------------------------------------------
+
+    def save(self) -> tuple:
+        """(success, message). Never overwrites a bad file; skips an empty model."""
+        if not self.save_enabled:
+            return False, self.save_problem or 'no model_path configured'
+        if not self.model.is_fitted:
+            return False, 'nothing learned yet; not saved'
+        try:
+            self.model.save(self.model_path)
+        except (OSError, ValueError) as error:
+            self.save_problem = f'save to {self.model_path} failed: {error}'
+            self.get_logger().error(self.save_problem)
+            return False, self.save_problem
+        self.save_problem = ''
+        self.last_save_unix_s = time.time()
+        return True, f'saved {self.model.n_samples_seen_} samples to {self.model_path}'
+
+    def on_save_timer(self) -> None:
+        self.save()
+
+    def on_save_model(self, request, response):
+        response.success, response.message = self.save()
+        return response
+
+    def on_reset_model(self, request, response):
+        try:
+            self.model = self._new_model()
+        except (ValueError, ImportError) as error:
+            response.success, response.message = False, f'reset failed: {error}'
+            return response
+        self._reset_scores()
+        response.success = True
+        response.message = ('model reset to a fresh one; the file at '
+                            f'{self.model_path or "(none)"} is replaced at the next save')
+        self.get_logger().info(response.message)
+        return response
+
+    def close(self) -> None:
+        """Save on shutdown (run_node calls this after spinning stops)."""
+        saved, message = self.save()
+        if saved:
+            self.get_logger().info(message)
+
+    # -- diagnostics ---------------------------------------------------------------------------
+
+    def collect_diagnostics(self):
+        model = self.model
+        now = time.time()
+        values = {
+            'samples_learned': model.n_samples_seen_,
+            'model': model.model,
+            'ensemble_size': model.n_members,
+            'features': ','.join(model.feature_names),
+            'model_age_s': now - model.created_unix_s_,
+            'prequential_samples': self.score.count,
+            'prequential_mae': self.score.mae,
+            'window_mae': self.score.window_mae,
+            'window_spearman': self.score.window_spearman,
+            'baseline_window_mae': self.baseline_score.window_mae,
+            'last_save_age_s': (now - self.last_save_unix_s) if self.last_save_unix_s else 'never',
+            'model_path': self.model_path,
+            'model_file': self.model_file_message,
+            'lookahead_skipped_warmup': self.lookahead_skipped_warmup,
+            'maps_published': self.map_outlet.published,
+            'rejected': self.rejects.total,
+        }
+        for reason, count in self.rejects.counts.items():
+            values[f'rejected_{reason}'] = count
+        if self.save_problem:
+            return DIAG_ERROR if not self.save_enabled else DIAG_WARN, self.save_problem, values
+        if model.n_samples_seen_ < self.params.values['warmup_samples']:
+            return DIAG_WARN, (f'warming up: {model.n_samples_seen_}/'
+                               f'{self.params.values["warmup_samples"]} samples'), values
+        return DIAG_OK, f'learning: {model.n_samples_seen_} samples', values
+
+
+def main(args=None) -> int:
+    return run_node(RoughnessLearnerNode, args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,31 @@
+"""The three terrain_ssl nodes built together in one process (bringup, replay, closed loop)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from rclpy.node import Node
+
+# Data flows one way: sensors -> labeler -> learner -> advisor.
+NODE_MODULES = (
+    'terrain_ssl.ros.labeler_node',
+    'terrain_ssl.ros.learner_node',
+    'terrain_ssl.ros.advisor_node',
+)
+
+
+def node_class(module_name: str) -> type:
+    """The rclpy Node subclass a node module defines (each module defines exactly one)."""
+    module = importlib.import_module(module_name)
+    classes = [value for value in vars(module).values()
+               if inspect.isclass(value) and issubclass(value, Node) and value is not Node
+               and value.__module__ == module_name]
+    if len(classes) != 1:
+        raise RuntimeError(f'{module_name} defines {len(classes)} Node classes, expected 1')
+    return classes[0]
+
+
+def create_nodes(context=None) -> list:
+    """Labeler, learner and advisor, in data-flow order, in `context` (global args apply)."""
+    return [node_class(name)(context=context) for name in NODE_MODULES]

@@ -1,0 +1,122 @@
+"""Running several nodes in one process: direct in-process links and a bag-time driver.
+
+Single-process bringup and offline replay both use the same node classes as the live system. The
+links hand each message from a publishing node's `Outlet` straight to the consuming node's
+subscription callback, so nothing is serialised or queued between nodes; the DDS publisher is kept
+so RViz, Foxglove and `ros2 topic echo` still see every topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from rclpy.clock import ClockType
+from rclpy.time import Time
+
+from terrain_ssl.ros.common import Outlet
+
+
+@dataclass
+class Link:
+    topic: str
+    publisher_node: str
+    subscriber_node: str
+
+
+def outlets_of(node) -> list:
+    return [value for value in vars(node).values() if isinstance(value, Outlet)]
+
+
+def link_in_process(nodes: Iterable) -> list:
+    """Connect every Outlet to the same-topic subscriptions of the other nodes; return the links.
+
+    The consuming node's DDS subscription on that topic is destroyed, so each message arrives
+    once, directly. (A publisher outside this process on the same topic is then not heard by
+    the in-process consumer; bringup is meant to own these topics.)
+    """
+    nodes = list(nodes)
+    links = []
+    for producer in nodes:
+        for outlet in outlets_of(producer):
+            for consumer in nodes:
+                if consumer is producer:
+                    continue
+                for subscription in list(consumer.subscriptions):
+                    if subscription.topic_name == outlet.topic_name:
+                        outlet.connect(subscription.callback)
+                        consumer.destroy_subscription(subscription)
+                        links.append(Link(outlet.topic_name, producer.get_name(),
+                                          consumer.get_name()))
+    return links
+
+
+class BagTimeDriver:
+    """Drives nodes in bag time: sets their sim-time clocks and fires their timers when due.
+
+    Nodes must be created with use_sim_time true. Deterministic: nothing depends on wall time.
+    """
+
+    def __init__(self, nodes: Iterable):
+        self.nodes = list(nodes)
+        self._timers = []  # [next_due_ns, period_ns, callback]
+        for node in self.nodes:
+            for timer in node.timers:
+                timer.cancel()  # executors never spin these nodes; we fire the callbacks
+                self._timers.append([None, int(timer.timer_period_ns), timer.callback])
+        self.now_ns = None
+
+    def advance_to(self, stamp_ns: int) -> None:
+        """Move bag time to `stamp_ns` (never backwards), firing every timer due on the way."""
+        if self.now_ns is not None and stamp_ns < self.now_ns:
+            return  # a message recorded out of order: time stays monotonic
+        for entry in self._timers:
+            if entry[0] is None:
+                entry[0] = stamp_ns + entry[1]
+        while True:
+            due = [entry for entry in self._timers if entry[0] <= stamp_ns]
+            if not due:
+                break
+            entry = min(due, key=lambda item: item[0])
+            self._set_clocks(entry[0])
+            entry[2]()
+            entry[0] += entry[1]
+        self._set_clocks(stamp_ns)
+
+    def _set_clocks(self, stamp_ns: int) -> None:
+        self.now_ns = stamp_ns
+        time = Time(nanoseconds=stamp_ns, clock_type=ClockType.ROS_TIME)
+        for node in self.nodes:
+            node.get_clock().set_ros_time_override(time)
+
+
+def serialize_node_callbacks(node) -> None:
+    """Make all of a node's callbacks mutually exclusive, including direct in-process calls.
+
+    With a multi-threaded executor, an in-process link runs the consumer's subscription callback
+    in the producer's thread; one re-entrant lock per node keeps the consumer's own timers and
+    services from running at the same time (nodes are written single-threaded).
+    """
+    import functools
+    import threading
+
+    lock = threading.RLock()
+
+    def locked(callback):
+        @functools.wraps(callback)
+        def call(*args, **kwargs):
+            with lock:
+                return callback(*args, **kwargs)
+        return call
+
+    for entity in list(node.subscriptions) + list(node.timers) + list(node.services):
+        entity.callback = locked(entity.callback)
+
+
+def subscription_callbacks(nodes: Iterable) -> dict:
+    """Resolved topic name -> callbacks of the nodes' remaining subscriptions (inputs)."""
+    callbacks: dict = {}
+    for node in nodes:
+        for subscription in node.subscriptions:
+            callbacks.setdefault(subscription.topic_name, []).append(subscription.callback)
+    return callbacks

@@ -1,0 +1,138 @@
+"""The online roughness regressor, prequential metrics, baseline and grid on synthetic data."""
+
+import numpy as np
+import pytest
+from sklearn.exceptions import NotFittedError
+
+from terrain_ssl.core.grid import roughness_grid
+from terrain_ssl.core.learner import OnlineRoughnessRegressor, OnlineStandardizer
+from terrain_ssl.core.metrics import BinnedIsotonicBaseline, PrequentialScore, spearman
+
+NAMES = ['height_spread', 'slope', 'step', 'curvature']
+
+
+def synthetic(n, seed):
+    """A known nonlinear roughness: rises with height spread (saturating), bumps with slope^2."""
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([rng.lognormal(-3.0, 0.6, n), rng.normal(0, 1, n),
+                         rng.normal(0, 0.1, n), rng.normal(5, 2, n)])
+    log_truth = 1.5 * np.tanh(8 * X[:, 0] - 0.4) + 0.4 * X[:, 1] ** 2 - 0.5
+    y = np.exp(log_truth + rng.normal(0, 0.2, n))
+    return X, y, np.exp(log_truth)
+
+
+def learn_prequentially(model, X, y, batch=64, baseline=None):
+    score, base_score, errors = PrequentialScore(window=2000), PrequentialScore(2000), []
+    for start in range(0, len(X), batch):
+        xb, yb = X[start:start + batch], y[start:start + batch]
+        if model.is_fitted:
+            predicted = model.predict(xb)
+            score.update(predicted, yb)
+            errors.append(np.abs(predicted - yb))
+            if baseline is not None:
+                base_score.update(baseline.predict(xb[:, 0]), yb)
+        model.partial_fit(xb, yb)
+        if baseline is not None:
+            baseline.partial_fit(xb[:, 0], yb)
+    return score, base_score, np.concatenate(errors)
+
+
+def test_learns_known_nonlinear_function_and_beats_geometric_baseline():
+    X, y, truth = synthetic(8000, seed=1)
+    model = OnlineRoughnessRegressor(NAMES, random_state=3)
+    score, base_score, errors = learn_prequentially(model, X, y, baseline=BinnedIsotonicBaseline())
+    quarter = len(errors) // 4
+    first_quarter, second_half = errors[:quarter].mean(), errors[2 * quarter:].mean()
+    assert second_half < 0.8 * first_quarter, (first_quarter, second_half)
+    assert score.window_spearman > 0.8
+    # The baseline sees height spread only; the slope term is invisible to it.
+    assert score.window_mae < base_score.window_mae
+    # Held-out data from another seed: ranks by the noise-free truth.
+    X_test, _, truth_test = synthetic(2000, seed=2)
+    assert spearman(model.predict(X_test), truth_test) > 0.85
+    assert model.n_samples_seen_ == 8000
+
+
+def test_uncertainty_grows_away_from_the_data():
+    X, y, _ = synthetic(3000, seed=4)
+    model = OnlineRoughnessRegressor(NAMES).partial_fit(X, y)
+    near = X[:200]
+    far = near.copy()
+    far[:, 1] += 8.0  # 8 standard deviations of slope beyond anything seen
+    far[:, 3] -= 20.0
+    _, sigma_near = model.predict(near, return_std=True)
+    roughness_far, sigma_far = model.predict(far, return_std=True)
+    assert np.all(sigma_near > 0)
+    # Relative to the predicted value, so the comparison holds whatever the mean does out there.
+    assert np.median(sigma_far / roughness_far) > 3 * np.median(
+        sigma_near / model.predict(near))
+
+
+def test_linear_model_kind_and_single_member_work():
+    X, y, _ = synthetic(1000, seed=5)
+    model = OnlineRoughnessRegressor(NAMES, model='linear_sgd', n_members=1).partial_fit(X, y)
+    roughness, sigma = model.predict(X[:10], return_std=True)
+    assert roughness.shape == sigma.shape == (10,)
+    assert np.all(np.isfinite(sigma)) and np.all(roughness >= 0)
+
+
+def test_bad_input_is_refused_with_a_reason():
+    model = OnlineRoughnessRegressor(NAMES)
+    X, y, _ = synthetic(10, seed=6)
+    with pytest.raises(NotFittedError):
+        model.predict(X)
+    with pytest.raises(ValueError, match='shape'):
+        model.partial_fit(X[:, :3], y)
+    bad = X.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match='NaN'):
+        model.partial_fit(bad, y)
+    with pytest.raises(ValueError, match='negative'):
+        model.partial_fit(X, -y)
+    with pytest.raises(ValueError, match='model must be one of'):
+        OnlineRoughnessRegressor(NAMES, model='forest')
+    assert model.n_samples_seen_ == 0  # nothing half-learned
+
+
+def test_standardizer_matches_batch_statistics():
+    rng = np.random.default_rng(7)
+    data = rng.normal(3.0, 2.0, size=(1000, 3))
+    standardizer = OnlineStandardizer(3)
+    for chunk in np.array_split(data, 17):
+        standardizer.update(chunk)
+    np.testing.assert_allclose(standardizer.mean, data.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(standardizer.std, data.std(axis=0), rtol=1e-12)
+    assert np.all(standardizer.novelty(data) == 0)
+
+
+def test_spearman_and_prequential_score():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    score = PrequentialScore(window=3)
+    score.update([1.0, 2.0], [2.0, 2.0])
+    score.update([5.0, 5.0], [1.0, 5.0])
+    assert score.count == 4 and score.mae == pytest.approx(5.0 / 4)
+    assert score.window_mae == pytest.approx(4.0 / 3)  # last three pairs only
+
+
+def test_baseline_is_monotone_in_height_spread():
+    rng = np.random.default_rng(8)
+    spread = rng.lognormal(-3, 1, 5000)
+    baseline = BinnedIsotonicBaseline().partial_fit(spread, 10 * spread * rng.lognormal(0, .5,
+                                                                                        5000))
+    grid = np.geomspace(1e-3, 1, 50)
+    predicted = baseline.predict(grid)
+    assert np.all(np.diff(predicted) >= 0) and predicted[-1] > 10 * predicted[0]
+
+
+def test_grid_scales_clips_and_marks_unknown():
+    xy = np.array([[0.1, 0.1], [0.2, 0.2], [1.1, 0.1], [50.0, 50.0]])
+    grid = roughness_grid(xy, [0.5, 2.0, 0.25, 1.0], resolution_m=0.5, size_m=4.0,
+                          full_scale=1.0)
+    assert grid.cells.shape == (8, 8) and grid.cells.dtype == np.int8
+    column = int((0.1 - grid.origin_x_m) // 0.5)
+    row = int((0.1 - grid.origin_y_m) // 0.5)
+    assert grid.cells[row, column] == 100  # roughest of the two patches, clipped to 100
+    assert grid.cells[row, column + 2] == 25
+    assert (grid.cells == -1).sum() == 64 - 2  # everything else unknown; far patch left out
