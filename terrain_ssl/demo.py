@@ -1,37 +1,99 @@
 """`terrain-ssl demo`: the README's main command.
 
-Foundation stage: until the simulator, nodes and report land, the demo runs the end-to-end piece
-that exists: a PointCloud2 round trip through real rclpy, with the conversion speed.
+Simulates an off-road drive over terrain of known roughness (ISO 8608 classes A-F, bumps,
+potholes, rocks) at varying speed, replays it through the three real nodes learning live from a
+cold start, and writes the evaluation report (metrics.json, labels.csv, plots, report.md).
 """
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
+from pathlib import Path
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser('demo', help='simulate a drive, learn live, write a report')
+    parser = subparsers.add_parser(
+        'demo', help='simulate a drive, learn on it live, write a report',
+        description='Simulate an off-road drive, replay it through roughness_labeler, '
+                    'roughness_learner and speed_advisor (cold start, learning live), and write '
+                    'a report to OUT.')
     parser.add_argument('--out', default='demo_out', help='output folder (default: demo_out)')
-    parser.add_argument('--quick', action='store_true', help='short run for CI (< 1 minute)')
+    parser.add_argument('--quick', action='store_true',
+                        help='a short drive, for CI and a first look (< 1 minute)')
+    parser.add_argument('--duration', type=float, default=None,
+                        help='simulated drive length in s (default 240, quick 45)')
+    parser.add_argument('--seed', type=int, default=7, help='terrain and noise seed')
+    parser.add_argument('--speed', default='3:7',
+                        help='speed in m/s, or LOW:HIGH for a smoothly varying speed')
+    parser.add_argument('--storage', choices=('sqlite3', 'mcap'), default='mcap')
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import numpy as np
-    from rclpy.serialization import deserialize_message, serialize_message
-    from sensor_msgs.msg import PointCloud2
+    from terrain_ssl.replay.report import write_report
+    from terrain_ssl.replay.runner import ReplayOptions, run_replay
+    from terrain_ssl.ros.bringup import default_config_path
+    from terrain_ssl.sim.bag import simulate_bag
 
-    from terrain_ssl.ros.conversions import array_to_pointcloud2, pointcloud2_to_xyz
+    out = Path(args.out)
+    duration = args.duration or (45.0 if args.quick else 240.0)
+    bag_dir = out / 'drive_bag'
+    if bag_dir.exists():
+        shutil.rmtree(bag_dir)
+    out.mkdir(parents=True, exist_ok=True)
 
-    rng = np.random.default_rng(0)
-    points = np.zeros(131072, dtype=[('x', '<f4'), ('y', '<f4'), ('z', '<f4')])
-    for axis in 'xyz':
-        points[axis] = rng.normal(size=points.shape[0])
+    print(f'1/2 simulating a {duration:.0f} s off-road drive (seed {args.seed}, speed '
+          f'{args.speed} m/s, 16-beam lidar) -> {bag_dir}', flush=True)
     start = time.perf_counter()
-    cloud = array_to_pointcloud2(points, 'lidar_link', 0, height=128)
-    wire = serialize_message(cloud)
-    xyz = pointcloud2_to_xyz(deserialize_message(wire, PointCloud2))
-    seconds = time.perf_counter() - start
-    print(f'PointCloud2 round trip through rclpy CDR: {xyz.shape[0]} points in '
-          f'{seconds * 1e3:.1f} ms ({xyz.shape[0] / seconds / 1e6:.1f} M points/s)')
+    simulate_bag(bag_dir, duration_s=duration, seed=args.seed, storage=args.storage,
+                 lidar='vlp16', speed=args.speed, progress=_sim_progress(duration))
+    print(f'    done in {time.perf_counter() - start:.1f} s', file=sys.stderr, flush=True)
+
+    print('2/2 replaying it through roughness_labeler -> roughness_learner -> speed_advisor '
+          '(cold start, predict then learn)', flush=True)
+    record = run_replay(ReplayOptions(bag=str(bag_dir), config=default_config_path(),
+                                      model_out=str(out / 'model.npz')))
+    metrics = write_report(record, out)
+    _print_summary(metrics)
+    print(f'\nreport: {(out / "report.md").resolve()}')
     return 0
+
+
+def _sim_progress(duration_s: float):
+    last = [0.0]
+
+    def report(simulated_s, _duration_s, wall_s):
+        if wall_s - last[0] < 0.5 and simulated_s < duration_s:
+            return  # redraw twice a second, not once per simulated chunk
+        last[0] = wall_s
+        done = int(30 * min(simulated_s / duration_s, 1.0))
+        print(f'\r    [{"#" * done}{"." * (30 - done)}] {simulated_s:6.1f}/{duration_s:.0f} s',
+              end='', file=sys.stderr, flush=True)
+        if simulated_s >= duration_s:
+            print(file=sys.stderr)
+    return report
+
+
+def _fmt(value, digits=3):
+    return 'n/a' if value is None else f'{value:.{digits}f}'
+
+
+def _print_summary(metrics: dict) -> None:
+    info = metrics.get('info', {})
+    print(f"\nlabeled patches: {metrics['labels']}; replay ran at "
+          f"{_fmt(info.get('realtime_factor'), 1)}x real time")
+    if 'prequential' not in metrics:
+        return
+    p, b = metrics['prequential'], metrics['baseline_height_spread']
+    print(f"{'':34s}{'terrain_ssl':>12s}{'baseline':>12s}")
+    print(f"{'prequential MAE (second half)':34s}{_fmt(p['mae_second_half']):>12s}"
+          f"{_fmt(b['mae_second_half']):>12s}")
+    print(f"{'Spearman vs label (second half)':34s}{_fmt(p['spearman_second_half']):>12s}"
+          f"{_fmt(b['spearman_second_half']):>12s}")
+    g = metrics.get('ground_truth')
+    if g:
+        print(f"{'Spearman vs true roughness':34s}{_fmt(g['spearman_prediction_vs_truth']):>12s}"
+              f"{_fmt(g['spearman_baseline_vs_truth']):>12s}")
+        print(f"labels vs true roughness: Spearman {_fmt(g['spearman_label_vs_truth'])}")

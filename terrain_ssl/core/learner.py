@@ -52,6 +52,7 @@ def _trusted_input():
     return sklearn.config_context(assume_finite=True, skip_parameter_validation=True)
 
 # Residual variance forgets with this many samples' memory: recent errors describe today's terrain.
+_MAX_LOG_SIGMA = 8.0
 _RESIDUAL_MEMORY_SAMPLES = 500.0
 
 
@@ -206,6 +207,10 @@ class OnlineRoughnessRegressor:
         with _trusted_input():
             for member in self.members_:
                 weights = self._bagging_rng.poisson(1.0, size=n).astype(np.float32)
+                if not weights.any() and not hasattr(member, 'coef_'):
+                    # Poisson(1) gives a small first batch zero weight often (1/e per sample);
+                    # every member must have learned something before the ensemble predicts.
+                    weights[:] = 1.0
                 if weights.any():
                     member.partial_fit(phi, target_z, sample_weight=weights)
         if self.n_samples_seen_ == 0:
@@ -236,7 +241,9 @@ class OnlineRoughnessRegressor:
         novelty = self.features_.novelty(X)
         sigma = np.sqrt(spread ** 2 + self.residual_var_ + (self.novelty_scale * novelty) ** 2)
         if self.log_target:
-            uncertainty = np.exp(mean) * np.expm1(sigma)
+            # Cap at e^8 (~3000x) above the estimate: beyond that "unknown" is all it says, and
+            # an unbounded novelty term would overflow to inf on wildly out-of-range features.
+            uncertainty = np.exp(mean) * np.expm1(np.minimum(sigma, _MAX_LOG_SIGMA))
         else:
             uncertainty = sigma
         return roughness, uncertainty

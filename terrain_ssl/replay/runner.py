@@ -139,6 +139,7 @@ def run_replay(options: ReplayOptions) -> ReplayRecord:
             detail = ', '.join(f'{t}: bag has {e}, read {r}' for t, (e, r) in mismatches.items())
             raise ReplayError(f'messages lost while reading {bag_path}: {detail}')
 
+        learner.flush_training()
         if options.model_out and learner.model.is_fitted:
             learner.model.save(options.model_out)
 

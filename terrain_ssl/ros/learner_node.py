@@ -61,6 +61,9 @@ PARAMS = [
               'Empty = never load or save.', read_only=True),
     ParamSpec('save_period_s', 60.0, 'Seconds between periodic saves (s); 0 = only on request '
               'and shutdown.', min=0.0, max=86400.0),
+    ParamSpec('train_batch_size', 32, 'Labels predicted, then learned together in one batch '
+              '(fewer, larger updates are much cheaper; each label is still predicted before it '
+              'is learned).', min=1, max=100_000),
     ParamSpec('warmup_samples', 200, 'Labels to learn before lookahead predictions are '
               'published.', min=0, max=10_000_000),
     ParamSpec('metrics_window', 1000, 'Recent labeled samples in the windowed MAE / Spearman.',
@@ -82,6 +85,8 @@ class RoughnessLearnerNode(Node):
         super().__init__('roughness_learner', context=context, **kwargs)
         self.rejects = RejectCounter(self.get_logger())
         self._prequential_listeners = []
+        self._pending = []  # (X, y) predicted but not yet learned
+        self._pending_count = 0
         self.params = LiveParameters(self, PARAMS, validate=self._validate,
                                      on_change=self._apply)
         values = self.params.values
@@ -232,6 +237,22 @@ class RoughnessLearnerNode(Node):
                     else np.full(y.shape[0], np.nan)
             for listener in self._prequential_listeners:
                 listener(event)
+        self._pending.append((X, y))
+        self._pending_count += y.shape[0]
+        batch = self.params.values['train_batch_size']
+        if not self.model.is_fitted or self._pending_count >= batch:
+            self.flush_training()
+
+    def flush_training(self) -> None:
+        """Learn every label predicted so far. Labels arrive a few per odometry message; one
+        scikit-learn partial_fit per small batch costs ~1 ms of overhead per ensemble member,
+        so they are learned in batches (each was already predicted before it is learned)."""
+        if not self._pending:
+            return
+        X = np.concatenate([x for x, _ in self._pending])
+        y = np.concatenate([labels for _, labels in self._pending])
+        self._pending.clear()
+        self._pending_count = 0
         self.model.partial_fit(X, y)
         baseline_column = self._baseline_column()
         if baseline_column is not None:
@@ -289,6 +310,7 @@ class RoughnessLearnerNode(Node):
 
     def save(self) -> tuple:
         """(success, message). Never overwrites a bad file; skips an empty model."""
+        self.flush_training()
         if not self.save_enabled:
             return False, self.save_problem or 'no model_path configured'
         if not self.model.is_fitted:
@@ -311,6 +333,8 @@ class RoughnessLearnerNode(Node):
         return response
 
     def on_reset_model(self, request, response):
+        self._pending.clear()
+        self._pending_count = 0
         try:
             self.model = self._new_model()
         except (ValueError, ImportError) as error:
