@@ -51,6 +51,7 @@ class ReadCounts:
     read: dict = field(default_factory=dict)
     undecodable: dict = field(default_factory=dict)
     last_error: str = ''
+    unknown_types: dict = field(default_factory=dict)  # topic -> type not installed here
 
     def mismatches(self) -> dict:
         return {topic: (self.expected[topic], self.read.get(topic, 0))

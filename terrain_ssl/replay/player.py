@@ -12,7 +12,7 @@ import time
 
 from rosgraph_msgs.msg import Clock
 
-from terrain_ssl.replay.bag import Bag, ReadCounts, message_class
+from terrain_ssl.replay.bag import Bag, BagError, ReadCounts, message_class
 from terrain_ssl.ros.conversions import ns_to_stamp
 
 SENSOR_TYPES = {'sensor_msgs/msg/Imu', 'sensor_msgs/msg/PointCloud2', 'nav_msgs/msg/Odometry'}
@@ -39,13 +39,22 @@ def play(bag_path, rate: float = 1.0, topics=None, remap=None, clock_hz: float =
     try:
         with Bag(bag_path) as bag:
             info = bag.topics()
-            chosen = [name for name in info if topics is None or name in topics]
+            chosen = []
             publishers = {}
-            for name in chosen:
+            for name in info:
+                if topics is not None and name not in topics:
+                    continue
+                try:
+                    cls = message_class(info[name].msgtype)
+                except BagError:  # e.g. tf2_msgs without a ROS distro: say so, play the rest
+                    counts.unknown_types[name] = info[name].msgtype
+                    print(f'not playing {name}: type {info[name].msgtype} is not installed',
+                          file=sys.stderr)
+                    continue
                 qos = qos_profile_sensor_data if info[name].msgtype in SENSOR_TYPES \
                     else QoSProfile(depth=10)
-                publishers[name] = node.create_publisher(message_class(info[name].msgtype),
-                                                         remap.get(name, name), qos)
+                publishers[name] = node.create_publisher(cls, remap.get(name, name), qos)
+                chosen.append(name)
             clock = node.create_publisher(Clock, '/clock', 10)
             time.sleep(start_delay_s)  # let subscribers discover the publishers
             wall_start = time.monotonic()

@@ -246,6 +246,6 @@ def write_report(record: ReplayRecord, out_dir) -> dict:
     for plot in plots:
         lines += [f'![{plot.stem}]({plot.name})', '']
     lines += ['Files: `metrics.json` (all figures), `labels.csv` (one row per labeled patch),'
-              ' `model.npz` + `model.json` (the learned model).', '']
+              ' `model.npz` (the learned model: arrays + JSON metadata, loads without pickle).', '']
     (out_dir / 'report.md').write_text('\n'.join(lines))
     return metrics

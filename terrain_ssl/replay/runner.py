@@ -64,7 +64,6 @@ def run_replay(options: ReplayOptions) -> ReplayRecord:
     import rclpy
     from rclpy.context import Context
 
-    from terrain_ssl.ros.conversions import pointcloud2_to_array, stamp_to_ns
     from terrain_ssl.ros.pipeline import create_nodes
     from terrain_ssl.ros.wiring import (BagTimeDriver, link_in_process, outlets_of,
                                         subscription_callbacks)
@@ -93,10 +92,10 @@ def run_replay(options: ReplayOptions) -> ReplayRecord:
                 outlet.connect(lambda msg: speed_rows.append(
                     (driver.now_ns, msg.data, latest_odom.get('x', np.nan),
                      latest_odom.get('y', np.nan), latest_odom.get('v', np.nan))))
-        final_map = {}
+        route_map = _RouteMapAccumulator()
         for outlet in outlets_of(learner):
             if outlet.topic_name == MAP_TOPIC:
-                outlet.connect(lambda msg: final_map.__setitem__('cloud', msg))
+                outlet.connect(route_map.add)
 
         counts = ReadCounts()
         wall_start = time.perf_counter()
@@ -159,17 +158,52 @@ def run_replay(options: ReplayOptions) -> ReplayRecord:
             record.speed = {'t_s': (rows[:, 0] - (first_ns or 0)) / 1e9,
                             'speed_limit': rows[:, 1], 'x': rows[:, 2], 'y': rows[:, 3],
                             'speed': rows[:, 4]}
-        if 'cloud' in final_map:
-            cloud = pointcloud2_to_array(final_map['cloud'])
-            record.final_map = {name: np.asarray(cloud[name], float)
-                                for name in ('x', 'y', 'roughness', 'uncertainty')}
-        record.info['final_stamp_ns'] = stamp_to_ns(final_map['cloud'].header.stamp) \
-            if 'cloud' in final_map else None
+        record.final_map = route_map.result()
         for node in nodes:
             node.destroy_node()
     finally:
         context.try_shutdown()
     return record
+
+
+class _RouteMapAccumulator:
+    """The newest prediction per 0.5 m cell over the whole drive, from the roughness maps.
+
+    Every `keep_every`-th map message is kept (the maps overlap heavily from scan to scan), so
+    memory stays small on long bags."""
+
+    def __init__(self, cell_m: float = 0.5, keep_every: int = 5):
+        self.cell_m = cell_m
+        self.keep_every = keep_every
+        self._seen = 0
+        self._chunks: list = []
+
+    def add(self, msg) -> None:
+        from terrain_ssl.ros.conversions import pointcloud2_to_array
+
+        self._seen += 1
+        if (self._seen - 1) % self.keep_every:
+            return
+        cloud = pointcloud2_to_array(msg)
+        if cloud.shape[0]:
+            self._chunks.append(np.column_stack([cloud[name].astype(float) for name in
+                                                 ('x', 'y', 'roughness', 'uncertainty')]))
+            if len(self._chunks) >= 200:
+                self._chunks = [self._dedupe(np.concatenate(self._chunks))]
+
+    def _dedupe(self, rows: np.ndarray) -> np.ndarray:
+        cells = np.floor(rows[:, :2] / self.cell_m).astype(np.int64)
+        keys = cells[:, 0] * 2_000_003 + cells[:, 1]
+        # np.unique keeps the first occurrence: search the reversed rows to keep the newest.
+        _, first = np.unique(keys[::-1], return_index=True)
+        return rows[::-1][first]
+
+    def result(self) -> dict:
+        if not self._chunks:
+            return {}
+        rows = self._dedupe(np.concatenate(self._chunks))
+        return {name: rows[:, i] for i, name in enumerate(('x', 'y', 'roughness',
+                                                           'uncertainty'))}
 
 
 def _samples_to_arrays(samples: list, t0_ns: int) -> dict:

@@ -13,6 +13,11 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data, ReliabilityPolicy, Hi
 # Sensor inputs: best effort, keep last 5 (drivers publish best effort; a reliable subscriber would
 # not match them). Our own topics: reliable, so a labeled patch is not lost between nodes.
 SENSOR_QOS = qos_profile_sensor_data
+# High-rate streams (IMU at 200-1000 Hz, odometry at 50-100 Hz): still best effort, but a queue of
+# up to ~1 s, so a scan that takes 25 ms to process does not make the subscriber drop samples
+# (a 5-deep queue overflows in 5 ms at 1 kHz, and every gap costs labels).
+HIGH_RATE_SENSOR_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.BEST_EFFORT,
+                                  history=HistoryPolicy.KEEP_LAST)
 RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                           history=HistoryPolicy.KEEP_LAST)
 
@@ -123,13 +128,12 @@ class LiveParameters:
             problem = self._validate(candidate)
             if problem:
                 return SetParametersResult(successful=False, reason=problem)
-        changed = candidate != self.values
-        self.values = candidate
-        if changed and self._on_change:
+        if candidate != self.values and self._on_change:
             try:
                 self._on_change(dict(candidate))
-            except ValueError as error:  # the core refused the configuration
+            except ValueError as error:  # the core refused it: the old values stay in force
                 return SetParametersResult(successful=False, reason=str(error))
+        self.values = candidate
         return SetParametersResult(successful=True)
 
 

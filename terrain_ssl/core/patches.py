@@ -1,0 +1,185 @@
+"""One lidar scan (already in the odom frame) -> ground cells with geometric features.
+
+Cells are squares of `cell_size` m on a grid fixed in odom, so repeated observations of the same
+ground fall into the same cell (its key). Everything is vectorised over the scan: points are binned
+into a dense local grid, per-cell sums come from `np.bincount`, per-cell extremes from
+`np.minimum.at` / `np.maximum.at` (fast since numpy 2), and the per-cell plane fits are one batched
+3x3 eigen-decomposition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Order of the columns of PatchSet.features (and of the patch-cloud fields after x, y, z).
+FEATURE_NAMES = (
+    'point_count',     # ground returns in the cell (-)
+    'height_std',      # standard deviation of point heights (m)
+    'height_range',    # max - min point height (m)
+    'plane_residual',  # RMS distance of points to their best-fit plane (line if on one ring) (m)
+    'slope',           # angle of the best-fit plane to horizontal (rad)
+    'curvature',       # surface variation: smallest / sum of covariance eigenvalues (-)
+    'max_step',        # largest jump of a neighbour cell's mean height off this cell's plane (m)
+    'range',           # horizontal distance from the sensor to the cell centre (m)
+    'grazing_angle',   # angle below horizontal at which the sensor sees the cell (rad)
+)
+FEATURE_INDEX = {name: index for index, name in enumerate(FEATURE_NAMES)}
+
+# Cell keys pack (ix, iy) into one int64: (ix + OFFSET) * STRIDE + (iy + OFFSET).
+_KEY_OFFSET = 1 << 30
+_KEY_STRIDE = 1 << 31
+
+
+def cell_keys(ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+    """Integer cell indices -> int64 keys (unique per cell, sortable)."""
+    return (ix.astype(np.int64) + _KEY_OFFSET) * _KEY_STRIDE + (iy.astype(np.int64) + _KEY_OFFSET)
+
+
+def cell_indices(keys: np.ndarray) -> tuple:
+    """Inverse of `cell_keys`: int64 keys -> (ix, iy)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    return keys // _KEY_STRIDE - _KEY_OFFSET, keys % _KEY_STRIDE - _KEY_OFFSET
+
+
+@dataclass
+class PatchSet:
+    """Ground cells seen in one scan; centres (M, 3) in odom, m: cell centre, z of the plane fit."""
+
+    t_ns: int
+    keys: np.ndarray       # (M,) int64, sorted
+    centres: np.ndarray    # (M, 3) float64
+    features: np.ndarray   # (M, len(FEATURE_NAMES)) float64
+
+    def __len__(self) -> int:
+        return self.keys.shape[0]
+
+    @staticmethod
+    def empty(t_ns: int) -> 'PatchSet':
+        return PatchSet(t_ns, np.zeros(0, dtype=np.int64), np.zeros((0, 3)),
+                        np.zeros((0, len(FEATURE_NAMES))))
+
+
+def compute_patches(points: np.ndarray, sensor_origin, t_ns: int, cell_size: float = 0.5,
+                    min_points: int = 5, ground_band: float = 0.3, min_range: float = 2.0,
+                    max_range: float = 30.0) -> PatchSet:
+    """Ground cells and their features from (N, 3) finite points in odom (m).
+
+    Args:
+        sensor_origin: lidar position in odom (m), for range and grazing angle.
+        cell_size: cell edge (m).
+        min_points: cells with fewer ground returns are left out (too little evidence).
+        ground_band: points higher than this above the lowest point of their cell are not
+            ground (vegetation, the vehicle itself, overhangs) (m).
+        min_range, max_range: horizontal distances from the sensor (m) outside which points are
+            ignored (self-returns close by; sparse, noisy returns far away).
+    """
+    origin = np.asarray(sensor_origin, dtype=np.float64)
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    distance_sq = (x - origin[0]) ** 2 + (y - origin[1]) ** 2
+    keep = (distance_sq >= min_range * min_range) & (distance_sq <= max_range * max_range)
+    if not keep.all():
+        x, y, z = x[keep], y[keep], z[keep]
+    if x.shape[0] == 0:
+        return PatchSet.empty(t_ns)
+
+    # Dense local grid over the scan's footprint: flat index per point.
+    ix = np.floor(x / cell_size).astype(np.int64)
+    iy = np.floor(y / cell_size).astype(np.int64)
+    ix0, iy0 = ix.min(), iy.min()
+    nx, ny = int(ix.max() - ix0) + 1, int(iy.max() - iy0) + 1
+    n_cells = nx * ny
+    flat = (ix - ix0) * ny + (iy - iy0)
+
+    # Ground: within `ground_band` of the cell's lowest point.
+    z_min = np.full(n_cells, np.inf)
+    np.minimum.at(z_min, flat, z)
+    dz = z - z_min[flat]
+    ground = dz <= ground_band
+    if not ground.all():
+        x, y, dz = x[ground], y[ground], dz[ground]
+        flat, ix, iy = flat[ground], ix[ground], iy[ground]
+
+    count = np.bincount(flat, minlength=n_cells)
+    occupied = np.flatnonzero(count >= min_points)
+    if occupied.shape[0] == 0:
+        return PatchSet.empty(t_ns)
+
+    # Coordinates relative to the cell centre / lowest point: small numbers, no cancellation.
+    dx = x - (ix + 0.5) * cell_size
+    dy = y - (iy + 0.5) * cell_size
+
+    def cell_sum(weights):
+        return np.bincount(flat, weights=weights, minlength=n_cells)[occupied]
+
+    n = count[occupied].astype(np.float64)
+    mean = np.stack([cell_sum(dx), cell_sum(dy), cell_sum(dz)], axis=1) / n[:, None]
+    covariance = np.empty((occupied.shape[0], 3, 3))
+    products = {(0, 0): dx * dx, (1, 1): dy * dy, (2, 2): dz * dz,
+                (0, 1): dx * dy, (0, 2): dx * dz, (1, 2): dy * dz}
+    for (a, b), product in products.items():
+        value = cell_sum(product) / n - mean[:, a] * mean[:, b]
+        covariance[:, a, b] = covariance[:, b, a] = value
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)  # ascending
+    eigenvalues = np.clip(eigenvalues, 0.0, None)
+    normal = eigenvectors[:, :, 0]
+    normal_z = np.abs(normal[:, 2])
+
+    z_max = np.full(n_cells, -np.inf)
+    np.maximum.at(z_max, flat, dz)
+
+    cell_ix = occupied // ny + ix0
+    cell_iy = occupied % ny + iy0
+    centres = np.empty((occupied.shape[0], 3))
+    centres[:, 0] = (cell_ix + 0.5) * cell_size
+    centres[:, 1] = (cell_iy + 0.5) * cell_size
+    # Plane gradient dz/dx, dz/dy from the normal (near-vertical planes clipped).
+    safe_nz = np.where(normal[:, 2] < 0, -1.0, 1.0) * np.maximum(normal_z, 0.1)
+    gradient_x = -normal[:, 0] / safe_nz
+    gradient_y = -normal[:, 1] / safe_nz
+    # Height of the fitted plane at the cell centre (the points' centroid is rarely there).
+    centres[:, 2] = z_min[occupied] + mean[:, 2] - gradient_x * mean[:, 0] - gradient_y * mean[:, 1]
+    max_step = _max_neighbour_step(occupied, centres[:, 2], gradient_x, gradient_y,
+                                   nx, ny, cell_size)
+
+    horizontal = np.hypot(centres[:, 0] - origin[0], centres[:, 1] - origin[1])
+    features = np.empty((occupied.shape[0], len(FEATURE_NAMES)))
+    features[:, FEATURE_INDEX['point_count']] = n
+    features[:, FEATURE_INDEX['height_std']] = np.sqrt(covariance[:, 2, 2].clip(0.0))
+    features[:, FEATURE_INDEX['height_range']] = z_max[occupied]
+    # A sparse lidar often puts a cell's points on one ring: a line, which fits any plane through
+    # it. Then the surface's roughness is the spread about the line (both small eigenvalues).
+    xx, yy, xy = covariance[:, 0, 0], covariance[:, 1, 1], covariance[:, 0, 1]
+    minor_xy = 0.5 * (xx + yy) - np.sqrt(0.25 * (xx - yy) ** 2 + xy * xy)
+    line_like = minor_xy < (0.1 * cell_size) ** 2
+    residual_var = np.where(line_like, eigenvalues[:, 0] + eigenvalues[:, 1], eigenvalues[:, 0])
+    features[:, FEATURE_INDEX['plane_residual']] = np.sqrt(residual_var)
+    features[:, FEATURE_INDEX['slope']] = np.arccos(np.clip(normal_z, 0.0, 1.0))
+    features[:, FEATURE_INDEX['curvature']] = residual_var / np.maximum(
+        eigenvalues.sum(axis=1), 1e-12)
+    features[:, FEATURE_INDEX['max_step']] = max_step
+    features[:, FEATURE_INDEX['range']] = horizontal
+    features[:, FEATURE_INDEX['grazing_angle']] = np.arctan2(origin[2] - centres[:, 2], horizontal)
+
+    keys = cell_keys(cell_ix, cell_iy)
+    order = np.argsort(keys)  # ascending keys let the cell map merge with searchsorted
+    return PatchSet(t_ns, keys[order], centres[order], features[order])
+
+
+def _max_neighbour_step(occupied, mean_z, gradient_x, gradient_y, nx, ny, cell_size):
+    """Per occupied cell: max over the 8 neighbours of |neighbour mean z - this plane there| (m)."""
+    grid = np.full((nx + 2, ny + 2), np.nan)  # padded so every cell has 8 neighbour slots
+    i = occupied // ny + 1
+    j = occupied % ny + 1
+    grid[i, j] = mean_z
+    step = np.zeros(occupied.shape[0])
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            if di == 0 and dj == 0:
+                continue
+            neighbour = grid[i + di, j + dj]
+            predicted = mean_z + (gradient_x * di + gradient_y * dj) * cell_size
+            difference = np.abs(neighbour - predicted)
+            step = np.fmax(step, difference)  # fmax ignores the NaN of empty neighbours
+    return step

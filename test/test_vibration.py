@@ -1,0 +1,101 @@
+"""Vertical vibration from IMU samples: gravity removal for any mount, band-pass, shock measures."""
+
+import numpy as np
+import pytest
+from scipy import signal
+
+from terrain_ssl.core.geometry import quat_from_rpy, quat_to_matrix
+from terrain_ssl.core.vibration import VibrationFilter, wk_weighting_sos
+
+RATE_HZ = 200.0
+G = 9.81
+
+
+def feed(vibration, vertical_accel, rotation_quat=None, use_orientation=True, t0_s=0.0):
+    """Feed a vertical acceleration trace (m/s^2, world up) to an IMU mounted with rotation_quat."""
+    quat = np.array([0.0, 0.0, 0.0, 1.0]) if rotation_quat is None else rotation_quat
+    sensor_from_world = quat_to_matrix(quat).T
+    stamps = ((t0_s + np.arange(vertical_accel.shape[0]) / RATE_HZ) * 1e9).astype(np.int64)
+    for t_ns, a in zip(stamps, vertical_accel):
+        specific_force = sensor_from_world @ np.array([0.0, 0.0, G + a])
+        vibration.add(int(t_ns), specific_force, quat if use_orientation else None)
+    return stamps
+
+
+def test_wk_weighting_matches_iso_2631_table_values():
+    sos = wk_weighting_sos(RATE_HZ)
+    # ISO 2631-1 Table 3, Wk (x1000): 1 Hz 482, 2 Hz 531, 4 Hz 967, 8 Hz 1036, 16 Hz 768.
+    frequencies = [1.0, 2.0, 4.0, 8.0, 16.0]
+    _, response = signal.sosfreqz(sos, worN=frequencies, fs=RATE_HZ)
+    # Bilinear warping at 200 Hz costs a little near 16 Hz.
+    assert np.abs(response) == pytest.approx([0.482, 0.531, 0.967, 1.036, 0.768], rel=0.03)
+
+
+def test_sinusoid_rms_and_peak_in_band():
+    vibration = VibrationFilter()
+    t = np.arange(int(8 * RATE_HZ)) / RATE_HZ
+    stamps = feed(vibration, 2.0 * np.sin(2 * np.pi * 6.0 * t))
+    window = (int(stamps[-400]), int(stamps[-1]))
+    rms, reason = vibration.shock(*window, 'rms')
+    peak, _ = vibration.shock(*window, 'peak')
+    assert reason == ''
+    assert rms == pytest.approx(2.0 / np.sqrt(2.0), rel=0.05)
+    assert peak == pytest.approx(2.0, rel=0.05)
+    assert vibration.rate_hz == pytest.approx(RATE_HZ, rel=1e-6)
+
+
+def test_slow_changes_are_removed():
+    vibration = VibrationFilter()
+    t = np.arange(int(10 * RATE_HZ)) / RATE_HZ
+    stamps = feed(vibration, 1.5 * np.sin(2 * np.pi * 0.1 * t))  # braking / slope changes
+    rms, _ = vibration.shock(int(stamps[-600]), int(stamps[-1]), 'rms')
+    assert rms < 0.1
+
+
+@pytest.mark.parametrize('use_orientation', [True, False])
+def test_gravity_on_plus_y_mount_gives_same_shock(use_orientation):
+    t = np.arange(int(8 * RATE_HZ)) / RATE_HZ
+    rng = np.random.default_rng(1)
+    trace = 1.5 * np.sin(2 * np.pi * 5.0 * t) + rng.normal(0.0, 0.3, t.shape[0])
+    upright = VibrationFilter()
+    stamps = feed(upright, trace)
+    # Rotated +90 deg about x: the sensor's +y axis points up, so gravity reads on +y.
+    mount = quat_from_rpy(np.pi / 2, 0.0, 0.0)
+    assert (quat_to_matrix(mount).T @ [0, 0, 1]) == pytest.approx([0, 1, 0], abs=1e-9)
+    rotated = VibrationFilter(gravity_source='auto' if use_orientation else 'estimate')
+    feed(rotated, trace, mount, use_orientation)
+    window = (int(stamps[-600]), int(stamps[-1]))
+    for measure in ('rms', 'peak', 'wk_rms'):
+        expected, _ = upright.shock(*window, measure)
+        value, reason = rotated.shock(*window, measure)
+        assert reason == ''
+        assert value == pytest.approx(expected, rel=0.03)
+
+
+def test_gap_restarts_filters_and_windows_over_it_give_no_shock():
+    vibration = VibrationFilter(max_gap_s=0.05)
+    t = np.arange(int(4 * RATE_HZ)) / RATE_HZ
+    first = feed(vibration, np.sin(2 * np.pi * 5 * t))
+    second = feed(vibration, np.sin(2 * np.pi * 5 * t), t0_s=4.5)  # 0.5 s without IMU
+    assert vibration.gaps == 1
+    assert vibration.shock(int(first[-100]), int(second[50]))[1] == 'imu_gap'
+    assert vibration.shock(int(second[10]), int(second[60]))[1] == 'imu_warmup'
+    assert vibration.shock(int(second[-100]), int(second[-1]))[1] == ''
+    assert vibration.shock(int(second[-1]), int(second[-1]) + 10**8)[1] == 'pending'
+
+
+def test_reset_forgets_history():
+    vibration = VibrationFilter()
+    stamps = feed(vibration, np.zeros(400))
+    vibration.reset()
+    assert vibration.shock(int(stamps[0]), int(stamps[-1]))[1] == 'pending'
+    assert vibration.last_t_ns is None
+
+
+def test_invalid_configuration_is_refused():
+    with pytest.raises(ValueError):
+        VibrationFilter(band_low_hz=30.0, band_high_hz=1.0)
+    with pytest.raises(ValueError):
+        VibrationFilter(gravity_source='magic')
+    with pytest.raises(ValueError):
+        VibrationFilter().shock(0, 1, 'loudness')
