@@ -236,10 +236,13 @@ class Labeler:
             return
         self.stats['imu'] += 1
         self.vibration.add(int(t_ns), accel, quat_xyzw)
-        if self.vibration.gaps > self._imu_gaps_seen:
-            self._imu_gaps_seen = self.vibration.gaps
-            self._reject('imu_gap', f'no IMU sample for more than {self.config.imu_max_gap_s} s')
         self._label_pending()
+
+    def _count_imu_gaps(self) -> None:
+        gaps = self.vibration.gaps  # filters the queued IMU samples (batched: see VibrationFilter)
+        for _ in range(gaps - self._imu_gaps_seen):
+            self._reject('imu_gap', f'no IMU sample for more than {self.config.imu_max_gap_s} s')
+        self._imu_gaps_seen = max(gaps, self._imu_gaps_seen)
 
     def add_odometry(self, t_ns: int, position, quat_xyzw, linear_velocity,
                      angular_velocity=(0.0, 0.0, 0.0)) -> None:
@@ -258,6 +261,7 @@ class Labeler:
         done = self.cells.update_footprint(int(t_ns), position, float(yaw_from_quat(quat)))
         if len(done):
             self._pending = Crossings.concatenate([self._pending, done])
+        self._count_imu_gaps()
         self._label_pending()
 
     def add_scan(self, t_ns: int, points_lidar: np.ndarray) -> Optional[PatchSet]:

@@ -26,6 +26,7 @@ GRAVITY_SOURCES = ('auto', 'orientation', 'estimate')
 
 # Samples used to measure the IMU rate before the filters are designed.
 _RATE_SAMPLES = 20
+_MAX_QUEUED_SAMPLES = 2000  # filter at least this often even when nobody asks (memory)
 
 
 def wk_weighting_sos(fs_hz: float) -> np.ndarray:
@@ -89,9 +90,14 @@ class VibrationFilter:
         self.gravity_tau_s = gravity_tau_s
         self.max_gap_ns = int(max_gap_s * NS_PER_S)
         self.history_ns = int(history_s * NS_PER_S)
-        self.gaps = 0
+        self._gaps = 0
         self.rate_hz: Optional[float] = None
         self.reset()
+
+    @property
+    def gaps(self) -> int:
+        """IMU gaps seen so far (counted as samples arrive, before they are filtered)."""
+        return self._gaps
 
     @property
     def warmup_s(self) -> float:
@@ -105,7 +111,8 @@ class VibrationFilter:
         self._wk = np.zeros(0)
         self._valid = np.zeros(0, dtype=bool)
         self._pending: list = []
-        self._raw: list = []  # samples waiting for the rate estimate
+        self._raw: list = []  # samples waiting to be filtered (and for the rate estimate)
+        self._last_added_ns: Optional[int] = None
         self._band_sos = self._wk_sos = None
         self._restart_filters()
 
@@ -124,13 +131,19 @@ class VibrationFilter:
         """One IMU sample: stamp (ns), specific force (3,) m/s^2, orientation (4,) or None.
 
         Stamps must increase and values be finite (the caller filters and counts bad input).
+        Samples are queued and filtered in batches when a shock is asked for: a scipy filter
+        call per 200 Hz sample would cost more than everything else the labeler does.
         """
+        t_ns = int(t_ns)
+        if self._last_added_ns is not None and t_ns - self._last_added_ns > self.max_gap_ns:
+            self._gaps += 1
+        self._last_added_ns = t_ns
+        self._raw.append((t_ns, accel, quat_xyzw))
         if self.rate_hz is None:
-            self._raw.append((int(t_ns), np.asarray(accel, dtype=float), quat_xyzw))
             if len(self._raw) >= _RATE_SAMPLES:
                 self._design_from_raw()
-            return
-        self._process(int(t_ns), np.asarray(accel, dtype=float), quat_xyzw)
+        elif len(self._raw) >= _MAX_QUEUED_SAMPLES:
+            self._flush()
 
     def _design_from_raw(self) -> None:
         stamps = np.array([sample[0] for sample in self._raw], dtype=np.int64)
@@ -145,49 +158,73 @@ class VibrationFilter:
         self._band_sos = signal.butter(self.band_order, [low, high], btype='bandpass',
                                        fs=self.rate_hz, output='sos')
         self._wk_sos = wk_weighting_sos(self.rate_hz)
-        raw, self._raw = self._raw, []
-        for t_ns, accel, quat in raw:
-            self._process(t_ns, accel, quat)
-
-    def _up_estimate(self, accel: np.ndarray, dt_s: float) -> np.ndarray:
+        # First-order low-pass of the specific force: its direction is "up" (gravity dominates
+        # the average; vibration and manoeuvres average out over gravity_tau_s).
+        dt_s = 1.0 / self.rate_hz
         alpha = dt_s / (self.gravity_tau_s + dt_s)
-        if self._gravity_state is None:
-            self._gravity_state = accel.copy()
-        else:
-            self._gravity_state += alpha * (accel - self._gravity_state)
-        norm = np.linalg.norm(self._gravity_state)
-        return self._gravity_state / norm if norm > 1e-6 else np.array([0.0, 0.0, 1.0])
+        self._gravity_ba = (np.array([alpha]), np.array([1.0, alpha - 1.0]))
 
-    def _process(self, t_ns: int, accel: np.ndarray, quat) -> None:
-        if self._last_ns is not None and t_ns - self._last_ns > self.max_gap_ns:
-            self.gaps += 1
-            self._restart_filters()
-        dt_s = 1.0 / self.rate_hz if self._last_ns is None else (t_ns - self._last_ns) / NS_PER_S
-        up = self._up_estimate(accel, dt_s)
-        if quat is not None and self.gravity_source != 'estimate':
-            x, y, z, w = np.asarray(quat, dtype=float) / np.linalg.norm(quat)
-            up = np.array([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)])
-        vertical = np.array([float(accel @ up)])
+    def _process_queue(self) -> None:
+        """Filter every queued sample, one vectorised pass per gap-free segment."""
+        raw, self._raw = self._raw, []
+        t = np.fromiter((sample[0] for sample in raw), dtype=np.int64, count=len(raw))
+        accel = np.array([sample[1] for sample in raw], dtype=float).reshape(-1, 3)
+        quat = np.full((len(raw), 4), np.nan)
+        if self.gravity_source != 'estimate':
+            for row, sample in enumerate(raw):
+                if sample[2] is not None:
+                    quat[row] = sample[2]
+        previous = np.concatenate([[self._last_ns if self._last_ns is not None else t[0]],
+                                   t[:-1]])
+        breaks = np.flatnonzero(t - previous > self.max_gap_ns)
+        bounds = sorted({0, len(raw), *breaks.tolist()})
+        gap_starts = set(breaks.tolist())
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            if lo in gap_starts:  # counted in add(); here the filters restart
+                self._restart_filters()
+            if hi > lo:
+                self._process_segment(t[lo:hi], accel[lo:hi], quat[lo:hi])
+
+    def _process_segment(self, t: np.ndarray, accel: np.ndarray, quat: np.ndarray) -> None:
+        b, a = self._gravity_ba
+        if self._gravity_state is None:
+            self._gravity_state = signal.lfilter_zi(b, a)[None, :] * accel[0][:, None]
+        gravity = np.empty_like(accel)
+        for axis in range(3):
+            gravity[:, axis], self._gravity_state[axis] = signal.lfilter(
+                b, a, accel[:, axis], zi=self._gravity_state[axis])
+        norm = np.linalg.norm(gravity, axis=1)
+        up = np.where(norm[:, None] > 1e-6, gravity / np.maximum(norm, 1e-6)[:, None],
+                      np.array([0.0, 0.0, 1.0]))
+        has_quat = np.isfinite(quat).all(axis=1)
+        if has_quat.any():
+            q = quat[has_quat] / np.linalg.norm(quat[has_quat], axis=1)[:, None]
+            x, y, z, w = q.T
+            up[has_quat] = np.column_stack([2 * (x * z - y * w), 2 * (y * z + x * w),
+                                            1 - 2 * (x * x + y * y)])
+        vertical = np.einsum('ij,ij->i', accel, up)
         if self._band_zi is None:
             # Start the filters in steady state on this sample, so there is no start-up step.
             self._band_zi = signal.sosfilt_zi(self._band_sos) * vertical[0]
             self._wk_zi = signal.sosfilt_zi(self._wk_sos) * 0.0
-            self._started_ns = t_ns
+            self._started_ns = int(t[0])
         band, self._band_zi = signal.sosfilt(self._band_sos, vertical, zi=self._band_zi)
         weighted, self._wk_zi = signal.sosfilt(self._wk_sos, band, zi=self._wk_zi)
-        valid = t_ns - self._started_ns >= self.warmup_s * NS_PER_S
-        self._pending.append((t_ns, band[0], weighted[0], valid))
-        self._last_ns = t_ns
+        valid = t - self._started_ns >= self.warmup_s * NS_PER_S
+        self._pending.append((t, band, weighted, valid))
+        self._last_ns = int(t[-1])
 
     def _flush(self) -> None:
+        if self._raw and self.rate_hz is not None:
+            self._process_queue()
         if not self._pending:
             return
-        t, band, weighted, valid = zip(*self._pending)
+        t, band, weighted, valid = (np.concatenate(parts) for parts in zip(*self._pending))
         self._pending = []
-        self._t = np.concatenate([self._t, np.asarray(t, dtype=np.int64)])
+        self._t = np.concatenate([self._t, t])
         self._band = np.concatenate([self._band, band])
         self._wk = np.concatenate([self._wk, weighted])
-        self._valid = np.concatenate([self._valid, np.asarray(valid, dtype=bool)])
+        self._valid = np.concatenate([self._valid, valid])
         start = int(np.searchsorted(self._t, self._t[-1] - self.history_ns))
         if start > 0:
             self._t, self._band = self._t[start:], self._band[start:]

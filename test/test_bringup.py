@@ -1,0 +1,102 @@
+"""`terrain-ssl bringup` for real: a subprocess fed a simulated bag in real time over DDS.
+
+Observes speed limits, retunes a labeling threshold through the parameter service (the call
+`ros2 param set` makes), and stops with SIGINT: exit code 0 and the model saved.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import spin_until
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Float32
+
+from terrain_ssl.replay.player import play
+from terrain_ssl.ros.conversions import pointcloud2_to_array
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def short_bag(tmp_path_factory):
+    from terrain_ssl.sim.bag import simulate_bag
+    return simulate_bag(tmp_path_factory.mktemp('bringup') / 'bag', duration_s=14.0, seed=3,
+                        speed='5', start_s_m=150.0)  # start on rougher ground: labels of all kinds
+
+
+def _set_parameter(node, executor, service, name, value: float):
+    client = node.create_client(SetParameters, service)
+    assert client.wait_for_service(timeout_sec=10.0), f'{service} not available'
+    request = SetParameters.Request(parameters=[Parameter(
+        name=name, value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value))])
+    future = client.call_async(request)
+    assert spin_until(executor, future.done, timeout_s=10.0)
+    return future.result().results[0]
+
+
+def test_bringup_live_tuning_and_clean_exit(ros_context, short_bag, tmp_path):
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+
+    model_path = tmp_path / 'model.npz'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'terrain_ssl.cli', 'bringup', '--config',
+         str(ROOT / 'config' / 'terrain_ssl.yaml'), '--ros-args', '-p', 'use_sim_time:=true',
+         '-p', f'model_path:={model_path}', '-p', 'warmup_samples:=20'],
+        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    node = Node('bringup_observer', context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    limits, labeled = [], []
+    node.create_subscription(Float32, 'terrain_ssl/speed_limit', limits.append, 10)
+    node.create_subscription(PointCloud2, 'terrain_ssl/labeled_patches', labeled.append, 50)
+    try:
+        # The node process is up once its parameter service answers.
+        client = node.create_client(SetParameters, '/roughness_labeler/set_parameters')
+        assert client.wait_for_service(timeout_sec=30.0), 'bringup did not start'
+        player = threading.Thread(target=play, args=(short_bag,),
+                                  kwargs={'context': ros_context, 'progress': False})
+        player.start()
+        assert spin_until(executor, lambda: len(labeled) >= 5, timeout_s=20.0), 'no labels'
+        before = len(labeled)
+        # Live tuning: every label above 1e-9 (m/s^2)/(m/s) is "rough" from the next label on.
+        result = _set_parameter(node, executor, '/roughness_labeler/set_parameters',
+                                'label.moderate_threshold', 0.0)
+        assert result.successful, result.reason
+        result = _set_parameter(node, executor, '/roughness_labeler/set_parameters',
+                                'label.rough_threshold', 1e-9)
+        assert result.successful, result.reason
+        refused = _set_parameter(node, executor, '/roughness_labeler/set_parameters',
+                                 'label.rough_threshold', -1.0)
+        assert not refused.successful and refused.reason
+        assert spin_until(executor, lambda: len(labeled) >= before + 10, timeout_s=20.0)
+        while player.is_alive():
+            executor.spin_once(timeout_sec=0.05)
+        player.join()
+        classes_before = [c for m in labeled[:before]
+                          for c in pointcloud2_to_array(m)['roughness_class']]
+        classes_after = [c for m in labeled[before + 3:]
+                         for c in pointcloud2_to_array(m)['roughness_class']]
+        assert set(classes_before) != {2.0}
+        assert classes_after and set(classes_after) == {2.0}
+        assert len(limits) >= 5, 'no speed limits published'
+        assert all(0.0 <= msg.data <= 20.0 for msg in limits)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+        executor.shutdown()
+        node.destroy_node()
+    assert process.returncode == 0, output[-3000:]
+    assert model_path.exists(), output[-3000:]
