@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from terrain_ssl.replay.report import write_report
+    from terrain_ssl.replay.report import summary_lines, write_report
     from terrain_ssl.replay.runner import ReplayOptions, run_replay
     from terrain_ssl.ros.bringup import default_config_path
     from terrain_ssl.sim.bag import simulate_bag
@@ -56,7 +56,7 @@ def run(args) -> int:
     record = run_replay(ReplayOptions(bag=str(bag_dir), config=default_config_path(),
                                       model_out=str(out / 'model.npz')))
     metrics = write_report(record, out)
-    _print_summary(metrics)
+    print('\n'.join(summary_lines(metrics, record.timing)))
     print(f'\nreport: {(out / "report.md").resolve()}')
     return 0
 
@@ -74,26 +74,3 @@ def _sim_progress(duration_s: float):
         if simulated_s >= duration_s:
             print(file=sys.stderr)
     return report
-
-
-def _fmt(value, digits=3):
-    return 'n/a' if value is None else f'{value:.{digits}f}'
-
-
-def _print_summary(metrics: dict) -> None:
-    info = metrics.get('info', {})
-    print(f"\nlabeled patches: {metrics['labels']}; replay ran at "
-          f"{_fmt(info.get('realtime_factor'), 1)}x real time")
-    if 'prequential' not in metrics:
-        return
-    p, b = metrics['prequential'], metrics['baseline_height_spread']
-    print(f"{'':34s}{'terrain_ssl':>12s}{'baseline':>12s}")
-    print(f"{'prequential MAE (second half)':34s}{_fmt(p['mae_second_half']):>12s}"
-          f"{_fmt(b['mae_second_half']):>12s}")
-    print(f"{'Spearman vs label (second half)':34s}{_fmt(p['spearman_second_half']):>12s}"
-          f"{_fmt(b['spearman_second_half']):>12s}")
-    g = metrics.get('ground_truth')
-    if g:
-        print(f"{'Spearman vs true roughness':34s}{_fmt(g['spearman_prediction_vs_truth']):>12s}"
-              f"{_fmt(g['spearman_baseline_vs_truth']):>12s}")
-        print(f"labels vs true roughness: Spearman {_fmt(g['spearman_label_vs_truth'])}")

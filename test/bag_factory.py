@@ -128,3 +128,15 @@ def write_ros1_bag(path, messages):
             obj = dataclasses.replace(obj, header=header)
             writer.write(connections[topic], stamp, ros1.serialize_ros1(obj, msgtype))
     return Path(path)
+
+
+def messages_from_bag(path, rename=None):
+    """(topic, stamp_ns, rclpy message) of a bag's Imu / PointCloud2 / Odometry topics, in order;
+    `rename` maps old topic names to new ones."""
+    from terrain_ssl.replay.bag import Bag, ReadCounts
+
+    rename = rename or {}
+    with Bag(path) as bag:
+        topics = [name for name, info in bag.topics().items() if info.msgtype in TYPES.values()]
+        return [(rename.get(m.topic, m.topic), m.stamp_ns, m.message)
+                for m in bag.messages(topics, ReadCounts())]

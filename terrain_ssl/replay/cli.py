@@ -66,17 +66,14 @@ def run_replay_command(args) -> int:
         print(f'error: {error}', file=sys.stderr)
         return 1
     metrics = write_report(record, out)
-    _print_summary(metrics, out)
+    _print_summary(metrics, record.timing, out)
     return 0
 
 
-def _print_summary(metrics: dict, out: Path) -> None:
-    info = metrics.get('info', {})
-    print(f"labels: {metrics['labels']}   replay: {info.get('realtime_factor') or 0:.1f}x real time")
-    if 'prequential' in metrics:
-        p, b = metrics['prequential'], metrics['baseline_height_spread']
-        print(f"prequential MAE {p['mae']:.3f} (baseline {b['mae']:.3f}), Spearman "
-              f"{p['spearman']:.3f} (baseline {b['spearman']:.3f})")
+def _print_summary(metrics: dict, timing: dict, out: Path) -> None:
+    from terrain_ssl.replay.report import summary_lines
+
+    print('\n'.join(summary_lines(metrics, timing)))
     print(f'report: {out / "report.md"}')
 
 

@@ -23,7 +23,8 @@ class ReplayRecord:
     #                                               baseline, speed, roughness_class[, truth]
     speed: dict = field(default_factory=dict)     # t_s, x, y, speed_limit, speed (m/s)
     final_map: dict = field(default_factory=dict)  # x, y, roughness, uncertainty
-    info: dict = field(default_factory=dict)      # bag, counts, rates, rejects, timings
+    info: dict = field(default_factory=dict)      # bag, counts, rejects (deterministic)
+    timing: dict = field(default_factory=dict)    # wall_s, realtime_factor, messages_per_s
 
 
 def _spearman(a, b) -> float:
@@ -205,7 +206,11 @@ def write_report(record: ReplayRecord, out_dir) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = _json_safe(compute_metrics(record))
+    # metrics.json holds only what the bag and the code determine, so two replays of the same
+    # bag give the same file; wall-clock figures go to timing.json.
     (out_dir / 'metrics.json').write_text(json.dumps(metrics, indent=2, sort_keys=True) + '\n')
+    (out_dir / 'timing.json').write_text(
+        json.dumps(_json_safe(record.timing), indent=2, sort_keys=True) + '\n')
     write_labels_csv(record, out_dir / 'labels.csv')
     plots = write_plots(record, out_dir)
 
@@ -213,8 +218,8 @@ def write_report(record: ReplayRecord, out_dir) -> dict:
     info = record.info
     if info.get('bag'):
         lines += [f"Bag: `{info['bag']}`  ", f"Bag duration: {_fmt(info.get('bag_duration_s'), 1)} s,"
-                  f" replayed in {_fmt(info.get('wall_s'), 1)} s"
-                  f" ({_fmt(info.get('realtime_factor'), 1)}x real time)", '']
+                  f" replayed in {_fmt(record.timing.get('wall_s'), 1)} s"
+                  f" ({_fmt(record.timing.get('realtime_factor'), 1)}x real time)", '']
     lines += [f"Labeled patches: **{metrics['labels']}**", '']
     if 'prequential' in metrics:
         p, b = metrics['prequential'], metrics['baseline_height_spread']
@@ -245,7 +250,29 @@ def write_report(record: ReplayRecord, out_dir) -> dict:
                   f"range {_fmt(v['min_mps'], 2)}-{_fmt(v['max_mps'], 2)} m/s", '']
     for plot in plots:
         lines += [f'![{plot.stem}]({plot.name})', '']
-    lines += ['Files: `metrics.json` (all figures), `labels.csv` (one row per labeled patch),'
-              ' `model.npz` (the learned model: arrays + JSON metadata, loads without pickle).', '']
+    lines += ['Files: `metrics.json` (all figures), `timing.json` (replay speed), `labels.csv` '
+              '(one row per labeled patch), `model.npz` (the learned model: arrays + JSON '
+              'metadata, loads without pickle).', '']
     (out_dir / 'report.md').write_text('\n'.join(lines))
     return metrics
+
+
+def summary_lines(metrics: dict, timing: dict) -> list:
+    """The headline figures of a replay, as a small text table."""
+    lines = [f"labeled patches: {metrics['labels']}; replay ran at "
+             f"{_fmt(timing.get('realtime_factor'), 1)}x real time"]
+    if 'prequential' not in metrics:
+        return lines
+    p, b = metrics['prequential'], metrics['baseline_height_spread']
+    rows = [('prequential MAE (second half)', p['mae_second_half'], b['mae_second_half']),
+            ('Spearman vs label (second half)', p['spearman_second_half'],
+             b['spearman_second_half'])]
+    g = metrics.get('ground_truth')
+    if g:
+        rows.append(('Spearman vs true roughness', g['spearman_prediction_vs_truth'],
+                     g['spearman_baseline_vs_truth']))
+    lines.append(f"{'':34s}{'terrain_ssl':>12s}{'baseline':>12s}")
+    lines += [f'{name:34s}{_fmt(ours):>12s}{_fmt(theirs):>12s}' for name, ours, theirs in rows]
+    if g:
+        lines.append(f"labels vs true roughness: Spearman {_fmt(g['spearman_label_vs_truth'])}")
+    return lines

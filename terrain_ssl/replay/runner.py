@@ -146,11 +146,12 @@ def run_replay(options: ReplayOptions) -> ReplayRecord:
         record.info = {
             'bag': str(bag_path), 'topics': roles, 'messages_read': dict(counts.read),
             'messages_undecodable': dict(counts.undecodable), 'bag_duration_s': bag_s,
-            'wall_s': wall_s, 'realtime_factor': bag_s / wall_s if wall_s > 0 else None,
-            'messages_per_s': n_messages / wall_s if wall_s > 0 else None,
             'rejected': {node.get_name(): dict(getattr(node, 'rejects').counts)
                          for node in nodes if hasattr(node, 'rejects')},
         }
+        record.timing = {'wall_s': wall_s, 'bag_duration_s': bag_s,
+                         'realtime_factor': bag_s / wall_s if wall_s > 0 else None,
+                         'messages_per_s': n_messages / wall_s if wall_s > 0 else None}
         record.samples = _samples_to_arrays(samples, first_ns or 0)
         _add_ground_truth(record, bag_path)
         if speed_rows:

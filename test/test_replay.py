@@ -1,0 +1,114 @@
+"""`terrain-ssl replay`: deterministic, every bag kind, clear errors, a report that renders."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bag_factory import (messages_from_bag, write_empty_rosbag2, write_rosbag2,
+                         write_split_rosbag2)
+
+from terrain_ssl.cli import main as cli_main
+
+
+@pytest.fixture(scope='module')
+def sim_bag(tmp_path_factory):
+    from terrain_ssl.sim.bag import simulate_bag
+    # Start where class B turns into C and D: labels of every class within a short drive.
+    return simulate_bag(tmp_path_factory.mktemp('replay') / 'drive', duration_s=16.0, seed=5,
+                        storage='mcap', speed='3:6', start_s_m=60.0)
+
+
+def _replay(bag, out, *extra) -> int:
+    return cli_main(['replay', str(bag), '--out', str(out), '--no-progress', *extra])
+
+
+def _labels(out) -> np.ndarray:
+    return np.genfromtxt(Path(out) / 'labels.csv', delimiter=',', names=True)
+
+
+def test_replay_is_deterministic_and_the_report_renders(sim_bag, tmp_path):
+    from matplotlib.image import imread
+
+    assert _replay(sim_bag, tmp_path / 'a') == 0
+    assert _replay(sim_bag, tmp_path / 'b') == 0
+    for name in ('metrics.json', 'labels.csv'):
+        assert (tmp_path / 'a' / name).read_bytes() == (tmp_path / 'b' / name).read_bytes(), name
+    metrics = json.loads((tmp_path / 'a' / 'metrics.json').read_text())
+    assert metrics['labels'] > 100
+    assert metrics['info']['messages_read']['/imu/data'] == 16 * 200
+    assert metrics['ground_truth']['spearman_label_vs_truth'] > 0.5
+    timing = json.loads((tmp_path / 'a' / 'timing.json').read_text())
+    assert timing['realtime_factor'] > 1.0
+    report = (tmp_path / 'a' / 'report.md').read_text()
+    for plot in ('learning_curve', 'predicted_vs_measured', 'roughness_map', 'speed'):
+        path = tmp_path / 'a' / f'{plot}.png'
+        assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+        pixels = imread(path)
+        assert pixels.shape[0] > 300 and pixels.shape[1] > 300
+        assert pixels[..., :3].std() > 0.05, f'{plot}.png is blank'
+        assert f'({plot}.png)' in report
+    assert (tmp_path / 'a' / 'model.npz').stat().st_size > 1000
+
+
+def test_model_out_then_in(sim_bag, tmp_path):
+    from terrain_ssl.core.learner import OnlineRoughnessRegressor
+
+    assert _replay(sim_bag, tmp_path / 'cold') == 0
+    cold_model = tmp_path / 'cold' / 'model.npz'
+    assert _replay(sim_bag, tmp_path / 'warm', '--model-in', str(cold_model)) == 0
+    cold, warm = _labels(tmp_path / 'cold'), _labels(tmp_path / 'warm')
+    assert np.isnan(cold['predicted'][0])  # a cold start has nothing to predict with
+    assert np.isfinite(warm['predicted']).all()  # the loaded model predicts from the first label
+    learned = OnlineRoughnessRegressor.load(cold_model).n_samples_seen_
+    assert learned == cold.shape[0]
+    assert OnlineRoughnessRegressor.load(tmp_path / 'warm' / 'model.npz').n_samples_seen_ \
+        == 2 * learned
+
+
+@pytest.mark.parametrize('kind', ['sqlite3', 'ros1', 'split', 'renamed'])
+def test_every_bag_kind_gives_the_same_labels(sim_bag, tmp_path, kind):
+    from rosbags.convert import convert
+
+    reference = tmp_path / 'reference'
+    assert _replay(sim_bag, reference) == 0
+    if kind == 'sqlite3':
+        converted = tmp_path / 'sqlite_bag'
+        write_rosbag2(converted, messages_from_bag(sim_bag), 'sqlite3')
+    elif kind == 'ros1':
+        converted = tmp_path / 'drive.bag'
+        convert([Path(sim_bag)], converted, dst_storage='sqlite3', dst_version=None,
+                compress=None, compress_mode='file', default_typestore=None, typestore=None,
+                exclude_topics=['/tf_static'], include_topics=[], exclude_msgtypes=[],
+                include_msgtypes=[])
+    elif kind == 'split':
+        converted = write_split_rosbag2(tmp_path / 'split_bag', messages_from_bag(sim_bag))
+    else:
+        converted = tmp_path / 'renamed_bag'
+        write_rosbag2(converted, messages_from_bag(sim_bag, rename={
+            '/imu/data': '/vectornav/imu', '/points': '/ouster/points',
+            '/odom': '/odometry/filtered'}))
+    for name in ('ground_truth.json', 'ground_truth.npz'):  # truth beside the bag
+        shutil.copy(Path(sim_bag) / name, converted.parent if converted.is_file() else converted)
+    assert _replay(converted, tmp_path / 'out') == 0
+    expected, got = _labels(reference), _labels(tmp_path / 'out')
+    assert got.shape == expected.shape and got.shape[0] > 100
+    for column in ('x', 'y', 'roughness', 'predicted'):
+        np.testing.assert_allclose(got[column], expected[column], rtol=1e-5, atol=1e-6)
+
+
+def test_empty_bag_and_missing_topic_are_clear(tmp_path, capsys):
+    empty = write_empty_rosbag2(tmp_path / 'empty', [
+        ('/imu/data', 'sensor_msgs/msg/Imu'), ('/points', 'sensor_msgs/msg/PointCloud2'),
+        ('/odom', 'nav_msgs/msg/Odometry')])
+    assert _replay(empty, tmp_path / 'out_empty') == 0
+    assert json.loads((tmp_path / 'out_empty' / 'metrics.json').read_text())['labels'] == 0
+
+    no_odom = write_empty_rosbag2(tmp_path / 'no_odom', [
+        ('/imu/data', 'sensor_msgs/msg/Imu'), ('/points', 'sensor_msgs/msg/PointCloud2')])
+    assert _replay(no_odom, tmp_path / 'out_missing') == 1
+    assert 'no nav_msgs/msg/Odometry topic' in capsys.readouterr().err
+
+    assert _replay(tmp_path / 'no_such_bag', tmp_path / 'out_none') == 1
+    assert 'does not exist' in capsys.readouterr().err
