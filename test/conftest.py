@@ -10,6 +10,11 @@ import random
 os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(1, 100)))
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+# Lidar scans (0.7 MB here) do not fit Fast DDS's default 512 KB shared-memory segment; the
+# package's profile (README, "Large point clouds") keeps them off fragmented best-effort UDP.
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'config',
+    'fastdds_large_messages.xml'))
 
 import pytest  # noqa: E402
 

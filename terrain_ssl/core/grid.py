@@ -57,7 +57,8 @@ def roughness_grid(xy, roughness, resolution_m: float, size_m: float,
     origin = centre - n_cells * resolution_m / 2.0
     cells = np.full(n_cells * n_cells, UNKNOWN, dtype=np.int16)
     if xy.shape[0]:
-        column_row = np.floor((xy - origin) / resolution_m).astype(np.int64)
+        # Clip before the integer cast: a far-off patch (or a corrupt 1e38) must not overflow.
+        column_row = np.clip(np.floor((xy - origin) / resolution_m), -1, n_cells).astype(np.int64)
         inside = ((column_row >= 0) & (column_row < n_cells)).all(axis=1)
         index = column_row[inside, 1] * n_cells + column_row[inside, 0]
         value = np.clip(np.rint(100.0 * roughness[inside] / full_scale), 0, 100).astype(np.int16)

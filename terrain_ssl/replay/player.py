@@ -19,7 +19,7 @@ SENSOR_TYPES = {'sensor_msgs/msg/Imu', 'sensor_msgs/msg/PointCloud2', 'nav_msgs/
 
 
 def play(bag_path, rate: float = 1.0, topics=None, remap=None, clock_hz: float = 100.0,
-         context=None, progress: bool = True, start_delay_s: float = 1.0) -> ReadCounts:
+         context=None, progress: bool = True, start_delay_s: float = 3.0) -> ReadCounts:
     """Publish the bag's messages at `rate` x real time; returns what was read and published.
 
     `remap` maps bag topic -> published topic. Blocks until the bag ends.
@@ -56,7 +56,12 @@ def play(bag_path, rate: float = 1.0, topics=None, remap=None, clock_hz: float =
                 publishers[name] = node.create_publisher(cls, remap.get(name, name), qos)
                 chosen.append(name)
             clock = node.create_publisher(Clock, '/clock', 10)
-            time.sleep(start_delay_s)  # let subscribers discover the publishers
+            # Let subscribers discover the publishers: a message sent before a subscriber has
+            # matched is lost. Wait until every topic has one (or start_delay_s has passed).
+            deadline = time.monotonic() + start_delay_s
+            while time.monotonic() < deadline and not all(
+                    publisher.get_subscription_count() for publisher in publishers.values()):
+                time.sleep(0.05)
             wall_start = time.monotonic()
             bag_start = bag.start_ns
             next_clock_ns = bag_start

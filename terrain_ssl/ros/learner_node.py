@@ -41,6 +41,10 @@ from terrain_ssl.ros.conversions import (MalformedCloudError, pointcloud2_to_arr
                                          stamp_to_ns, xyz_fields_to_pointcloud2)
 
 DEFAULT_MODEL_PATH = '~/.ros/terrain_ssl/roughness_model.npz'
+# Sanity bounds on patch values: no real cell feature (m, rad, point counts) comes near 1e6, and
+# no odom position (m) or roughness label near 1e9.
+MAX_ABS_FEATURE = 1e6
+MAX_ABS_VALUE = 1e9
 
 PARAMS = [
     ParamSpec('model', 'rff_sgd', 'Regressor for a new model (start-up or ~/reset_model): '
@@ -196,6 +200,11 @@ class RoughnessLearnerNode(Node):
         if missing:
             self.rejects.reject('missing_fields', f'patch cloud lacks {missing}')
             return None
+        # A field with count > 1 is a subarray per point: not one value per patch.
+        multi = [name for name in needed if points.dtype[name].shape]
+        if multi:
+            self.rejects.reject('malformed_cloud', f'patch cloud fields {multi} have count > 1')
+            return None
         X = np.column_stack([points[name].astype(np.float64)
                              for name in self.model.feature_names]) \
             if points.shape[0] else np.zeros((0, self.model.n_features_in_))
@@ -205,6 +214,18 @@ class RoughnessLearnerNode(Node):
         if not keep.all():
             self.rejects.reject('nonfinite_patch', f'{int((~keep).sum())} patches with NaN/inf '
                                 'dropped')
+        # Finite but absurd values (corrupted bytes read as float32 reach 3e38) would overflow
+        # the running standardiser and ruin the model for good: drop them too.
+        with np.errstate(invalid='ignore'):
+            plausible = (np.abs(X) <= MAX_ABS_FEATURE).all(axis=1)
+            for name in ('x', 'y', 'z') + tuple(extra):
+                plausible &= np.abs(points[name]) <= MAX_ABS_VALUE
+        implausible = keep & ~plausible
+        if implausible.any():
+            self.rejects.reject('implausible_patch', f'{int(implausible.sum())} patches with '
+                                f'|feature| > {MAX_ABS_FEATURE:g} or |x, y, z, label| > '
+                                f'{MAX_ABS_VALUE:g} dropped')
+            keep &= plausible
         return points, X, keep
 
     def on_labeled(self, msg: PointCloud2) -> None:
