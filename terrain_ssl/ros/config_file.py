@@ -1,6 +1,7 @@
 """Write config/terrain_ssl.yaml from the parameters the nodes actually declare.
 
     python -m terrain_ssl.ros.config_file > config/terrain_ssl.yaml
+    python -m terrain_ssl.ros.config_file --markdown     # the README's parameter tables
 
 Every parameter with its default and its descriptor's description (units, meaning, range) as a
 comment, per node, in the `/**/node_name: ros__parameters:` layout, so the file works under any
@@ -66,7 +67,22 @@ def render(nodes) -> str:
     return '\n'.join(lines)
 
 
-def main() -> int:
+def render_markdown(nodes) -> str:
+    """The same parameters as a markdown table per node (for the README)."""
+    lines = []
+    for node in nodes:
+        lines += [f'**{node.get_name()}**', '', '| parameter | default | meaning |', '|---|---|---|']
+        for name, (value, descriptor) in declared_parameters(node).items():
+            meaning = ' '.join(descriptor.description.split()).replace('|', '/')
+            constraint = descriptor.additional_constraints
+            extra = f' ({constraint})' if constraint else ''
+            lines.append(f'| `{name}` | `{_yaml_scalar(value)}` | {meaning}'
+                         f'{_range_text(descriptor)}{extra} |')
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
     import rclpy
     from rclpy.context import Context
 
@@ -75,8 +91,9 @@ def main() -> int:
     context = Context()
     rclpy.init(args=[], context=context)
     nodes = create_nodes(context=context)
+    markdown = '--markdown' in (sys.argv[1:] if argv is None else argv)
     try:
-        sys.stdout.write(render(nodes))
+        sys.stdout.write(render_markdown(nodes) if markdown else render(nodes))
     finally:
         for node in nodes:
             node.destroy_node()
