@@ -110,7 +110,8 @@ def test_speed_limit_from_the_map_and_cautious_on_stale_inputs(harness):
     assert harness.feed(0.0, 6.0, clear)[-1] == pytest.approx(6.0)
     rough = roughness_map_msg(8.0, 9.0)
     limit = harness.feed(0.0, 6.0, rough)[-1]
-    expected = math.sqrt((6.0 / 4.0) ** 2 + 2 * 1.5 * (8.0 - 1.5))
+    front_offset = harness.advisor.advisor.config.front_offset_m  # base_link -> front axle
+    expected = math.sqrt((6.0 / 4.0) ** 2 + 2 * 1.5 * (8.0 - front_offset))
     assert limit == pytest.approx(expected, abs=0.15) and limit < 6.0
     values, status = harness.last_status()
     assert values['reason'] == 'terrain' and status.level == b'\x00'
@@ -165,9 +166,10 @@ def test_parameters_are_validated_through_the_service_and_bad_maps_rejected(harn
         assert spin_until(harness.executor, future.done, 5.0)
         return future.result().results[0]
 
+    v_min_before = harness.advisor.advisor.config.v_min_mps
     refused = set_param('v_min_mps', 10.0)  # above v_max 6.0
     assert not refused.successful and 'v_max' in refused.reason
-    assert harness.advisor.advisor.config.v_min_mps == 0.5
+    assert harness.advisor.advisor.config.v_min_mps == v_min_before
     accepted = set_param('cautious_speed_mps', 2.0)
     assert accepted.successful
     assert harness.feed(0.0, 1.0)[-1] == pytest.approx(2.0)  # applied live
