@@ -68,6 +68,8 @@ def main():
     for label, seconds in rows:
         print(f'{label:45s} {seconds * 1e3:8.2f} ms  {n / seconds / 1e6:9.1f} M points/s'
               f'  x{baseline / seconds:7.1f} vs baseline')
+    print(f'RESULT conversions_pointcloud2_to_xyz {n / to_xyz:.0f} points/s')
+    print(f'RESULT conversions_array_to_pointcloud2 {n / from_array:.0f} points/s')
 
 
 if __name__ == '__main__':

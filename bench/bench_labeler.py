@@ -66,8 +66,8 @@ def ouster_scan(seed=0, beams=128, columns=1024, height_m=1.6):
     return points, beams
 
 
-def time_per_scan(repeats):
-    points, beams = ouster_scan()
+def time_per_scan(repeats, beams=128, n_columns=1024):
+    points, beams = ouster_scan(beams=beams, columns=n_columns)
     labeler = Labeler()
     stage_ms = {'convert': [], 'labeler.add_scan': [], 'lookahead cloud': [], 'total': []}
     n_points, n_patches = points.shape[0], []
@@ -95,15 +95,18 @@ def time_per_scan(repeats):
                                                                labeled - converted),
                               ('lookahead cloud', done - labeled), ('total', done - start)):
             stage_ms[name].append(1e3 * seconds)
-    print(f'per-scan processing, {n_points} points (128 x 1024, point_step 48), '
+    print(f'per-scan processing, {n_points} points ({beams} x {n_columns}, point_step 48), '
           f'{statistics.median(n_patches):.0f} patches/scan, {len(labeler.cells)} cells in map, '
           f'median of {repeats}:')
     for name, values in stage_ms.items():
         print(f'  {name:18s} median {statistics.median(values):7.2f} ms   '
               f'p90 {np.percentile(values, 90):7.2f} ms')
     total = statistics.median(stage_ms['total'])
-    print(f'  => {n_points / (total / 1e3) / 1e6:.1f} million points/s; target <= 25 ms per '
-          f'scan: {"met" if total <= 25.0 else "NOT met"}')
+    print(f'  => {n_points / (total / 1e3) / 1e6:.1f} million points/s'
+          + (f'; target <= 25 ms per scan: {"met" if total <= 25.0 else "NOT met"}'
+             if beams == 128 else ''))
+    print(f'RESULT labeler_ms_per_scan_{beams}beams {total:.2f} ms')
+    print(f'RESULT labeler_points_per_s_{beams}beams {n_points / (total / 1e3):.0f} points/s')
     return xyz
 
 
@@ -179,13 +182,18 @@ def evaluate(duration_s, speed, seed):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--repeats', type=int, default=60)
+    parser.add_argument('--quick', action='store_true', help='fewer repeats')
     parser.add_argument('--open3d', action='store_true', help='also time open3d normals')
     parser.add_argument('--evaluate', action='store_true', help='label quality on a sim drive')
     parser.add_argument('--duration', type=float, default=120.0, help='evaluation drive (s)')
     parser.add_argument('--speed', default='3:7', help='evaluation speed profile (m/s)')
     parser.add_argument('--seed', type=int, default=1)
     args = parser.parse_args()
-    xyz = time_per_scan(args.repeats)
+    repeats = 15 if args.quick else args.repeats
+    # 16 beams (VLP-16: 16 x 1800), 64 and 128 beams (Ouster: x 1024 columns).
+    time_per_scan(repeats, beams=16, n_columns=1800)
+    time_per_scan(repeats, beams=64)
+    xyz = time_per_scan(repeats, beams=128)
     if args.open3d:
         time_open3d_normals(xyz)
     if args.evaluate:

@@ -63,12 +63,16 @@ def main():
           f'{"x plain":>8}')
     print(f'{"plain SGDRegressor":<28} {N_LEARN / plain_learn:16,.0f} {1.0:8.2f} '
           f'{plain_predict * 1e3:15.2f} {1.0:8.2f}')
+    results = []
     for kind in ('rff_sgd', 'linear_sgd'):
         model = learn_ours(kind)()
         learn = best_time(learn_ours(kind), 3)
         predict = best_time(lambda: model.predict(X_new, return_std=True), 20)
         print(f'{kind + " x5 (+uncertainty)":<28} {N_LEARN / learn:16,.0f} '
               f'{plain_learn / learn:8.2f} {predict * 1e3:15.2f} {predict / plain_predict:8.2f}')
+        results.append(f'RESULT learner_learn_{kind} {N_LEARN / learn:.0f} samples/s')
+        results.append(f'RESULT learner_predict10k_{kind} {predict * 1e3:.2f} ms')
+    print('\n'.join(results))
     print(f'targets: learn >= 20,000 samples/s, predict 10,000 patches <= 5 ms '
           f'({N_FEATURES} features, batches of {BATCH}, best of repeats)')
 

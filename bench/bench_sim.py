@@ -22,7 +22,10 @@ def main():
     parser.add_argument('--lidar', choices=('vlp16', 'os128'), default='vlp16')
     parser.add_argument('--speed', default='3:7')
     parser.add_argument('--keep', help='write the bag here instead of a deleted temp dir')
+    parser.add_argument('--quick', action='store_true', help='a 30 s drive instead of 120 s')
     args = parser.parse_args()
+    if args.quick:
+        args.duration = 30.0
 
     tmp = None
     if args.keep:
@@ -50,6 +53,8 @@ def main():
           f'(simulated/wall {args.duration / drive_s:.2f})')
     print(f'total:                 {total_s:6.2f} s wall  '
           f'(simulated/wall {args.duration / total_s:.2f})  target <= 60 s: {verdict}')
+    print(f'RESULT sim_{args.duration:.0f}s_{args.lidar}_wall {total_s:.1f} s')
+    print(f'RESULT sim_realtime_factor {args.duration / total_s:.2f} x')
 
 
 if __name__ == '__main__':

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from terrain_ssl.ros.config_file import GENERIC_PARAMETERS, declared_parameters, render
+from terrain_ssl.ros.config_file import (GENERIC_PARAMETERS, declared_parameters, render,
+                                         render_markdown)
 from terrain_ssl.ros.pipeline import NODE_MODULES, node_class
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,6 +109,13 @@ def test_config_yaml_is_current_and_documents_units(nodes_by_name):
             continue
         if line.startswith('    #'):
             assert len(line) > 8, 'a parameter without a description'
+
+
+def test_readme_parameter_tables_are_current(nodes_by_name):
+    tables = render_markdown(list(nodes_by_name.values())).strip()
+    assert tables in (ROOT / 'README.md').read_text(), (
+        "README's parameter tables are stale: paste `python -m terrain_ssl.ros.config_file "
+        "--markdown` into its Parameters section")
 
 
 def test_config_yaml_loads_through_rcl(ros_context, tmp_path):
