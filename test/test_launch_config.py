@@ -102,8 +102,7 @@ def test_config_yaml_matches_declared_parameters(nodes_by_name):
 def test_config_yaml_is_current_and_documents_units(nodes_by_name):
     rendered = render(list(nodes_by_name.values()))
     assert rendered == CONFIG_FILE.read_text(), (
-        'config/terrain_ssl.yaml is stale: run `python -m terrain_ssl.ros.config_file > '
-        'config/terrain_ssl.yaml`')
+        'config/terrain_ssl.yaml is stale: run `python -m terrain_ssl.ros.config_file --write`')
     for line in rendered.splitlines():
         if re.match(r'^    [a-z_.]+: ', line):
             continue
@@ -114,8 +113,7 @@ def test_config_yaml_is_current_and_documents_units(nodes_by_name):
 def test_readme_parameter_tables_are_current(nodes_by_name):
     tables = render_markdown(list(nodes_by_name.values())).strip()
     assert tables in (ROOT / 'README.md').read_text(), (
-        "README's parameter tables are stale: paste `python -m terrain_ssl.ros.config_file "
-        "--markdown` into its Parameters section")
+        "README's parameter tables are stale: run `python -m terrain_ssl.ros.config_file --write`")
 
 
 def test_config_yaml_loads_through_rcl(ros_context, tmp_path):

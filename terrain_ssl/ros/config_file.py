@@ -2,6 +2,7 @@
 
     python -m terrain_ssl.ros.config_file > config/terrain_ssl.yaml
     python -m terrain_ssl.ros.config_file --markdown     # the README's parameter tables
+    python -m terrain_ssl.ros.config_file --write        # both, in place (source tree)
 
 Every parameter with its default and its descriptor's description (units, meaning, range) as a
 comment, per node, in the `/**/node_name: ros__parameters:` layout, so the file works under any
@@ -82,6 +83,24 @@ def render_markdown(nodes) -> str:
     return '\n'.join(lines)
 
 
+README_BEGIN = '<!-- parameters:begin'
+README_END = '<!-- parameters:end -->'
+
+
+def _write_source_tree(nodes) -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    (root / 'config' / 'terrain_ssl.yaml').write_text(render(nodes))
+    readme = root / 'README.md'
+    text = readme.read_text()
+    begin = text.index(README_BEGIN)
+    begin = text.index('\n', begin) + 1
+    end = text.index(README_END)
+    readme.write_text(text[:begin] + render_markdown(nodes).strip() + '\n' + text[end:])
+    print(f'wrote {root / "config" / "terrain_ssl.yaml"} and the parameter tables in {readme}')
+
+
 def main(argv=None) -> int:
     import rclpy
     from rclpy.context import Context
@@ -91,9 +110,14 @@ def main(argv=None) -> int:
     context = Context()
     rclpy.init(args=[], context=context)
     nodes = create_nodes(context=context)
-    markdown = '--markdown' in (sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        sys.stdout.write(render_markdown(nodes) if markdown else render(nodes))
+        if '--write' in argv:
+            _write_source_tree(nodes)
+        elif '--markdown' in argv:
+            sys.stdout.write(render_markdown(nodes))
+        else:
+            sys.stdout.write(render(nodes))
     finally:
         for node in nodes:
             node.destroy_node()

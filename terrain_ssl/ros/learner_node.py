@@ -65,6 +65,8 @@ PARAMS = [
               'Empty = never load or save.', read_only=True),
     ParamSpec('save_period_s', 60.0, 'Seconds between periodic saves (s); 0 = only on request '
               'and shutdown.', min=0.0, max=86400.0),
+    ParamSpec('learn', True, 'Learn from labeled patches. false = predict only (still scored '
+              'prequentially): evaluate a model on new terrain without changing it.'),
     ParamSpec('train_batch_size', 32, 'Labels predicted, then learned together in one batch '
               '(fewer, larger updates are much cheaper; each label is still predicted before it '
               'is learned).', min=1, max=100_000),
@@ -91,6 +93,7 @@ class RoughnessLearnerNode(Node):
         self._prequential_listeners = []
         self._pending = []  # (X, y) predicted but not yet learned
         self._pending_count = 0
+        self.labels_not_learned = 0  # while learn is false
         self.params = LiveParameters(self, PARAMS, validate=self._validate,
                                      on_change=self._apply)
         values = self.params.values
@@ -258,6 +261,9 @@ class RoughnessLearnerNode(Node):
                     else np.full(y.shape[0], np.nan)
             for listener in self._prequential_listeners:
                 listener(event)
+        if not self.params.values['learn']:
+            self.labels_not_learned += y.shape[0]
+            return
         self._pending.append((X, y))
         self._pending_count += y.shape[0]
         batch = self.params.values['train_batch_size']
@@ -381,6 +387,8 @@ class RoughnessLearnerNode(Node):
         now = time.time()
         values = {
             'samples_learned': model.n_samples_seen_,
+            'learning': self.params.values['learn'],
+            'labels_not_learned': self.labels_not_learned,
             'model': model.model,
             'ensemble_size': model.n_members,
             'features': ','.join(model.feature_names),
