@@ -73,11 +73,11 @@ def main(argv=None) -> int:
             bag_s, wall_s, cpu_s = timing['bag_duration_s'], timing['wall_s'], timing['cpu_s']
             nodes = timing['node_s']
             rest = wall_s - sum(nodes.values())
-            split = '  '.join(f'{name} {seconds:5.2f} s' for name, seconds in nodes.items())
+            split = "  ".join(f"{name} {seconds:5.2f} s" for name, seconds in nodes.items())
             print(f'run {run + 1}: {bag_s:.1f} s of bag in {wall_s:.2f} s wall '
                   f'({bag_s / wall_s:5.1f}x), {cpu_s:.2f} s CPU ({bag_s / cpu_s:5.1f}x); '
                   f'{timing["labels"]} labels; {os.getloadavg()[0]:.1f} load', flush=True)
-            print(f'        split: {split}  read+deserialise+driver {rest:5.2f} s', flush=True)
+            print(f'        split: {split}  rest {rest:5.2f} s', flush=True)
 
     wall_ratio = statistics.median(t['bag_duration_s'] / t['wall_s'] for t in runs)
     cpu_ratio = statistics.median(t['bag_duration_s'] / t['cpu_s'] for t in runs)

@@ -1,6 +1,6 @@
 """Which ground cells did the vehicle drive over, and what did they look like beforehand?
 
-`CellMap` keeps the cells seen ahead (sorted int64 keys, one row per cell in parallel numpy arrays,
+`CellMap` keeps the cells seen ahead (a sorted int64 key index over slots of parallel numpy arrays,
 so merging a scan is a searchsorted and not a Python loop). Repeated sightings merge into one
 feature vector, weighted by point count (nearer sightings have more points and count more).
 Once the footprint has covered a cell its features are frozen: labels must pair the shock with
@@ -63,7 +63,20 @@ class CellMap:
         max_age_s: cells not seen for this long (s) are dropped (never crossed: off the path).
         footprint_length, footprint_width: the rectangle (m) under the vehicle that makes the
             IMU shake, centred `footprint_offset_x` m ahead of base_link.
+
+    Storage (why it looks like this: a replay calls `update_footprint` at 50 Hz and `observe`
+    at 10 Hz on a map of ~20,000 cells, so nothing may copy the whole map per call):
+      * each cell lives in a fixed slot of preallocated row arrays (`_key`, `_centres`, ...);
+        removing a cell frees its slot instead of compacting every array;
+      * `_index_keys` / `_index_slots` list the live cells sorted by key, so merging a scan is
+        one searchsorted (and the public views and crossings come out in key order, as before);
+      * `_candidate` flags every cell whose centre is within `_near_radius` m of the position
+        of the last refresh, plus every cell being crossed. The footprint test only looks at
+        those; the flags are refreshed (one pass over the map) once the vehicle has moved far
+        enough that a cell outside the radius could be under the footprint.
     """
+
+    _GROWTH = 2
 
     def __init__(self, max_cells: int = 20000, max_age_s: float = 20.0,
                  footprint_length: float = 2.0, footprint_width: float = 1.4,
@@ -73,106 +86,216 @@ class CellMap:
         self.footprint_length = footprint_length
         self.footprint_width = footprint_width
         self.footprint_offset_x = footprint_offset_x
+        # Farthest a covered cell centre can be from base_link (m); candidates are flagged out
+        # to `_near_radius`, so the vehicle may move `_refresh_distance` before a refresh.
+        self._footprint_reach = float(np.hypot(abs(footprint_offset_x) + 0.5 * footprint_length,
+                                               0.5 * footprint_width))
+        self._refresh_distance = 2.0  # m
+        self._near_radius = self._footprint_reach + self._refresh_distance + 0.01  # + rounding
         self.evicted = 0
         self.aged_out = 0
         self.clear()
 
     def clear(self) -> None:
-        self.keys = np.zeros(0, dtype=np.int64)
-        self.centres = np.zeros((0, 3))
-        self.features = np.zeros((0, len(FEATURE_NAMES)))
-        self.weight = np.zeros(0)
-        self.first_seen_ns = np.zeros(0, dtype=np.int64)
-        self.last_seen_ns = np.zeros(0, dtype=np.int64)
-        self.enter_ns = np.zeros(0, dtype=np.int64)
-        self.exit_ns = np.zeros(0, dtype=np.int64)
+        self._allocate(0)
+        self._index_keys = np.zeros(0, dtype=np.int64)   # live cells, ascending key
+        self._index_slots = np.zeros(0, dtype=np.int64)  # their slots
+        self._near_origin = None  # (x, y) m of the last candidate refresh
+        self._candidate_slots = None  # cached np.flatnonzero(self._candidate)
+
+    def _allocate(self, capacity: int) -> None:
+        """Empty row arrays with `capacity` free slots."""
+        self._key = np.zeros(capacity, dtype=np.int64)
+        self._centres = np.zeros((capacity, 3))
+        self._features = np.zeros((capacity, len(FEATURE_NAMES)))
+        self._weight = np.zeros(capacity)
+        self._first_seen = np.zeros(capacity, dtype=np.int64)
+        self._last_seen = np.zeros(capacity, dtype=np.int64)
+        self._enter = np.full(capacity, _NOT_YET, dtype=np.int64)
+        self._exit = np.full(capacity, _NOT_YET, dtype=np.int64)
+        self._alive = np.zeros(capacity, dtype=bool)
+        self._candidate = np.zeros(capacity, dtype=bool)
+        self._free = np.arange(capacity - 1, -1, -1, dtype=np.int64)  # a stack: pop from the end
+
+    _SLOT_ARRAYS = ('_key', '_centres', '_features', '_weight', '_first_seen', '_last_seen',
+                    '_enter', '_exit', '_alive', '_candidate')
+
+    def _take_slots(self, count: int) -> np.ndarray:
+        if self._free.shape[0] < count:  # grow geometrically: amortised O(1) per cell
+            old = self._key.shape[0]
+            capacity = max(self._GROWTH * old, old + count, 1024)
+            saved = {name: getattr(self, name) for name in self._SLOT_ARRAYS}
+            free = self._free
+            self._allocate(capacity)
+            for name, values in saved.items():
+                getattr(self, name)[:old] = values
+            self._free = np.concatenate([np.arange(capacity - 1, old - 1, -1, dtype=np.int64),
+                                         free])
+        slots = self._free[-count:][::-1].copy() if count else np.zeros(0, dtype=np.int64)
+        self._free = self._free[:self._free.shape[0] - count]
+        return slots
+
+    def _remove(self, slots: np.ndarray) -> None:
+        """Free the slots of these live cells."""
+        self._alive[slots] = False
+        self._candidate[slots] = False
+        self._enter[slots] = _NOT_YET
+        self._exit[slots] = _NOT_YET
+        self._candidate_slots = None
+        self._free = np.concatenate([self._free, slots])
+        keep = self._alive[self._index_slots]
+        self._index_keys = self._index_keys[keep]
+        self._index_slots = self._index_slots[keep]
 
     def __len__(self) -> int:
-        return self.keys.shape[0]
+        return self._index_keys.shape[0]
 
-    _ROW_ARRAYS = ('keys', 'centres', 'features', 'weight', 'first_seen_ns', 'last_seen_ns',
-                   'enter_ns', 'exit_ns')
+    # Public views, one row per cell in ascending key order (copies; for inspection and tests).
+    @property
+    def keys(self) -> np.ndarray:
+        return self._index_keys.copy()
 
-    def _keep_rows(self, keep: np.ndarray) -> None:
-        for name in self._ROW_ARRAYS:
-            setattr(self, name, getattr(self, name)[keep])
+    @property
+    def centres(self) -> np.ndarray:
+        return self._centres[self._index_slots]
+
+    @property
+    def features(self) -> np.ndarray:
+        return self._features[self._index_slots]
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self._weight[self._index_slots]
+
+    @property
+    def first_seen_ns(self) -> np.ndarray:
+        return self._first_seen[self._index_slots]
+
+    @property
+    def last_seen_ns(self) -> np.ndarray:
+        return self._last_seen[self._index_slots]
+
+    @property
+    def enter_ns(self) -> np.ndarray:
+        return self._enter[self._index_slots]
+
+    @property
+    def exit_ns(self) -> np.ndarray:
+        return self._exit[self._index_slots]
 
     def observe(self, patches: PatchSet) -> None:
         """Merge one scan's cells (keys sorted) into the map; age out and bound it."""
         if len(patches):
             t_ns = patches.t_ns
             weight_new = np.maximum(patches.features[:, FEATURE_INDEX['point_count']], 1.0)
-            position = np.searchsorted(self.keys, patches.keys)
-            clipped = np.minimum(position, max(self.keys.shape[0] - 1, 0))
-            known = (self.keys.shape[0] > 0) & (self.keys[clipped] == patches.keys) \
-                if self.keys.shape[0] else np.zeros(len(patches), dtype=bool)
+            position = np.searchsorted(self._index_keys, patches.keys)
+            clipped = np.minimum(position, max(self._index_keys.shape[0] - 1, 0))
+            known = (self._index_keys[clipped] == patches.keys) \
+                if self._index_keys.shape[0] else np.zeros(len(patches), dtype=bool)
             # Known cells not yet driven over: weighted merge. Frozen once entered.
-            rows = clipped[known]
-            merge = self.enter_ns[rows] == _NOT_YET
+            rows = self._index_slots[clipped[known]]
+            merge = self._enter[rows] == _NOT_YET
             rows = rows[merge]
             source = np.flatnonzero(known)[merge]
             if rows.shape[0]:
-                w_old = self.weight[rows][:, None]
+                w_old = self._weight[rows][:, None]
                 w_new = weight_new[source][:, None]
                 total = w_old + w_new
-                self.features[rows] = (w_old * self.features[rows]
-                                       + w_new * patches.features[source]) / total
-                self.centres[rows] = (w_old * self.centres[rows]
-                                      + w_new * patches.centres[source]) / total
-                self.weight[rows] = total[:, 0]
-                self.last_seen_ns[rows] = t_ns
+                self._features[rows] = (w_old * self._features[rows]
+                                        + w_new * patches.features[source]) / total
+                self._centres[rows] = (w_old * self._centres[rows]
+                                       + w_new * patches.centres[source]) / total
+                self._weight[rows] = total[:, 0]
+                self._last_seen[rows] = t_ns
+                self._flag_if_near(rows)  # a merge moves the centre (slightly)
             new = ~known
             if new.any():
                 at = position[new]  # insertion points into the old, sorted key array
-                count = int(new.sum())
-                stamps = np.full(count, t_ns, dtype=np.int64)
-                inserts = {
-                    'keys': patches.keys[new], 'centres': patches.centres[new],
-                    'features': patches.features[new], 'weight': weight_new[new],
-                    'first_seen_ns': stamps, 'last_seen_ns': stamps,
-                    'enter_ns': np.full(count, _NOT_YET, dtype=np.int64),
-                    'exit_ns': np.full(count, _NOT_YET, dtype=np.int64)}
-                for name, values in inserts.items():
-                    setattr(self, name, np.insert(getattr(self, name), at, values, axis=0))
+                slots = self._take_slots(int(new.sum()))
+                self._key[slots] = patches.keys[new]
+                self._centres[slots] = patches.centres[new]
+                self._features[slots] = patches.features[new]
+                self._weight[slots] = weight_new[new]
+                self._first_seen[slots] = t_ns
+                self._last_seen[slots] = t_ns
+                self._alive[slots] = True
+                self._index_keys = np.insert(self._index_keys, at, patches.keys[new])
+                self._index_slots = np.insert(self._index_slots, at, slots)
+                self._flag_if_near(slots)
             self.age_out(t_ns)
 
     def age_out(self, now_ns: int) -> None:
         """Drop cells not seen for max_age_s (unless being crossed), then enforce max_cells."""
-        stale = (self.last_seen_ns < now_ns - self.max_age_ns) & (self.enter_ns == _NOT_YET)
+        stale = self._alive & (self._last_seen < now_ns - self.max_age_ns) \
+            & (self._enter == _NOT_YET)
         if stale.any():
             self.aged_out += int(stale.sum())
-            self._keep_rows(~stale)
-        excess = self.keys.shape[0] - self.max_cells
+            self._remove(np.flatnonzero(stale))
+        excess = self._index_keys.shape[0] - self.max_cells
         if excess > 0:
-            # Evict the stalest; stable sort keeps the decision deterministic.
-            oldest = np.argsort(self.last_seen_ns, kind='stable')[:excess]
-            keep = np.ones(self.keys.shape[0], dtype=bool)
-            keep[oldest] = False
+            # Evict the stalest, ties by key (as a stable sort of the key-ordered rows would):
+            # deterministic.
+            slots = self._index_slots
+            oldest = np.lexsort((self._index_keys, self._last_seen[slots]))[:excess]
             self.evicted += excess
-            self._keep_rows(keep)
+            self._remove(slots[oldest])
 
     def covered(self, position, yaw: float) -> np.ndarray:
-        """Mask of cells whose centre lies inside the footprint at this base_link pose."""
-        dx = self.centres[:, 0] - position[0]
-        dy = self.centres[:, 1] - position[1]
+        """Mask of cells (in key order, as the public views) whose centre lies inside the
+        footprint at this base_link pose."""
+        return self._covered_slots(self._index_slots, position, yaw)
+
+    def _covered_slots(self, slots: np.ndarray, position, yaw: float) -> np.ndarray:
+        dx = self._centres[slots, 0] - position[0]
+        dy = self._centres[slots, 1] - position[1]
         cos_yaw, sin_yaw = np.cos(yaw), np.sin(yaw)
         forward = cos_yaw * dx + sin_yaw * dy - self.footprint_offset_x
         left = -sin_yaw * dx + cos_yaw * dy
         return (np.abs(forward) <= 0.5 * self.footprint_length) & \
             (np.abs(left) <= 0.5 * self.footprint_width)
 
+    def _flag_if_near(self, slots: np.ndarray) -> None:
+        """Flag these (new or moved) cells as candidates if near the last refresh position."""
+        if self._near_origin is None or not slots.shape[0]:
+            return
+        dx = self._centres[slots, 0] - self._near_origin[0]
+        dy = self._centres[slots, 1] - self._near_origin[1]
+        near = slots[dx * dx + dy * dy <= self._near_radius ** 2]
+        if near.shape[0]:
+            self._candidate[near] = True
+            self._candidate_slots = None
+
+    def _refresh_candidates(self, position) -> None:
+        """Flag every live cell near `position`, and every cell being crossed (one map pass)."""
+        self._near_origin = (float(position[0]), float(position[1]))
+        dx = self._centres[:, 0] - self._near_origin[0]
+        dy = self._centres[:, 1] - self._near_origin[1]
+        self._candidate = self._alive & ((dx * dx + dy * dy <= self._near_radius ** 2)
+                                         | (self._enter != _NOT_YET))
+        self._candidate_slots = None
+
     def update_footprint(self, t_ns: int, position, yaw: float) -> Crossings:
         """Advance crossings to this pose; returns (and removes) cells the footprint has left."""
-        if self.keys.shape[0] == 0:
+        if self._index_keys.shape[0] == 0:
             return Crossings.empty()
-        inside = self.covered(position, yaw)
-        entering = inside & (self.enter_ns == _NOT_YET)
-        self.enter_ns[entering] = t_ns
-        self.exit_ns[inside] = t_ns
-        left = ~inside & (self.enter_ns != _NOT_YET)
-        if not left.any():
+        if self._near_origin is None or (
+                (position[0] - self._near_origin[0]) ** 2
+                + (position[1] - self._near_origin[1]) ** 2 > self._refresh_distance ** 2):
+            self._refresh_candidates(position)
+        if self._candidate_slots is None:
+            self._candidate_slots = np.flatnonzero(self._candidate)
+        slots = self._candidate_slots
+        # Every cell under the footprint is a candidate, and so is every cell being crossed
+        # (it was under the footprint when it was entered), so testing the candidates is exact.
+        inside = self._covered_slots(slots, position, yaw)
+        entering = slots[inside & (self._enter[slots] == _NOT_YET)]
+        self._enter[entering] = t_ns
+        self._exit[slots[inside]] = t_ns
+        left = slots[~inside & (self._enter[slots] != _NOT_YET)]
+        if not left.shape[0]:
             return Crossings.empty()
-        done = Crossings(self.keys[left], self.centres[left], self.features[left],
-                         self.first_seen_ns[left], self.enter_ns[left], self.exit_ns[left])
-        self._keep_rows(~left)
+        left = left[np.argsort(self._key[left])]  # crossings in key order, as the map holds them
+        done = Crossings(self._key[left], self._centres[left], self._features[left],
+                         self._first_seen[left], self._enter[left], self._exit[left])
+        self._remove(left)
         return done

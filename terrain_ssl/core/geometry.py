@@ -105,13 +105,20 @@ class PoseHistory:
         self.horizon_ns = int(horizon_s * NS_PER_S)
         self.clear()
 
+    # Column name -> (dtype, row shape). The public attributes of the same names are views of
+    # the live rows [start, end) of preallocated buffers: appending writes in place and the
+    # horizon moves `start`, instead of concatenating every array per flush.
+    _COLUMNS = {'t_ns': (np.int64, ()), 'position': (np.float64, (3,)),
+                'quat': (np.float64, (4,)),
+                'linear_velocity': (np.float64, (3,)),   # body frame, m/s
+                'angular_velocity': (np.float64, (3,))}  # body frame, rad/s
+
     def clear(self) -> None:
-        self.t_ns = np.zeros(0, dtype=np.int64)
-        self.position = np.zeros((0, 3))
-        self.quat = np.zeros((0, 4))
-        self.linear_velocity = np.zeros((0, 3))   # body frame, m/s
-        self.angular_velocity = np.zeros((0, 3))  # body frame, rad/s
+        self._buffers = {name: np.zeros((256,) + shape, dtype=dtype)
+                         for name, (dtype, shape) in self._COLUMNS.items()}
+        self._start = self._end = 0
         self._pending: list = []
+        self._refresh_views()
 
     def __len__(self) -> int:
         self._flush()
@@ -124,28 +131,38 @@ class PoseHistory:
         return int(self.t_ns[-1]) if self.t_ns.shape[0] else None
 
     def append(self, t_ns: int, position, quat_xyzw, linear_velocity, angular_velocity) -> None:
-        # Appending to numpy arrays one row at a time is quadratic; batch rows until a query.
+        # Appending to numpy arrays one row at a time is slow; batch rows until a query.
         self._pending.append((int(t_ns), position, quat_xyzw, linear_velocity, angular_velocity))
+
+    def _refresh_views(self) -> None:
+        live = slice(self._start, self._end)
+        for name, buffer in self._buffers.items():
+            setattr(self, name, buffer[live])
 
     def _flush(self) -> None:
         if not self._pending:
             return
-        t_ns, position, quat, linear, angular = zip(*self._pending)
+        columns = dict(zip(self._COLUMNS, zip(*self._pending)))
         self._pending = []
-        self.t_ns = np.concatenate([self.t_ns, np.asarray(t_ns, dtype=np.int64)])
-        self.position = np.concatenate([self.position, np.asarray(position, dtype=float)])
-        self.quat = np.concatenate([self.quat, np.asarray(quat, dtype=float)])
-        self.linear_velocity = np.concatenate([self.linear_velocity,
-                                               np.asarray(linear, dtype=float)])
-        self.angular_velocity = np.concatenate([self.angular_velocity,
-                                                np.asarray(angular, dtype=float)])
-        keep = self.t_ns >= self.t_ns[-1] - self.horizon_ns
-        if not keep.all():
-            self.t_ns = self.t_ns[keep]
-            self.position = self.position[keep]
-            self.quat = self.quat[keep]
-            self.linear_velocity = self.linear_velocity[keep]
-            self.angular_velocity = self.angular_velocity[keep]
+        n = len(columns['t_ns'])
+        capacity = self._buffers['t_ns'].shape[0]
+        if self._end + n > capacity:  # move the live rows to the front, growing if need be
+            live = self._end - self._start
+            capacity = max(capacity, 2 * (live + n))
+            for name, (dtype, shape) in self._COLUMNS.items():
+                old = self._buffers[name]
+                new = old if capacity == old.shape[0] else np.zeros((capacity,) + shape, dtype)
+                new[:live] = old[self._start:self._end]  # numpy handles the overlap
+                self._buffers[name] = new
+            self._start, self._end = 0, live
+        end = self._end + n
+        for name, (dtype, _) in self._COLUMNS.items():
+            self._buffers[name][self._end:end] = np.asarray(columns[name], dtype=dtype)
+        self._end = end
+        # Keep horizon_s behind the newest stamp; stamps increase, so that is a suffix.
+        t_ns = self._buffers['t_ns']
+        self._start += int(np.searchsorted(t_ns[self._start:end], t_ns[end - 1] - self.horizon_ns))
+        self._refresh_views()
 
     def pose_at(self, t_ns: int, max_extrapolation_s: float = 0.1,
                 max_interval_s: float = 0.5) -> Optional[tuple]:

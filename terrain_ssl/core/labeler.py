@@ -167,7 +167,7 @@ class Labeler:
         self._base_to_lidar = make_transform(
             [c.lidar_x, c.lidar_y, c.lidar_z], quat_from_rpy(c.lidar_roll, c.lidar_pitch,
                                                              c.lidar_yaw))
-        self._pending = Crossings.empty()
+        self._set_pending(Crossings.empty())
         self._ready: list = []
         self._last = {'imu': None, 'odometry': None, 'scan': None}
         self._imu_gaps_seen = 0
@@ -236,10 +236,12 @@ class Labeler:
             return
         self.stats['imu'] += 1
         self.vibration.add(int(t_ns), accel, quat_xyzw)
+        if self.vibration.gaps > self._imu_gaps_seen:  # counted as it happens, not at the next
+            self._count_imu_gaps()                     # odometry (there may be none: a reset)
         self._label_pending()
 
     def _count_imu_gaps(self) -> None:
-        gaps = self.vibration.gaps  # filters the queued IMU samples (batched: see VibrationFilter)
+        gaps = self.vibration.gaps  # counted by VibrationFilter.add as samples arrive
         for _ in range(gaps - self._imu_gaps_seen):
             self._reject('imu_gap', f'no IMU sample for more than {self.config.imu_max_gap_s} s')
         self._imu_gaps_seen = max(gaps, self._imu_gaps_seen)
@@ -260,8 +262,7 @@ class Labeler:
         self.poses.append(int(t_ns), position, quat, linear, angular)
         done = self.cells.update_footprint(int(t_ns), position, float(yaw_from_quat(quat)))
         if len(done):
-            self._pending = Crossings.concatenate([self._pending, done])
-        self._count_imu_gaps()
+            self._set_pending(Crossings.concatenate([self._pending, done]))
         self._label_pending()
 
     def add_scan(self, t_ns: int, points_lidar: np.ndarray) -> Optional[PatchSet]:
@@ -308,6 +309,10 @@ class Labeler:
 
     # -- labels ------------------------------------------------------------------------------
 
+    def _set_pending(self, crossings: Crossings) -> None:
+        self._pending = crossings
+        self._pending_windows = None  # (half window ns, start, end, earliest end), when known
+
     def _label_pending(self) -> None:
         """Turn pending crossings into labels once the IMU has covered their windows."""
         if not len(self._pending):
@@ -317,16 +322,22 @@ class Labeler:
             imu_until = -1
         c = self.config
         half_window = int(0.5 * c.label_min_window_s * NS_PER_S)
-        centre = (self._pending.enter_ns + self._pending.exit_ns) // 2
-        start = np.minimum(self._pending.enter_ns, centre - half_window)
-        end = np.maximum(self._pending.exit_ns, centre + half_window)
+        if self._pending_windows is None or self._pending_windows[0] != half_window:
+            centre = (self._pending.enter_ns + self._pending.exit_ns) // 2
+            start = np.minimum(self._pending.enter_ns, centre - half_window)
+            end = np.maximum(self._pending.exit_ns, centre + half_window)
+            self._pending_windows = (half_window, start, end, int(end.min()))
+        _, start, end, earliest_end = self._pending_windows
         newest = self._last['odometry'] or 0
-        waiting = (end > imu_until) & (newest - end <= c.imu_max_wait_s * NS_PER_S)
-        if waiting.all():
+        max_wait_ns = c.imu_max_wait_s * NS_PER_S
+        # Called on every IMU and odometry message: while the earliest window is neither covered
+        # by the IMU nor waited for too long, no window is (the usual case), so stop here.
+        if earliest_end > imu_until and newest - earliest_end <= max_wait_ns:
             return
+        waiting = (end > imu_until) & (newest - end <= max_wait_ns)
         ready = self._pending.take(~waiting)
         ready_start, ready_end = start[~waiting], end[~waiting]
-        self._pending = self._pending.take(waiting)
+        self._set_pending(self._pending.take(waiting))
         keep, shock, speed = [], [], []
         for index in range(len(ready)):
             t0, t1 = int(ready_start[index]), int(ready_end[index])
@@ -360,6 +371,11 @@ class Labeler:
             seen_to_cross_s=(labeled.enter_ns - labeled.first_seen_ns) / NS_PER_S,
             cross_t_ns=labeled.exit_ns))
         self.stats['labels'] += len(keep)
+
+    @property
+    def has_labels(self) -> bool:
+        """True when pop_labels() would return labels."""
+        return bool(self._ready)
 
     def pop_labels(self) -> Optional[LabeledPatches]:
         """Labels completed since the last call, as one batch, or None."""

@@ -2,9 +2,9 @@
 
 Cells are squares of `cell_size` m on a grid fixed in odom, so repeated observations of the same
 ground fall into the same cell (its key). Everything is vectorised over the scan: points are binned
-into a dense local grid, per-cell sums come from `np.bincount`, per-cell extremes from
-`np.minimum.at` / `np.maximum.at` (fast since numpy 2), and the per-cell plane fits are one batched
-3x3 eigen-decomposition.
+into a dense local grid and grouped by cell with one stable argsort, per-cell sums come from
+`np.bincount`, per-cell extremes from `np.minimum.reduceat` / `np.maximum.reduceat` over the
+grouped runs, and the per-cell plane fits are one batched 3x3 eigen-decomposition.
 """
 
 from __future__ import annotations
@@ -89,31 +89,44 @@ def compute_patches(points: np.ndarray, sensor_origin, t_ns: int, cell_size: flo
     iy = np.floor(y / cell_size).astype(np.int64)
     ix0, iy0 = ix.min(), iy.min()
     nx, ny = int(ix.max() - ix0) + 1, int(iy.max() - iy0) + 1
-    n_cells = nx * ny
     flat = (ix - ix0) * ny + (iy - iy0)
 
+    # Group the points by cell once (a stable sort keeps each cell's points in scan order):
+    # per-cell extremes are then reductions over contiguous runs, ~5x faster than
+    # np.minimum.at / np.maximum.at, and per-cell sums run over the few cells present instead
+    # of the whole dense grid. `cell` numbers the present cells 0..n_present-1 by flat index.
+    by_cell = np.argsort(flat, kind='stable')
+    flat_sorted = flat[by_cell]
+    new_run = np.concatenate([[False], flat_sorted[1:] != flat_sorted[:-1]])
+    run_start = np.concatenate([[0], np.flatnonzero(new_run)])
+    present = flat_sorted[run_start]  # flat index of each present cell, ascending
+    cell_sorted = np.cumsum(new_run)
+    cell = np.empty_like(cell_sorted)
+    cell[by_cell] = cell_sorted
+
     # Ground: within `ground_band` of the cell's lowest point.
-    z_min = np.full(n_cells, np.inf)
-    np.minimum.at(z_min, flat, z)
-    dz = z - z_min[flat]
+    z_min = np.minimum.reduceat(z[by_cell], run_start)
+    dz = z - z_min[cell]
     ground = dz <= ground_band
+    ground_dz_by_cell = dz[by_cell][ground[by_cell]]  # still grouped by cell, for the maxima
     if not ground.all():
         x, y, dz = x[ground], y[ground], dz[ground]
-        flat, ix, iy = flat[ground], ix[ground], iy[ground]
+        cell, ix, iy = cell[ground], ix[ground], iy[ground]
 
-    count = np.bincount(flat, minlength=n_cells)
-    occupied = np.flatnonzero(count >= min_points)
-    if occupied.shape[0] == 0:
+    count = np.bincount(cell, minlength=present.shape[0])
+    occupied_cell = np.flatnonzero(count >= min_points)
+    if occupied_cell.shape[0] == 0:
         return PatchSet.empty(t_ns)
+    occupied = present[occupied_cell]  # flat indices into the dense nx x ny grid
 
     # Coordinates relative to the cell centre / lowest point: small numbers, no cancellation.
     dx = x - (ix + 0.5) * cell_size
     dy = y - (iy + 0.5) * cell_size
 
     def cell_sum(weights):
-        return np.bincount(flat, weights=weights, minlength=n_cells)[occupied]
+        return np.bincount(cell, weights=weights, minlength=present.shape[0])[occupied_cell]
 
-    n = count[occupied].astype(np.float64)
+    n = count[occupied_cell].astype(np.float64)
     mean = np.stack([cell_sum(dx), cell_sum(dy), cell_sum(dz)], axis=1) / n[:, None]
     covariance = np.empty((occupied.shape[0], 3, 3))
     products = {(0, 0): dx * dx, (1, 1): dy * dy, (2, 2): dz * dz,
@@ -126,8 +139,12 @@ def compute_patches(points: np.ndarray, sensor_origin, t_ns: int, cell_size: flo
     normal = eigenvectors[:, :, 0]
     normal_z = np.abs(normal[:, 2])
 
-    z_max = np.full(n_cells, -np.inf)
-    np.maximum.at(z_max, flat, dz)
+    # Height range: the highest ground point per cell, from the runs of the grouped points
+    # (cells without ground points, only possible with ground_band < 0, keep -inf).
+    dz_max = np.full(present.shape[0], -np.inf)
+    nonempty = np.flatnonzero(count)
+    run_starts = (np.cumsum(count) - count)[nonempty]
+    dz_max[nonempty] = np.maximum.reduceat(ground_dz_by_cell, run_starts)
 
     cell_ix = occupied // ny + ix0
     cell_iy = occupied % ny + iy0
@@ -139,7 +156,8 @@ def compute_patches(points: np.ndarray, sensor_origin, t_ns: int, cell_size: flo
     gradient_x = -normal[:, 0] / safe_nz
     gradient_y = -normal[:, 1] / safe_nz
     # Height of the fitted plane at the cell centre (the points' centroid is rarely there).
-    centres[:, 2] = z_min[occupied] + mean[:, 2] - gradient_x * mean[:, 0] - gradient_y * mean[:, 1]
+    centres[:, 2] = (z_min[occupied_cell] + mean[:, 2] - gradient_x * mean[:, 0]
+                     - gradient_y * mean[:, 1])
     max_step = _max_neighbour_step(occupied, centres[:, 2], gradient_x, gradient_y,
                                    nx, ny, cell_size)
 
@@ -147,7 +165,7 @@ def compute_patches(points: np.ndarray, sensor_origin, t_ns: int, cell_size: flo
     features = np.empty((occupied.shape[0], len(FEATURE_NAMES)))
     features[:, FEATURE_INDEX['point_count']] = n
     features[:, FEATURE_INDEX['height_std']] = np.sqrt(covariance[:, 2, 2].clip(0.0))
-    features[:, FEATURE_INDEX['height_range']] = z_max[occupied]
+    features[:, FEATURE_INDEX['height_range']] = dz_max[occupied_cell]
     # A sparse lidar often puts a cell's points on one ring: a line, which fits any plane through
     # it. Then the surface's roughness is the spread about the line (both small eigenvalues).
     xx, yy, xy = covariance[:, 0, 0], covariance[:, 1, 1], covariance[:, 0, 1]
@@ -167,19 +185,21 @@ def compute_patches(points: np.ndarray, sensor_origin, t_ns: int, cell_size: flo
     return PatchSet(t_ns, keys[order], centres[order], features[order])
 
 
+# The 8 neighbour offsets (cells) around a cell: as indices, and as floats for plane heights.
+_NEIGHBOUR_DI = np.array([-1, -1, -1, 0, 0, 1, 1, 1])
+_NEIGHBOUR_DJ = np.array([-1, 0, 1, -1, 1, -1, 0, 1])
+_NEIGHBOUR_DX, _NEIGHBOUR_DY = _NEIGHBOUR_DI.astype(np.float64), _NEIGHBOUR_DJ.astype(np.float64)
+
+
 def _max_neighbour_step(occupied, mean_z, gradient_x, gradient_y, nx, ny, cell_size):
     """Per occupied cell: max over the 8 neighbours of |neighbour mean z - this plane there| (m)."""
     grid = np.full((nx + 2, ny + 2), np.nan)  # padded so every cell has 8 neighbour slots
     i = occupied // ny + 1
     j = occupied % ny + 1
     grid[i, j] = mean_z
-    step = np.zeros(occupied.shape[0])
-    for di in (-1, 0, 1):
-        for dj in (-1, 0, 1):
-            if di == 0 and dj == 0:
-                continue
-            neighbour = grid[i + di, j + dj]
-            predicted = mean_z + (gradient_x * di + gradient_y * dj) * cell_size
-            difference = np.abs(neighbour - predicted)
-            step = np.fmax(step, difference)  # fmax ignores the NaN of empty neighbours
-    return step
+    # All 8 neighbours at once, (cells, 8): one gather instead of a Python loop of 8.
+    neighbour = grid[i[:, None] + _NEIGHBOUR_DI, j[:, None] + _NEIGHBOUR_DJ]
+    predicted = mean_z[:, None] + (gradient_x[:, None] * _NEIGHBOUR_DX
+                                   + gradient_y[:, None] * _NEIGHBOUR_DY) * cell_size
+    difference = np.abs(neighbour - predicted)
+    return np.fmax.reduce(difference, axis=1, initial=0.0)  # fmax skips empty (NaN) neighbours

@@ -59,6 +59,62 @@ def wk_weighting_sos(fs_hz: float) -> np.ndarray:
     return signal.zpk2sos(z, p, k)
 
 
+class _SampleHistory:
+    """Filtered samples in time order, appended in batches and dropped from the front.
+
+    Preallocated arrays with a live window [start, end): appending writes in place and dropping
+    moves `start`, so keeping a few seconds of 200 Hz IMU does not copy the whole history per
+    batch (as np.concatenate did). The live part moves to the front only when the end is full.
+    """
+
+    def __init__(self, capacity: int = 4096):
+        self.t = np.zeros(0, dtype=np.int64)  # live views, refreshed after every change
+        self.band = np.zeros(0)
+        self.wk = np.zeros(0)
+        self.valid = np.zeros(0, dtype=bool)
+        self._t = np.zeros(capacity, dtype=np.int64)
+        self._band = np.zeros(capacity)
+        self._wk = np.zeros(capacity)
+        self._valid = np.zeros(capacity, dtype=bool)
+        self._start = self._end = 0
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def append(self, t: np.ndarray, band: np.ndarray, wk: Optional[np.ndarray],
+               valid: np.ndarray) -> None:
+        """Add samples after the last ones; wk None = not weighted yet (NaN until set)."""
+        n = t.shape[0]
+        if self._end + n > self._t.shape[0]:
+            live = self._end - self._start
+            capacity = max(self._t.shape[0], 2 * (live + n))
+            for name in ('_t', '_band', '_wk', '_valid'):
+                old = getattr(self, name)
+                new = old if capacity == old.shape[0] else np.zeros(capacity, dtype=old.dtype)
+                new[:live] = old[self._start:self._end]  # numpy handles the overlap
+                setattr(self, name, new)
+            self._start, self._end = 0, live
+        end = self._end + n
+        self._t[self._end:end] = t
+        self._band[self._end:end] = band
+        self._wk[self._end:end] = np.nan if wk is None else wk
+        self._valid[self._end:end] = valid
+        self._end = end
+        self._refresh_views()
+
+    def drop_before(self, t_ns: int) -> None:
+        """Forget the samples stamped before t_ns."""
+        dropped = int(np.searchsorted(self.t, t_ns))
+        if dropped:
+            self._start += dropped
+            self._refresh_views()
+
+    def _refresh_views(self) -> None:
+        live = slice(self._start, self._end)
+        self.t, self.band = self._t[live], self._band[live]
+        self.wk, self.valid = self._wk[live], self._valid[live]
+
+
 class VibrationFilter:
     """Streaming vertical-vibration extractor with a short history for shock queries.
 
@@ -106,18 +162,20 @@ class VibrationFilter:
 
     def reset(self) -> None:
         """Forget everything (time went backwards: a new drive or a looping bag)."""
-        self._t = np.zeros(0, dtype=np.int64)
-        self._band = np.zeros(0)
-        self._wk = np.zeros(0)
-        self._valid = np.zeros(0, dtype=bool)
-        self._pending: list = []
+        self._history = _SampleHistory()
+        # Band-passed chunks not Wk-weighted yet, (band, filters restarted here). Only the
+        # wk_rms measure needs the weighting, so it runs in large batches (see _weigh_backlog).
+        self._wk_backlog: list = []
+        self._wk_backlog_samples = 0
+        self._wk_zi = None
         self._raw: list = []  # samples waiting to be filtered (and for the rate estimate)
         self._last_added_ns: Optional[int] = None
         self._band_sos = self._wk_sos = None
         self._restart_filters()
 
     def _restart_filters(self) -> None:
-        self._band_zi = self._wk_zi = self._gravity_state = None
+        # (The Wk filter restarts where its backlog says so: see _weigh_backlog.)
+        self._band_zi = self._gravity_state = None
         self._started_ns: Optional[int] = None
         self._last_ns: Optional[int] = None
 
@@ -187,12 +245,11 @@ class VibrationFilter:
 
     def _process_segment(self, t: np.ndarray, accel: np.ndarray, quat: np.ndarray) -> None:
         b, a = self._gravity_ba
-        if self._gravity_state is None:
-            self._gravity_state = signal.lfilter_zi(b, a)[None, :] * accel[0][:, None]
-        gravity = np.empty_like(accel)
-        for axis in range(3):
-            gravity[:, axis], self._gravity_state[axis] = signal.lfilter(
-                b, a, accel[:, axis], zi=self._gravity_state[axis])
+        if self._gravity_state is None:  # (1, 3): filter state per axis
+            self._gravity_state = signal.lfilter_zi(b, a)[:, None] * accel[0][None, :]
+        # All three axes in one call (per-call overhead dominates the ~10-sample batches).
+        gravity, self._gravity_state = signal.lfilter(b, a, accel, axis=0,
+                                                     zi=self._gravity_state)
         norm = np.linalg.norm(gravity, axis=1)
         up = np.where(norm[:, None] > 1e-6, gravity / np.maximum(norm, 1e-6)[:, None],
                       np.array([0.0, 0.0, 1.0]))
@@ -203,39 +260,62 @@ class VibrationFilter:
             up[has_quat] = np.column_stack([2 * (x * z - y * w), 2 * (y * z + x * w),
                                             1 - 2 * (x * x + y * y)])
         vertical = np.einsum('ij,ij->i', accel, up)
-        if self._band_zi is None:
+        starting = self._band_zi is None
+        if starting:
             # Start the filters in steady state on this sample, so there is no start-up step.
             self._band_zi = signal.sosfilt_zi(self._band_sos) * vertical[0]
-            self._wk_zi = signal.sosfilt_zi(self._wk_sos) * 0.0
             self._started_ns = int(t[0])
         band, self._band_zi = signal.sosfilt(self._band_sos, vertical, zi=self._band_zi)
-        weighted, self._wk_zi = signal.sosfilt(self._wk_sos, band, zi=self._wk_zi)
+        self._wk_backlog.append((band, starting))
+        self._wk_backlog_samples += band.shape[0]
         valid = t - self._started_ns >= self.warmup_s * NS_PER_S
-        self._pending.append((t, band, weighted, valid))
+        self._history.append(t, band, None, valid)
         self._last_ns = int(t[-1])
 
+    def _weigh_backlog(self) -> None:
+        """Wk-weight the band-passed samples of the backlog, in order, into the history.
+
+        The weighting filter is causal with state carried between calls, so filtering the
+        backlog in one batch per filter run gives the same values as filtering each small batch
+        as it came (one scipy call per ~10 samples cost more than the arithmetic)."""
+        chunks, self._wk_backlog = self._wk_backlog, []
+        self._wk_backlog_samples = 0
+        outputs = []
+        first = 0
+        while first < len(chunks):
+            end = first + 1  # a run of chunks without a filter restart in between
+            while end < len(chunks) and not chunks[end][1]:
+                end += 1
+            if chunks[first][1]:  # the filters (re)started here
+                self._wk_zi = signal.sosfilt_zi(self._wk_sos) * 0.0
+            band = np.concatenate([chunk for chunk, _ in chunks[first:end]])
+            weighted, self._wk_zi = signal.sosfilt(self._wk_sos, band, zi=self._wk_zi)
+            outputs.append(weighted)
+            first = end
+        if outputs:
+            # The backlog is the newest samples of the history (older ones may be dropped).
+            weighted = np.concatenate(outputs)
+            live = min(weighted.shape[0], len(self._history))
+            if live:
+                self._history.wk[-live:] = weighted[-live:]
+
     def _flush(self) -> None:
-        if self._raw and self.rate_hz is not None:
-            self._process_queue()
-        if not self._pending:
+        if not (self._raw and self.rate_hz is not None):
             return
-        t, band, weighted, valid = (np.concatenate(parts) for parts in zip(*self._pending))
-        self._pending = []
-        self._t = np.concatenate([self._t, t])
-        self._band = np.concatenate([self._band, band])
-        self._wk = np.concatenate([self._wk, weighted])
-        self._valid = np.concatenate([self._valid, valid])
-        start = int(np.searchsorted(self._t, self._t[-1] - self.history_ns))
-        if start > 0:
-            self._t, self._band = self._t[start:], self._band[start:]
-            self._wk, self._valid = self._wk[start:], self._valid[start:]
+        self._process_queue()
+        if self._wk_backlog_samples >= _MAX_QUEUED_SAMPLES:  # bounded memory
+            self._weigh_backlog()
+        if len(self._history):
+            self._history.drop_before(int(self._history.t[-1]) - self.history_ns)
 
     def signal_between(self, t0_ns: int, t1_ns: int) -> tuple:
         """(t_ns, band-passed vertical m/s^2, Wk-weighted m/s^2) for stamps in [t0, t1]."""
         self._flush()
-        lo = int(np.searchsorted(self._t, t0_ns, side='left'))
-        hi = int(np.searchsorted(self._t, t1_ns, side='right'))
-        return self._t[lo:hi], self._band[lo:hi], self._wk[lo:hi]
+        self._weigh_backlog()
+        history = self._history
+        lo = int(np.searchsorted(history.t, t0_ns, side='left'))
+        hi = int(np.searchsorted(history.t, t1_ns, side='right'))
+        return history.t[lo:hi].copy(), history.band[lo:hi].copy(), history.wk[lo:hi].copy()
 
     def shock(self, t0_ns: int, t1_ns: int, measure: str = 'rms') -> tuple:
         """(shock m/s^2 or None, reason) over [t0, t1].
@@ -246,20 +326,24 @@ class VibrationFilter:
         if measure not in SHOCK_MEASURES:
             raise ValueError(f'shock measure must be one of {SHOCK_MEASURES}, got {measure!r}')
         self._flush()
-        if self._t.shape[0] == 0 or self._t[-1] < t1_ns:
+        if measure == 'wk_rms':
+            self._weigh_backlog()
+        history = self._history
+        t = history.t
+        if t.shape[0] == 0 or t[-1] < t1_ns:
             return None, 'pending'
-        lo = int(np.searchsorted(self._t, t0_ns, side='left'))
-        hi = int(np.searchsorted(self._t, t1_ns, side='right'))
-        if hi - lo < 2 or lo == 0 and self._t[0] > t0_ns:
+        lo = int(np.searchsorted(t, t0_ns, side='left'))
+        hi = int(np.searchsorted(t, t1_ns, side='right'))
+        if hi - lo < 2 or lo == 0 and t[0] > t0_ns:
             return None, 'imu_missing'
         # The window must be covered: no step between samples (edges included) larger than a gap.
-        first, last = lo - 1 if lo > 0 else lo, min(hi, self._t.shape[0] - 1)
-        span = self._t[first:last + 1]
+        first, last = lo - 1 if lo > 0 else lo, min(hi, t.shape[0] - 1)
+        span = t[first:last + 1]
         if (np.diff(span) > self.max_gap_ns).any():
             return None, 'imu_gap'
-        if not self._valid[lo:hi].all():
+        if not history.valid[lo:hi].all():
             return None, 'imu_warmup'
         if measure == 'peak':
-            return float(np.max(np.abs(self._band[lo:hi]))), ''
-        values = self._band[lo:hi] if measure == 'rms' else self._wk[lo:hi]
+            return float(np.max(np.abs(history.band[lo:hi]))), ''
+        values = history.band[lo:hi] if measure == 'rms' else history.wk[lo:hi]
         return float(np.sqrt(np.mean(values * values))), ''

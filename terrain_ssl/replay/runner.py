@@ -37,6 +37,7 @@ class ReplayOptions:
     model_in: Optional[str] = None                    # start from this model file
     model_out: Optional[str] = None                   # save the learned model here
     progress: bool = True
+    node_timing: bool = False                         # time each node's callbacks (bench)
 
 
 class ReplayError(RuntimeError):
@@ -75,6 +76,7 @@ def run_replay(options: ReplayOptions) -> ReplayRecord:
     try:
         nodes = create_nodes(context=context)
         labeler, learner, advisor = nodes
+        node_clock = _NodeClock(nodes) if options.node_timing else None
         if options.model_in:
             from terrain_ssl.core.learner import OnlineRoughnessRegressor
             learner.model = OnlineRoughnessRegressor.load(options.model_in)
@@ -89,13 +91,15 @@ def run_replay(options: ReplayOptions) -> ReplayRecord:
         latest_odom = {}
         for outlet in [o for node in nodes for o in outlets_of(node)]:
             if outlet.topic_name == SPEED_TOPIC:
-                outlet.connect(lambda msg: speed_rows.append(
+                record_speed = lambda msg: speed_rows.append(  # noqa: E731
                     (driver.now_ns, msg.data, latest_odom.get('x', np.nan),
-                     latest_odom.get('y', np.nan), latest_odom.get('v', np.nan))))
+                     latest_odom.get('y', np.nan), latest_odom.get('v', np.nan)))
+                outlet.connect(_timed(node_clock, 'replay_recording', record_speed))
         route_map = _RouteMapAccumulator()
         for outlet in outlets_of(learner):
             if outlet.topic_name == MAP_TOPIC:
-                outlet.connect(route_map.add)
+                outlet.connect(_timed(node_clock, 'replay_recording', route_map.add))
+        advance_to = _timed(node_clock, 'bag_time_driver', driver.advance_to)
 
         counts = ReadCounts()
         wall_start = time.perf_counter()
@@ -115,9 +119,12 @@ def run_replay(options: ReplayOptions) -> ReplayRecord:
             total_s = (bag.end_ns - bag.start_ns) / 1e9
             first_ns = None
             n_messages = 0
-            for message in bag.messages(topic_to_callbacks, counts, start_ns, end_ns):
+            messages = bag.messages(topic_to_callbacks, counts, start_ns, end_ns)
+            if node_clock is not None:
+                messages = node_clock.timed_iteration('bag_read_deserialise', messages)
+            for message in messages:
                 first_ns = message.stamp_ns if first_ns is None else first_ns
-                driver.advance_to(message.stamp_ns)
+                advance_to(message.stamp_ns)
                 if message.topic == odom_topic:
                     pose = message.message.pose.pose.position
                     latest_odom.update(x=pose.x, y=pose.y,
@@ -152,6 +159,8 @@ def run_replay(options: ReplayOptions) -> ReplayRecord:
         record.timing = {'wall_s': wall_s, 'bag_duration_s': bag_s,
                          'realtime_factor': bag_s / wall_s if wall_s > 0 else None,
                          'messages_per_s': n_messages / wall_s if wall_s > 0 else None}
+        if node_clock is not None:
+            record.timing['node_s'] = dict(node_clock.seconds)
         record.samples = _samples_to_arrays(samples, first_ns or 0)
         _add_ground_truth(record, bag_path)
         if speed_rows:
@@ -165,6 +174,51 @@ def run_replay(options: ReplayOptions) -> ReplayRecord:
     finally:
         context.try_shutdown()
     return record
+
+
+def _timed(node_clock, name, callback):
+    """`callback`, timed under `name` when timing is on."""
+    return callback if node_clock is None else node_clock.timed(name, callback)
+
+
+class _NodeClock:
+    """Wall time spent in each node's own callbacks (subscriptions and timers), and in the
+    replay's own parts, each exclusive of what it calls into (an in-process publish runs the
+    downstream nodes), so the split adds up."""
+
+    def __init__(self, nodes):
+        self.seconds = {node.get_name(): 0.0 for node in nodes}
+        self._stack: list = []  # [start, time spent in nested callbacks] per active callback
+        # Wrapped before linking, so in-process links and the bag-time driver call the wrappers.
+        for node in nodes:
+            for entity in list(node.subscriptions) + list(node.timers):
+                entity.callback = self.timed(node.get_name(), entity.callback)
+
+    def timed(self, name, callback):
+        self.seconds.setdefault(name, 0.0)
+
+        def call(*args):
+            frame = [time.perf_counter(), 0.0]
+            self._stack.append(frame)
+            try:
+                return callback(*args)
+            finally:
+                self._stack.pop()
+                elapsed = time.perf_counter() - frame[0]
+                self.seconds[name] += elapsed - frame[1]
+                if self._stack:
+                    self._stack[-1][1] += elapsed
+        return call
+
+    def timed_iteration(self, name, iterator):
+        """Yield from `iterator`, timing only the steps (not the consumer's loop body)."""
+        step = self.timed(name, next)
+        while True:
+            try:
+                item = step(iterator)
+            except StopIteration:
+                return
+            yield item
 
 
 class _RouteMapAccumulator:

@@ -29,7 +29,7 @@ from terrain_ssl.core.vibration import GRAVITY_SOURCES, SHOCK_MEASURES
 from terrain_ssl.ros.common import (DIAG_OK, DIAG_WARN, HIGH_RATE_SENSOR_QOS, RELIABLE_QOS,
                                     SENSOR_QOS, DiagnosticsPublisher, LiveParameters, Outlet, ParamSpec,
                                     RejectCounter, run_node)
-from terrain_ssl.ros.conversions import (MalformedCloudError, imu_to_arrays, odometry_to_arrays,
+from terrain_ssl.ros.conversions import (MalformedCloudError, odometry_to_arrays,
                                          pointcloud2_to_xyz, stamp_to_ns,
                                          xyz_fields_to_pointcloud2)
 
@@ -151,16 +151,25 @@ class RoughnessLabelerNode(Node):
     # -- inputs --------------------------------------------------------------------------------
 
     def on_imu(self, msg: Imu) -> None:
-        t_ns, accel, _gyro, quat = imu_to_arrays(msg)
-        self.labeler.add_imu(t_ns, accel, quat)
-        self._publish_labels()
+        # The 200 Hz path: plain tuples, no gyro, no numpy round trip (imu_to_arrays costs more
+        # than the labeler's own work here). Same rule as imu_to_arrays for the orientation:
+        # covariance[0] == -1 means none (REP 145); add_imu drops non-finite or zero ones.
+        accel = msg.linear_acceleration
+        quat = None
+        if msg.orientation_covariance[0] != -1.0:
+            q = msg.orientation
+            quat = (q.x, q.y, q.z, q.w)
+        self.labeler.add_imu(stamp_to_ns(msg.header.stamp), (accel.x, accel.y, accel.z), quat)
+        if self.labeler.has_labels:
+            self._publish_labels()
 
     def on_odometry(self, msg: Odometry) -> None:
         t_ns, position, quat, linear, angular = odometry_to_arrays(msg)
         if msg.header.frame_id:
             self.odom_frame = msg.header.frame_id
         self.labeler.add_odometry(t_ns, position, quat, linear, angular)
-        self._publish_labels()
+        if self.labeler.has_labels:
+            self._publish_labels()
 
     def on_points(self, msg: PointCloud2) -> None:
         try:
