@@ -6,8 +6,9 @@ The multi-lap table with the targets is bench/bench_closed_loop.py; these runs a
 import numpy as np
 import pytest
 
-from terrain_ssl.sim.closed_loop import (ClosedLoopConfig, calibration_drive, fit_calibration,
-                                         format_table, run_closed_loop)
+from terrain_ssl.sim.closed_loop import (ClosedLoopConfig, Footprint, calibration_drive,
+                                         fit_calibration, footprint_crossings, format_table,
+                                         oracle_calibration_drive, run_closed_loop)
 from terrain_ssl.sim.route import RoundedRectangleRoute
 from terrain_ssl.sim.terrain import TerrainConfig
 from terrain_ssl.sim.world import WorldConfig
@@ -17,6 +18,14 @@ WORLD = WorldConfig(terrain=TerrainConfig(
     route=RoundedRectangleRoute(long_m=40.0, short_m=10.0, corner_radius_m=8.0)))
 ADVISOR = {'shock_limit_mps2': 2.0, 'v_max_mps': 6.0, 'v_min_mps': 1.0,
            'cautious_speed_mps': 1.5, 'front_offset_m': 2.6, 'uncertainty_weight': 0.5}
+
+
+FOOTPRINT = Footprint(length_m=3.0, width_m=1.8, offset_x_m=1.3)
+
+
+@pytest.fixture(scope='module')
+def measured_map():
+    return oracle_calibration_drive(WORLD, seed=1, speeds_mps=(2.0, 4.0), footprint=FOOTPRINT)
 
 
 @pytest.fixture(scope='module')
@@ -61,3 +70,59 @@ def test_terrain_ssl_drives_at_the_nodes_published_speed_limit():
     moving = result.steps['t_s'] > 5.0
     assert np.median(np.abs(result.steps['speed_mps'][moving] - command[moving])) < 0.3
     assert result.info['rejected']['speed_advisor'] == {}
+
+
+def test_footprint_crossings_follow_the_labelers_rectangle():
+    # Straight drive along +x at 2 m/s, sampled at 50 Hz: the 3.0 x 1.8 m footprint centred
+    # 1.3 m ahead covers a cell (centre on the path) from when its front edge reaches the cell
+    # centre until its rear edge leaves it: 3.0 m of travel = 1.5 s.
+    t_ns = np.arange(0, 10_000_000_000, 20_000_000, dtype=np.int64)
+    x = 2.0 * t_ns / 1e9
+    xy = np.column_stack([x, np.full(x.size, 0.25)])
+    cells, enter, exit_ = footprint_crossings(t_ns, xy, np.zeros(x.size), FOOTPRINT, 0.5)
+    on_path = (cells[:, 1] == 0) & (cells[:, 0] == 20)  # centre (10.25, 0.25)
+    assert np.count_nonzero(on_path) == 1
+    assert enter[on_path][0] / 1e9 == pytest.approx((10.25 - 1.3 - 1.5) / 2.0, abs=0.03)
+    assert (exit_[on_path] - enter[on_path])[0] / 1e9 == pytest.approx(1.5, abs=0.03)
+    # Lateral reach: +-0.9 m about the path; cells beyond are never covered.
+    assert set(np.unique(cells[:, 1]).tolist()) == {-1, 0, 1}  # centres -0.25, 0.25, 0.75 m
+
+
+def test_measured_map_is_rougher_where_the_terrain_is_rough(measured_map):
+    from terrain_ssl.sim.world import World
+    truth = World(WORLD.__class__(terrain=WORLD.terrain, lidar=None), seed=1).terrain
+    iso = truth.ground_truth.iso_class_at(measured_map.centres_xy_m)
+    smooth = np.median(measured_map.roughness[iso <= 1])   # A, B
+    rough = np.median(measured_map.roughness[iso >= 4])    # E, F
+    assert len(measured_map) > 500
+    assert rough > 4.0 * smooth
+    assert np.all(measured_map.uncertainty == 0.0)
+
+
+def test_measured_oracle_keeps_under_the_limit_better_than_constant_speed(measured_map):
+    common = dict(laps=1, seed=1, world=WORLD, advisor=ADVISOR)
+    constant = run_closed_loop(ClosedLoopConfig(policy='constant', **common))
+    oracle = run_closed_loop(ClosedLoopConfig(policy='oracle', oracle_map=measured_map,
+                                              **common))
+    fast, careful = constant.summary([0]), oracle.summary([0])
+    assert careful['over_limit'] <= 0.5 * fast['over_limit']
+    assert careful['peak_shock_mps2'] < fast['peak_shock_mps2']
+    # Smooth ground at v_max, rough ground slow.
+    command = oracle.steps['command_mps']
+    assert command.max() == pytest.approx(ADVISOR['v_max_mps']) and command.min() <= 2.0
+    with pytest.raises(ValueError):
+        run_closed_loop(ClosedLoopConfig(policy='oracle', **common))  # no map, no calibration
+
+
+def test_closed_loop_command_registers_and_refuses_bad_arguments(capsys):
+    import argparse
+
+    from terrain_ssl.sim.closed_loop_cli import register
+    parser = argparse.ArgumentParser(prog='terrain-ssl')
+    register(parser.add_subparsers(dest='command', required=True))
+    args = parser.parse_args(['closed-loop', '--laps', '1', '--quick'])
+    assert args.quick and args.seed == 0
+    assert args.func(args) == 2  # the targets are over laps 2+: one lap cannot show them
+    assert '--laps must be >= 2' in capsys.readouterr().err
+    args = parser.parse_args(['closed-loop', '--shock-limit', '0'])
+    assert args.func(args) == 2

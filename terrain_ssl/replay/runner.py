@@ -81,8 +81,8 @@ def run_replay(options: ReplayOptions) -> ReplayRecord:
             from terrain_ssl.core.learner import OnlineRoughnessRegressor
             learner.model = OnlineRoughnessRegressor.load(options.model_in)
 
-        samples: list = []
-        learner.add_prequential_listener(samples.append)
+        samples = _SampleRecorder()
+        learner.add_prequential_listener(samples.add)
         link_in_process(nodes)
         driver = BagTimeDriver(nodes)
         inputs = subscription_callbacks(nodes)
@@ -161,7 +161,7 @@ def run_replay(options: ReplayOptions) -> ReplayRecord:
                          'messages_per_s': n_messages / wall_s if wall_s > 0 else None}
         if node_clock is not None:
             record.timing['node_s'] = dict(node_clock.seconds)
-        record.samples = _samples_to_arrays(samples, first_ns or 0)
+        record.samples = samples.arrays(first_ns or 0)
         _add_ground_truth(record, bag_path)
         if speed_rows:
             rows = np.array(speed_rows, dtype=float)
@@ -261,16 +261,41 @@ class _RouteMapAccumulator:
                                                            'uncertainty'))}
 
 
-def _samples_to_arrays(samples: list, t0_ns: int) -> dict:
-    """Prequential events from the learner -> aligned arrays (one entry per labeled patch)."""
-    if not samples:
-        return {}
-    keys = ('stamp_ns', 'x', 'y', 'roughness', 'roughness_class', 'predicted', 'uncertainty',
+class _SampleRecorder:
+    """Prequential events from the learner -> aligned float arrays, one entry per labeled patch.
+
+    Events (a dict of small arrays each, ~40 per second) are packed into one float64 block every
+    500 events: a long soak would otherwise hold tens of thousands of tiny arrays (~50 MB/30 min).
+    """
+
+    KEYS = ('stamp_ns', 'x', 'y', 'roughness', 'roughness_class', 'predicted', 'uncertainty',
             'baseline', 'speed')
-    columns = {key: np.concatenate([np.atleast_1d(np.asarray(s[key], float)) for s in samples])
-               for key in keys}
-    columns['t_s'] = (columns.pop('stamp_ns') - t0_ns) / 1e9
-    return columns
+
+    def __init__(self, pack_every: int = 500):
+        self.pack_every = pack_every
+        self._events: list = []
+        self._blocks: list = []
+
+    def add(self, event: dict) -> None:
+        self._events.append(event)
+        if len(self._events) >= self.pack_every:
+            self._pack()
+
+    def _pack(self) -> None:
+        if self._events:
+            self._blocks.append(np.column_stack([
+                np.concatenate([np.atleast_1d(np.asarray(e[key], float)) for e in self._events])
+                for key in self.KEYS]))
+            self._events = []
+
+    def arrays(self, t0_ns: int) -> dict:
+        self._pack()
+        if not self._blocks:
+            return {}
+        rows = np.concatenate(self._blocks)
+        columns = {key: rows[:, i] for i, key in enumerate(self.KEYS)}
+        columns['t_s'] = (columns.pop('stamp_ns') - t0_ns) / 1e9
+        return columns
 
 
 def _add_ground_truth(record: ReplayRecord, bag_path: Path) -> None:

@@ -158,7 +158,8 @@ class Outlet:
 
     def publish(self, msg) -> None:
         self.published += 1
-        self.publisher.publish(msg)
+        if self.publisher.get_subscription_count():  # nobody listening: skip the DDS copy
+            self.publisher.publish(msg)
         for callback in self._listeners:
             callback(msg)
 

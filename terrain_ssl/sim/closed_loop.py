@@ -4,10 +4,13 @@ Policies:
     constant     always v_max.
     terrain_ssl  the three real nodes (roughness_labeler -> roughness_learner -> speed_advisor),
                  cold start, learning live; the vehicle drives at the published speed limit.
-    oracle       the same speed rule (terrain_ssl.core.advisor.SpeedAdvisor, same settings), fed
-                 the *true* roughness of the terrain converted to the labeler's units by a
-                 calibration `roughness = offset + gain * height_rms` (fitted by least squares on
-                 labels vs truth, see `fit_calibration`).
+    oracle       the same speed rule (terrain_ssl.core.advisor.SpeedAdvisor, same settings,
+                 uncertainty 0), fed a map of the terrain's *measured* roughness: per cell the
+                 label the labeler would give it (shock over the footprint crossing / speed),
+                 from constant-speed calibration drives without lidar, averaged
+                 (`oracle_calibration_drive`, `measured_roughness_map`). Older alternative: the
+                 true height RMS per cell through a fitted line (`Calibration`, `truth_map`);
+                 it misses what the wheels feel (R^2 ~0.3) and is a weak oracle.
 
 The nodes are driven deterministically in sim time: each SimMessage is deserialised with rclpy
 and handed to the matching subscription callback; node outputs reach the next node through
@@ -76,7 +79,9 @@ class ClosedLoopConfig:
     control_period_s: float = 0.05                     # world steps this long between commands
     shock_window_s: float = 0.5                        # IMU window per shock event (s)
     shock_measure: str = 'rms'                         # as the labeler's (peak, rms, wk_rms)
-    calibration: Optional[Calibration] = None          # oracle only
+    calibration: Optional[Calibration] = None          # oracle: height RMS -> label units
+    oracle_map: Optional[RoughnessMap] = None          # oracle: measured roughness (preferred)
+    imu_history_s: float = 10.0                        # filtered IMU kept for shock queries (s)
     max_sim_s: float = 3600.0                          # give up if the laps take longer
 
     def advisor_config(self) -> AdvisorConfig:
@@ -94,6 +99,7 @@ class ClosedLoopResult:
     labels: dict = field(default_factory=dict)   # x, y, roughness of labeled patches (terrain_ssl)
     trajectory: dict = field(default_factory=dict)  # true base_link path: t_s, x_m, y_m, yaw_rad
     info: dict = field(default_factory=dict)
+    vibration: Optional[VibrationFilter] = None     # filtered IMU of the last imu_history_s
 
     def summary(self, laps) -> dict:
         """Over-limit events, peak shock, mean speed and mean lap time over the given laps."""
@@ -118,8 +124,8 @@ class ClosedLoopResult:
 class ShockMeter:
     """Shock (m/s^2) of consecutive fixed IMU windows, with the labeler's vibration filter."""
 
-    def __init__(self, window_s: float, measure: str):
-        self.filter = VibrationFilter()
+    def __init__(self, window_s: float, measure: str, history_s: float = 10.0):
+        self.filter = VibrationFilter(history_s=history_s)
         self.window_ns = int(window_s * _NS_PER_S)
         self.measure = measure
         self.next_start_ns: Optional[int] = None
@@ -230,20 +236,25 @@ def run_closed_loop(config: ClosedLoopConfig,
     if config.policy != 'terrain_ssl':
         world_config = replace(world_config, lidar=None)  # no one looks: 10x faster
     world = World(world_config, seed=config.seed)
-    meter = ShockMeter(config.shock_window_s, config.shock_measure)
+    meter = ShockMeter(config.shock_window_s, config.shock_measure, config.imu_history_s)
     stack = _NodeStack(config) if config.policy == 'terrain_ssl' else None
     oracle = None
     if config.policy == 'oracle':
-        if config.calibration is None:
-            raise ValueError('the oracle needs a calibration (fit_calibration)')
+        if config.oracle_map is not None:
+            oracle_map = config.oracle_map
+        elif config.calibration is not None:
+            oracle_map = truth_map(world, config.calibration)
+        else:
+            raise ValueError('the oracle needs an oracle_map (measured_roughness_map) or a '
+                             'calibration (fit_calibration)')
         oracle = SpeedAdvisor(replace(advisor_config, map_memory_s=0.0,
-                                      cell_size_m=world.terrain.ground_truth.cell_size))
-        oracle_map = truth_map(world, config.calibration)
+                                      cell_size_m=oracle_map.cell_size_m))
     types: dict = {}
     step_ns = int(round(config.control_period_s * _NS_PER_S))
     command = advisor_config.cautious_speed_mps if config.policy != 'constant' \
         else advisor_config.v_max_mps
     rows = []
+    reasons: dict = {}   # (lap, advisor reason) -> control steps: why terrain_ssl drove so
     lap_starts = [0.0]
     last_lap = 0
     wall_start = time.perf_counter()
@@ -271,6 +282,9 @@ def run_closed_loop(config: ClosedLoopConfig,
                 stack.advance_to(now)
                 if stack.speed_limit is not None:
                     command = stack.speed_limit
+                advice = stack.advisor.advisor.last_advice
+                key = (state.lap, advice.reason if advice is not None else 'none')
+                reasons[key] = reasons.get(key, 0) + 1
             elif oracle is not None:
                 oracle.set_map(oracle_map, now)
                 oracle.set_state(VehicleState(state.x_m, state.y_m, state.yaw_rad,
@@ -293,13 +307,17 @@ def run_closed_loop(config: ClosedLoopConfig,
         path = world.ground_truth.trajectory
         trajectory = {'t_s': (np.asarray(path['t_ns'], dtype=np.int64) - t0) / _NS_PER_S,
                       'x_m': np.asarray(path['x_m']), 'y_m': np.asarray(path['y_m']),
-                      'yaw_rad': np.asarray(path['yaw_rad'])}
+                      'yaw_rad': np.asarray(path['yaw_rad']),
+                      'speed_mps': np.asarray(path['speed_mps']),
+                      't_ns': np.asarray(path['t_ns'], dtype=np.int64)}
         info = {'wall_s': time.perf_counter() - wall_start, 'sim_s': rows[-1][0],
+                'shock_window_s': config.shock_window_s,
                 'control_period_s': config.control_period_s, 'seed': config.seed}
         if stack is not None:
             info['rejected'] = {node.get_name(): dict(node.rejects.counts)
                                 for node in stack.nodes if hasattr(node, 'rejects')}
             info['late_hazards'] = stack.advisor.advisor.late_hazards
+            info['advice_reasons'] = reasons
     finally:
         if stack is not None:
             stack.close()
@@ -313,7 +331,7 @@ def run_closed_loop(config: ClosedLoopConfig,
         steps={'t_s': steps[:, 0], 'speed_mps': steps[:, 1], 'command_mps': steps[:, 2],
                'lap': steps[:, 3].astype(int), 'distance_m': steps[:, 4]},
         lap_times_s=list(np.diff(lap_starts)), labels=labels, info=info,
-        trajectory=trajectory)
+        trajectory=trajectory, vibration=meter.filter)
 
 
 def calibration_from_labels(result: ClosedLoopResult, world_config: WorldConfig,
@@ -361,6 +379,170 @@ def calibration_drive(world_config: WorldConfig, seed: int, speed_mps: float = 4
                            f'{shock_measure} over {shock_window_s} s IMU windows')
 
 
+@dataclass(frozen=True)
+class Footprint:
+    """The rectangle under the vehicle that makes the IMU shake (the labeler's footprint.*)."""
+
+    length_m: float = 2.8       # along base_link x
+    width_m: float = 1.8        # along base_link y
+    offset_x_m: float = 1.3     # its centre ahead of base_link
+
+
+def covered_cells(xy_m, yaw_rad, footprint: Footprint, cell_size_m: float,
+                  origin_xy_m=(0.0, 0.0)):
+    """Grid cells under the footprint at each pose, as the labeler's association decides: a cell
+    is covered while its centre lies inside the footprint rectangle.
+
+    Returns (pose index (P,), cell index (P, 2) int: centre = origin + (index + 0.5) * cell).
+    """
+    xy = np.asarray(xy_m, dtype=np.float64).reshape(-1, 2)
+    yaw = np.asarray(yaw_rad, dtype=np.float64)
+    origin = np.asarray(origin_xy_m, dtype=np.float64)
+    reach = float(np.hypot(abs(footprint.offset_x_m) + 0.5 * footprint.length_m,
+                           0.5 * footprint.width_m))
+    n_reach = int(np.ceil(reach / cell_size_m)) + 1
+    span = np.arange(-n_reach, n_reach + 1)
+    dx_cells, dy_cells = (a.ravel() for a in np.meshgrid(span, span))
+    poses, cells = [np.zeros(0, dtype=np.int64)], [np.zeros((0, 2), dtype=np.int64)]
+    for lo in range(0, xy.shape[0], 2000):  # chunks bound the (poses x candidates) arrays
+        part = slice(lo, min(lo + 2000, xy.shape[0]))
+        base = np.floor((xy[part] - origin) / cell_size_m).astype(np.int64)
+        ix = base[:, 0, None] + dx_cells[None, :]
+        iy = base[:, 1, None] + dy_cells[None, :]
+        dx = origin[0] + (ix + 0.5) * cell_size_m - xy[part, 0, None]
+        dy = origin[1] + (iy + 0.5) * cell_size_m - xy[part, 1, None]
+        c, s = np.cos(yaw[part])[:, None], np.sin(yaw[part])[:, None]
+        inside = (np.abs(c * dx + s * dy - footprint.offset_x_m) <= 0.5 * footprint.length_m) & \
+            (np.abs(-s * dx + c * dy) <= 0.5 * footprint.width_m)
+        rows, cols = np.nonzero(inside)
+        poses.append(rows + lo)
+        cells.append(np.column_stack([ix[rows, cols], iy[rows, cols]]))
+    return np.concatenate(poses), np.concatenate(cells)
+
+
+def footprint_crossings(t_ns, xy_m, yaw_rad, footprint: Footprint, cell_size_m: float,
+                        origin_xy_m=(0.0, 0.0)):
+    """Every passage of the footprint over a grid cell (`covered_cells`), from the first to the
+    last covered pose (a pose not covering the cell in between starts a new crossing).
+
+    Returns (cell index (K, 2), enter_ns (K,), exit_ns (K,)).
+    """
+    t_ns = np.asarray(t_ns, dtype=np.int64)
+    pose, cell = covered_cells(xy_m, yaw_rad, footprint, cell_size_m, origin_xy_m)
+    order = np.lexsort((pose, cell[:, 1], cell[:, 0]))
+    pose, cell = pose[order], cell[order]
+    new = np.ones(pose.size, dtype=bool)
+    new[1:] = (cell[1:] != cell[:-1]).any(axis=1) | (pose[1:] != pose[:-1] + 1)
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], pose.size) - 1
+    return cell[first], t_ns[pose[first]], t_ns[pose[last]]
+
+
+def _cell_map(cell_index, values, cell_size_m, origin_xy_m, reduce: str) -> RoughnessMap:
+    """One value per cell (mean or max of its values) as a RoughnessMap with no uncertainty."""
+    ok = np.isfinite(values)
+    keys, inverse = np.unique(cell_index[ok], axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    if reduce == 'mean':
+        value = np.bincount(inverse, weights=values[ok]) / np.bincount(inverse)
+    else:
+        value = np.full(keys.shape[0], -np.inf)
+        np.maximum.at(value, inverse, values[ok])
+    xy = np.asarray(origin_xy_m) + (keys + 0.5) * cell_size_m
+    return RoughnessMap(xy, value, np.zeros(keys.shape[0]), cell_size_m)
+
+
+def measured_roughness_map(result: ClosedLoopResult, footprint: Footprint, cell_size_m: float,
+                           origin_xy_m=(0.0, 0.0), min_speed_mps: float = 1.0,
+                           min_window_s: float = 0.1, measure: str = 'rms',
+                           per: str = 'crossing') -> RoughnessMap:
+    """Shock per speed ((m/s^2)/(m/s)) measured per cell on a drive: the terrain's true roughness.
+
+    per='crossing': what the labeler would label: for every footprint crossing of a cell
+        (`footprint_crossings` on the true trajectory), the shock (`measure` of the band-passed
+        vertical IMU signal over the crossing, at least `min_window_s` long) over the mean true
+        speed; per cell the mean over its crossings.
+    per='window': what the over-limit count sees: for every fixed IMU window of the run
+        (`shock_window_s`), its shock over its mean speed, given to every cell under the
+        footprint during that window; per cell the max over its windows (the worst 0.5 s the
+        cell took part in).
+    Windows or crossings slower than `min_speed_mps` give no value. For per='crossing' the run
+    must have kept its IMU signal (`imu_history_s` >= the run's length).
+    """
+    if per not in ('crossing', 'window'):
+        raise ValueError(f"per must be 'crossing' or 'window', got {per!r}")
+    path = result.trajectory
+    t_ns, speed = path['t_ns'], path['speed_mps']
+    xy = np.column_stack([path['x_m'], path['y_m']])
+    cumulative = np.concatenate([[0.0], np.cumsum(speed)])
+    if per == 'window':
+        pose, cell = covered_cells(xy, path['yaw_rad'], footprint, cell_size_m, origin_xy_m)
+        end_s = result.windows['t_s']
+        window_s = result.info.get('shock_window_s', 0.5)
+        lo = np.searchsorted(path['t_s'], end_s - window_s, side='right')
+        hi = np.searchsorted(path['t_s'], end_s, side='right')
+        mean_speed = (cumulative[hi] - cumulative[lo]) / np.maximum(hi - lo, 1)
+        window_r = np.where((hi > lo) & (mean_speed >= min_speed_mps),
+                            result.windows['shock_mps2'] / np.maximum(mean_speed, 1e-9), np.nan)
+        # The window each pose belongs to: the first window ending at or after it.
+        of_pose = np.searchsorted(end_s, path['t_s'][pose], side='left')
+        inside = of_pose < end_s.size
+        inside[inside] &= path['t_s'][pose[inside]] > end_s[of_pose[inside]] - window_s
+        return _cell_map(cell[inside], window_r[of_pose[inside]], cell_size_m, origin_xy_m,
+                         'max')
+    if result.vibration is None:
+        raise ValueError('the run kept no IMU signal (result.vibration is None)')
+    cell, enter, exit_ = footprint_crossings(t_ns, xy, path['yaw_rad'], footprint, cell_size_m,
+                                             origin_xy_m)
+    half = int(0.5 * min_window_s * _NS_PER_S)
+    middle = (enter + exit_) // 2
+    start, end = np.minimum(enter, middle - half), np.maximum(exit_, middle + half)
+    lo = np.searchsorted(t_ns, start, side='left')
+    hi = np.searchsorted(t_ns, end, side='right')
+    mean_speed = (cumulative[hi] - cumulative[lo]) / np.maximum(hi - lo, 1)
+    roughness = np.full(cell.shape[0], np.nan)
+    for k in np.flatnonzero((hi > lo) & (mean_speed >= min_speed_mps)):
+        shock, _ = result.vibration.shock(int(start[k]), int(end[k]), measure)
+        if shock is not None:
+            roughness[k] = shock / mean_speed[k]
+    return _cell_map(cell, roughness, cell_size_m, origin_xy_m, 'mean')
+
+
+def oracle_calibration_drive(world_config: WorldConfig, seed: int, speeds_mps=(2.0, 4.0),
+                             laps: int = 1,
+                             footprint: Footprint = Footprint(), min_speed_mps: float = 1.0,
+                             shock_measure: str = 'rms', cell_size_m: float = 0.5,
+                             per: str = 'crossing', shock_window_s: float = 0.5,
+                             progress: Optional[Callable[[str], None]] = None) -> RoughnessMap:
+    """The oracle's knowledge of the terrain: drive one lap at each constant speed (no lidar) and
+    measure per cell what the labeler measures there (`measured_roughness_map`), averaged over
+    the laps. This is the terrain's true shock per speed, in the learner's own units."""
+    maps = []
+    for speed in speeds_mps:
+        speed = float(speed)
+        result = run_closed_loop(ClosedLoopConfig(
+            policy='constant', laps=laps, seed=seed, world=world_config, imu_history_s=1e5,
+            advisor={'v_max_mps': speed, 'v_min_mps': min(0.5, speed),
+                     'cautious_speed_mps': speed}, shock_measure=shock_measure,
+            shock_window_s=shock_window_s), progress=progress)
+        truth = World(replace(world_config, lidar=None), seed=seed).terrain.ground_truth
+        maps.append(measured_roughness_map(result, footprint, cell_size_m, truth.origin_xy_m,
+                                           min_speed_mps, measure=shock_measure, per=per))
+    return average_maps(maps)
+
+
+def average_maps(maps) -> RoughnessMap:
+    """Cell-wise mean roughness of maps on the same grid (a cell in one map keeps its value)."""
+    cell = maps[0].cell_size_m
+    xy = np.concatenate([m.centres_xy_m for m in maps])
+    values = np.concatenate([m.roughness for m in maps])
+    index = np.rint(xy / cell * 2.0).astype(np.int64)  # half-cell keys: same centres, same key
+    keys, first, inverse = np.unique(index, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    mean = np.bincount(inverse, weights=values) / np.bincount(inverse)
+    return RoughnessMap(xy[first], mean, np.zeros(keys.shape[0]), cell)
+
+
 def format_table(results: list) -> str:
     """One row per policy for lap 1 and for laps 2+."""
     header = (f'{"policy":<12} {"laps":<5} {"windows":>7} {"over-limit":>10} '
@@ -376,6 +558,107 @@ def format_table(results: list) -> str:
     return '\n'.join(lines)
 
 
+# The bench / CLI settings. The simulated vehicle: base_link on the rear axle, front axle 2.6 m
+# ahead, track 1.6 m. v_min = the labeler's label.min_speed (1 m/s): slower, no labels come.
+BENCH_ADVISOR = {'shock_limit_mps2': 2.0, 'v_max_mps': 6.0, 'v_min_mps': 1.0,
+                 'cautious_speed_mps': 1.5, 'front_offset_m': 2.6, 'uncertainty_weight': 1.0,
+                 'map_memory_s': 20.0}
+BENCH_LABELER = {'footprint.length': 3.0, 'footprint.offset_x': 1.3, 'footprint.width': 1.8}
+BENCH_LEARNER: dict = {}
+ORACLE_SPEEDS_MPS = (2.0, 4.0)
+TARGET_FEWER_EVENTS = 0.8      # laps 2+: terrain_ssl over-limit events <= 20% of constant's
+TARGET_LAP_TIME_RATIO = 1.25   # laps 2+: terrain_ssl lap time <= 1.25 x the oracle's
+
+
+def _labeler_footprint(labeler: dict) -> Footprint:
+    default = Footprint()
+    return Footprint(float(labeler.get('footprint.length', default.length_m)),
+                     float(labeler.get('footprint.width', default.width_m)),
+                     float(labeler.get('footprint.offset_x', default.offset_x_m)))
+
+
+def compare_policies(laps: int = 3, seed: int = 0, world: Optional[WorldConfig] = None,
+                     advisor: Optional[dict] = None, labeler: Optional[dict] = None,
+                     learner: Optional[dict] = None, oracle_speeds_mps=ORACLE_SPEEDS_MPS,
+                     with_safe_oracle: bool = True,
+                     progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Run constant v_max, terrain_ssl and the oracle(s) for `laps` laps; returns
+    {'results': [ClosedLoopResult...], 'report': str (table, oracle definition, targets),
+    'fewer_events': float, 'lap_time_ratio': float, 'passed': bool}.
+
+    The oracle drives by the same SpeedAdvisor (same settings, uncertainty 0) on a map of the
+    terrain's measured shock per speed: one constant-speed calibration drive (no lidar) of
+    `laps` laps per speed in `oracle_speeds_mps` (so it has crossed the lines the evaluation
+    laps drive), each cell's value the labeler's own label there (shock over the footprint
+    crossing / speed), averaged over the calibration drives ('oracle'). 'oracle-max' (with
+    `with_safe_oracle`) uses instead the worst 0.5 s IMU window each cell took part in.
+    """
+    world = world if world is not None else WorldConfig()
+    advisor = dict(BENCH_ADVISOR if advisor is None else advisor)
+    labeler = dict(BENCH_LABELER if labeler is None else labeler)
+    learner = dict(BENCH_LEARNER if learner is None else learner)
+    common = dict(laps=laps, seed=seed, world=world, advisor=advisor, labeler=labeler,
+                  learner=learner)
+    footprint = _labeler_footprint(labeler)
+    min_speed = float(labeler.get('label.min_speed', 1.0))
+    learned = run_closed_loop(ClosedLoopConfig(policy='terrain_ssl', **common), progress)
+    constant = run_closed_loop(ClosedLoopConfig(policy='constant', **common), progress)
+    results = [constant, learned]
+    oracle_maps = {}
+    for name, per in (('oracle', 'crossing'), ('oracle-max', 'window')):
+        if name == 'oracle-max' and not with_safe_oracle:
+            continue
+        oracle_maps[name] = oracle_calibration_drive(
+            world, seed, oracle_speeds_mps, laps=laps, footprint=footprint,
+            min_speed_mps=min_speed, per=per)
+        result = run_closed_loop(ClosedLoopConfig(policy='oracle', oracle_map=oracle_maps[name],
+                                                  **common), progress)
+        result.policy = name
+        results.append(result)
+    later = range(1, laps)
+    s_const, s_learn, s_oracle = (r.summary(later) for r in results[:3])
+    fewer = 1.0 - s_learn['over_limit'] / max(s_const['over_limit'], 1)
+    ratio = s_learn['lap_time_s'] / s_oracle['lap_time_s']
+    speeds = ', '.join(f'{v:g}' for v in oracle_speeds_mps)
+    lines = [
+        f'closed loop: {laps} laps of {world.terrain.route.length_m:.0f} m, seed {seed}, shock '
+        f'limit {advisor["shock_limit_mps2"]} m/s^2 (rms over 0.5 s IMU windows), v_min '
+        f'{advisor["v_min_mps"]}, v_max {advisor["v_max_mps"]} m/s, uncertainty weight '
+        f'{advisor.get("uncertainty_weight", AdvisorConfig().uncertainty_weight)}',
+        'constant: always v_max.  terrain_ssl: the three real nodes, cold start, learning live.',
+        f'oracle: the same speed rule (advisor, uncertainty 0) on the measured roughness of the '
+        f'terrain: per cell the labeler\'s label (shock over the footprint crossing / speed) '
+        f'from constant-speed calibration drives at {speeds} m/s ({laps} laps each, the lines '
+        f'the laps drive), averaged.',
+    ]
+    if with_safe_oracle:
+        lines.append('oracle-max: the same, but per cell the worst 0.5 s IMU window '
+                     '(shock / speed) it took part in: the slowest a perfect map needs to be.')
+    lines += [format_table(results),
+              f'laps 2+: terrain_ssl has {100 * fewer:.0f}% fewer over-limit events than constant '
+              f'(target >= {100 * TARGET_FEWER_EVENTS:.0f}%): '
+              f'{"PASS" if fewer >= TARGET_FEWER_EVENTS else "FAIL"}',
+              f'laps 2+: terrain_ssl lap time = {ratio:.2f} x oracle (target <= '
+              f'{TARGET_LAP_TIME_RATIO}): {"PASS" if ratio <= TARGET_LAP_TIME_RATIO else "FAIL"}']
+    if with_safe_oracle:
+        s_max = results[3].summary(later)
+        lines.append(f'laps 2+: terrain_ssl lap time = '
+                     f'{s_learn["lap_time_s"] / s_max["lap_time_s"]:.2f} x oracle-max')
+    later_reasons: dict = {}
+    for (lap, reason), count in learned.info.get('advice_reasons', {}).items():
+        if lap >= 1:
+            later_reasons[reason] = later_reasons.get(reason, 0) + count
+    lines.append(f'terrain_ssl advisor reasons, laps 2+ (control steps): {later_reasons}')
+    lines.append(f'terrain_ssl late hazards (limit dropped faster than planned): '
+                 f'{learned.info.get("late_hazards")}; rejects: {learned.info.get("rejected")}')
+    return {'results': results, 'report': '\n'.join(lines), 'fewer_events': fewer,
+            'lap_time_ratio': ratio, 'oracle_maps': oracle_maps,
+            'passed': fewer >= TARGET_FEWER_EVENTS and ratio <= TARGET_LAP_TIME_RATIO}
+
+
 __all__ = ['POLICIES', 'Calibration', 'fit_calibration', 'ClosedLoopConfig', 'ClosedLoopResult',
            'ShockMeter', 'run_closed_loop', 'calibration_from_labels', 'calibration_drive',
-           'truth_map', 'format_table']
+           'truth_map', 'format_table', 'Footprint', 'footprint_crossings',
+           'covered_cells', 'measured_roughness_map', 'oracle_calibration_drive',
+           'average_maps', 'compare_policies', 'BENCH_ADVISOR', 'BENCH_LABELER',
+           'BENCH_LEARNER']
