@@ -50,7 +50,10 @@ def test_bringup_live_tuning_and_clean_exit(ros_context, short_bag, tmp_path):
     process = subprocess.Popen(
         [sys.executable, '-m', 'terrain_ssl.cli', 'bringup', '--config',
          str(ROOT / 'config' / 'terrain_ssl.yaml'), '--ros-args', '-p', 'use_sim_time:=true',
-         '-p', f'model_path:={model_path}', '-p', 'warmup_samples:=20'],
+         '-p', f'model_path:={model_path}', '-p', 'warmup_samples:=20',
+         # This test is about bringup's wiring, parameters and shutdown, not throughput: on a
+         # loaded 2-core CI machine, tolerate the IMU samples a busy process drops.
+         '-p', 'imu.max_gap_s:=0.25'],
         env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     node = Node('bringup_observer', context=ros_context)
     executor = SingleThreadedExecutor(context=ros_context)
@@ -63,9 +66,10 @@ def test_bringup_live_tuning_and_clean_exit(ros_context, short_bag, tmp_path):
         client = node.create_client(SetParameters, '/roughness_labeler/set_parameters')
         assert client.wait_for_service(timeout_sec=30.0), 'bringup did not start'
         player = threading.Thread(target=play, args=(short_bag,),
-                                  kwargs={'context': ros_context, 'progress': False})
+                                  kwargs={'context': ros_context, 'progress': False,
+                                          'rate': 0.5})  # half speed: /clock keeps bag time
         player.start()
-        assert spin_until(executor, lambda: len(labeled) >= 5, timeout_s=40.0), 'no labels'
+        assert spin_until(executor, lambda: len(labeled) >= 5, timeout_s=60.0), 'no labels'
         before = len(labeled)
         # Live tuning: every label above 1e-9 (m/s^2)/(m/s) is "rough" from the next label on.
         result = _set_parameter(node, executor, '/roughness_labeler/set_parameters',
@@ -77,7 +81,7 @@ def test_bringup_live_tuning_and_clean_exit(ros_context, short_bag, tmp_path):
         refused = _set_parameter(node, executor, '/roughness_labeler/set_parameters',
                                  'label.rough_threshold', -1.0)
         assert not refused.successful and refused.reason
-        assert spin_until(executor, lambda: len(labeled) >= before + 10, timeout_s=40.0)
+        assert spin_until(executor, lambda: len(labeled) >= before + 10, timeout_s=60.0)
         while player.is_alive():
             executor.spin_once(timeout_sec=0.05)
         player.join()
