@@ -12,7 +12,7 @@ Targets (laps 2+): terrain_ssl >= 80% fewer over-limit events than constant, lap
 
 import sys
 
-from terrain_ssl.sim.closed_loop_cli import main
+from terrain_ssl.cli import main
 
 if __name__ == '__main__':
     sys.exit(main(['closed-loop'] + sys.argv[1:]))

@@ -71,15 +71,3 @@ def run(args) -> int:
         sys.stderr.write('\n')
     print(path)
     return 0
-
-
-def main(argv=None) -> int:
-    """Stand-alone entry (the package CLI registers `simulate` via `register`)."""
-    parser = argparse.ArgumentParser(prog='terrain-ssl')
-    register(parser.add_subparsers(dest='command', required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == '__main__':
-    sys.exit(main())

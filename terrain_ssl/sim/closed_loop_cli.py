@@ -67,14 +67,3 @@ def run(args) -> int:
     print(comparison['report'])
     print(f'wall time {time.perf_counter() - start:.0f} s')
     return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='terrain-ssl')
-    register(parser.add_subparsers(dest='command', required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == '__main__':
-    sys.exit(main(['closed-loop'] + sys.argv[1:]))
