@@ -38,6 +38,7 @@ class NodeWatcher:
         self.period_s = period_s
         self.nodes = None
         self.rows = []
+        self.last_error = ''
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._process = psutil.Process()
@@ -73,7 +74,7 @@ class NodeWatcher:
             'bag_ns': int(bag_ns),
             'rss_mb': self._process.memory_info().rss / 1e6,
             'cells_in_map': len(labeler.cells),
-            'imu_history': int(labeler.vibration._t.size),
+            'imu_history': len(labeler.vibration._history),
             'pose_history': int(labeler.poses.t_ns.size),
             'pending_crossings': len(labeler._pending),
             'learner_pending': int(learner._pending_count),
@@ -84,7 +85,8 @@ class NodeWatcher:
         while not self._stop.wait(self.period_s):
             try:
                 row = self.sample()
-            except (AttributeError, ValueError, RuntimeError):  # mid-update or torn down
+            except (AttributeError, ValueError, RuntimeError) as error:  # mid-update, torn down
+                self.last_error = repr(error)  # reported if no sample ever succeeds
                 continue
             if row is not None:
                 self.rows.append(row)
@@ -130,7 +132,9 @@ def main() -> int:
         wall_s = time.perf_counter() - started
         rows = watcher.rows
         if len(rows) < 3:
-            print('too few samples: the replay finished too fast to watch', file=sys.stderr)
+            print('too few samples: the replay finished too fast to watch'
+                  + (f' (sampling failed: {watcher.last_error})' if watcher.last_error else ''),
+                  file=sys.stderr)
             return 1
         t0 = rows[0]['bag_ns']
         bag_s = np.array([(row['bag_ns'] - t0) / 1e9 for row in rows])
@@ -143,9 +147,9 @@ def main() -> int:
         peak_after = float(rss[after].max())
         final = float(rss[-1])
         growth = (peak_after - reference) / reference
-        info = record.info
-        print(f'replayed {info["bag_duration_s"]:.0f} s of bag in {wall_s:.0f} s wall '
-              f'({info["realtime_factor"]:.1f}x real time), {len(rows)} samples')
+        timing = record.timing
+        print(f'replayed {timing["bag_duration_s"]:.0f} s of bag in {wall_s:.0f} s wall '
+              f'({timing["realtime_factor"]:.1f}x real time), {len(rows)} samples')
         print(f'{"bag time":>9} {"RSS MB":>8} {"cells":>7} {"IMU hist":>9} {"poses":>6} '
               f'{"pending":>8} {"learner":>8} {"advisor":>8}')
         marks = np.unique(np.searchsorted(bag_s, np.linspace(0, bag_s[-1], 13)).clip(
@@ -164,15 +168,15 @@ def main() -> int:
               f'{peak_after:.1f} MB, final: {final:.1f} MB, growth {100 * growth:.1f} % '
               f'(target <= {100 * TARGET_GROWTH:.0f} %: {verdict})')
         print('largest sizes seen: ' + ', '.join(f'{k} {v}' for k, v in maxima.items()))
-        print(f'rejected inputs: {info["rejected"]}')
-        print(f'RESULT soak_bag_minutes {info["bag_duration_s"] / 60:.1f} min')
+        print(f'rejected inputs: {record.info["rejected"]}')
+        print(f'RESULT soak_bag_minutes {timing["bag_duration_s"] / 60:.1f} min')
         print(f'RESULT soak_rss_after_warmup {reference:.1f} MB')
         print(f'RESULT soak_rss_peak {float(rss.max()):.1f} MB')
         print(f'RESULT soak_rss_growth_after_warmup {100 * growth:.1f} %')
         print(f'RESULT soak_max_cells_in_map {maxima["cells_in_map"]} cells')
         print(f'RESULT soak_max_imu_history {maxima["imu_history"]} samples')
         print(f'RESULT soak_max_advisor_map {maxima["advisor_map_cells"]} cells')
-        print(f'RESULT soak_replay_realtime_factor {info["realtime_factor"]:.1f} x')
+        print(f'RESULT soak_replay_realtime_factor {timing["realtime_factor"]:.1f} x')
         if args.json:
             Path(args.json).write_text(json.dumps({'rows': rows, 'growth': growth}, indent=1))
     finally:
