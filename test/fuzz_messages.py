@@ -9,6 +9,9 @@ the bag loop and the 10x burst.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import Imu, PointCloud2, PointField
@@ -237,3 +240,25 @@ def diagnostic_values(node) -> dict:
     node.diagnostics.publish_now()
     status = node.diagnostics.last
     return status.level[0], status.message, {kv.key: kv.value for kv in status.values}
+
+
+@contextlib.contextmanager
+def spinning(executor):
+    """Spin `executor` in a background thread for the duration of the block; yields the list of
+    exceptions its callbacks raised (a node callback that raises must fail the test)."""
+    errors: list = []
+    stop = threading.Event()
+
+    def spin():
+        try:
+            while not stop.is_set():
+                executor.spin_once(timeout_sec=0.01)
+        except Exception as error:
+            errors.append(error)
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        yield errors
+    finally:
+        stop.set()
+        spinner.join(10.0)

@@ -5,7 +5,6 @@ every rejected input by reason in `rejects` and on /diagnostics, and never raise
 """
 
 import math
-import threading
 import time
 
 import numpy as np
@@ -163,18 +162,7 @@ def test_over_dds_bad_maps_on_diagnostics_and_a_10x_burst(ros_context):
                       >= len(bad) - 2, 10.0), latest_values()
 
     # Maps normally come at 10 Hz and odometry at 50 Hz: send 10x for 1.5 s.
-    errors = []
-    stop = threading.Event()
-
-    def spin():
-        try:
-            while not stop.is_set():
-                executor.spin_once(timeout_sec=0.01)
-        except Exception as error:  # a callback raised: the test must fail
-            errors.append(error)
-    spinner = threading.Thread(target=spin)
-    spinner.start()
-    try:
+    with fm.spinning(executor) as errors:
         start = time.monotonic()
         sent = 0
         while time.monotonic() - start < 1.5:
@@ -186,9 +174,6 @@ def test_over_dds_bad_maps_on_diagnostics_and_a_10x_burst(ros_context):
             time.sleep(max(0.0, start + sent / 500.0 - time.monotonic()))
         burst_end = time.monotonic()
         time.sleep(0.5)
-    finally:
-        stop.set()
-        spinner.join(10.0)
     assert not errors, errors
     during = [value for stamp, value in limits if start <= stamp <= burst_end]
     assert len(during) >= 0.5 * 20 * 1.5  # the 20 Hz limit kept coming through the burst

@@ -4,7 +4,6 @@ The node must keep running (no callback raises), count every rejected input by r
 `rejects` and on /diagnostics, keep its buffers bounded, and go on labeling afterwards.
 """
 
-import threading
 import time
 
 import numpy as np
@@ -195,18 +194,7 @@ def test_over_dds_bad_input_on_diagnostics_and_a_10x_burst(ros_context):
     # 10x the normal rates (IMU 2 kHz, odometry 500 Hz, lidar 100 Hz) for 1.5 s of real time.
     burst = fm.drive_messages(1.5, rate_scale=10.0, points_per_scan=2000, seed=4,
                               t0_ns=fm.T0_NS + 100 * S)
-    errors = []
-    stop = threading.Event()
-
-    def spin():
-        try:
-            while not stop.is_set():
-                executor.spin_once(timeout_sec=0.01)
-        except Exception as error:  # a callback raised: the test must fail
-            errors.append(error)
-    spinner = threading.Thread(target=spin)
-    spinner.start()
-    try:
+    with fm.spinning(executor) as errors:
         start = time.monotonic()
         stamps = np.array([msg.header.stamp.sec * S + msg.header.stamp.nanosec
                            for _, msg in burst])
@@ -217,9 +205,6 @@ def test_over_dds_bad_input_on_diagnostics_and_a_10x_burst(ros_context):
                 time.sleep(delay)
             publishers[topic].publish(msg)
         time.sleep(0.5)
-    finally:
-        stop.set()
-        spinner.join(10.0)
     assert not errors, errors
     stats = labeler.labeler.stats
     assert stats['imu'] > 300 and stats['scans'] > 5  # it kept up with a good part of it

@@ -10,7 +10,6 @@ import resource
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -177,18 +176,7 @@ def test_over_dds_rejects_on_diagnostics_and_a_10x_burst(ros_context):
     assert int(values.get('rejected_malformed_cloud', 0)) >= expected - 1
 
     # Burst: labels normally arrive ~50 Hz and lookaheads 10 Hz; send 10x for 2 s.
-    errors = []
-
-    def spin():
-        try:
-            while not stop.is_set():
-                executor.spin_once(timeout_sec=0.01)
-        except Exception as error:  # a callback raised: the test must fail
-            errors.append(error)
-    stop = threading.Event()
-    spinner = threading.Thread(target=spin)
-    spinner.start()
-    try:
+    with fm.spinning(executor) as errors:
         start = time.monotonic()
         sent = 0
         while time.monotonic() - start < 2.0:
@@ -199,9 +187,6 @@ def test_over_dds_rejects_on_diagnostics_and_a_10x_burst(ros_context):
             sent += 1
             time.sleep(max(0.0, start + sent / 500.0 - time.monotonic()))
         time.sleep(0.5)
-    finally:
-        stop.set()
-        spinner.join(10.0)
     assert not errors, errors
     assert sent >= 500
     learned = learner.model.n_samples_seen_
