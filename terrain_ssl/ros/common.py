@@ -41,12 +41,11 @@ class ParamSpec:
     def descriptor(self) -> ParameterDescriptor:
         descriptor = ParameterDescriptor(name=self.name, description=self.description,
                                          read_only=self.read_only)
-        if self.min is not None or self.max is not None:
+        ranged = self.min is not None or self.max is not None
+        if ranged and not isinstance(self.default, bool):  # a bool has no range
             low = self.min if self.min is not None else -1e300
             high = self.max if self.max is not None else 1e300
-            if isinstance(self.default, bool):
-                pass
-            elif isinstance(self.default, int):
+            if isinstance(self.default, int):
                 low = int(max(low, -2**62))
                 high = int(min(high, 2**62))
                 descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=0)]

@@ -250,7 +250,6 @@ def run_closed_loop(config: ClosedLoopConfig,
         oracle = SpeedAdvisor(replace(advisor_config, map_memory_s=0.0,
                                       cell_size_m=oracle_map.cell_size_m))
     types: dict = {}
-    step_ns = int(round(config.control_period_s * _NS_PER_S))
     command = advisor_config.cautious_speed_mps if config.policy != 'constant' \
         else advisor_config.v_max_mps
     rows = []
