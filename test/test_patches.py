@@ -96,3 +96,29 @@ def test_range_limits_and_sparse_cells():
     assert feature(patches, 'point_count').min() >= 5
     empty = compute_patches(np.zeros((0, 3)), SENSOR, 0)
     assert len(empty) == 0 and empty.features.shape == (0, len(FEATURE_NAMES))
+
+
+def test_neighbourhood_features_average_the_surrounding_window():
+    # Smooth ground with one rough 1 m square: its smooth neighbours see it in their
+    # neighbourhood features (within 2 cells), cells farther away do not.
+    rng = np.random.default_rng(3)
+
+    def height(x, y):
+        rough = (np.abs(x - 8.0) < 0.5) & (np.abs(y) < 0.5)
+        return np.where(rough, rng.normal(0.0, 0.05, x.shape), 0.0)
+
+    patches = compute_patches(ground_points(height), SENSOR, 0, min_range=0.0, max_range=50.0)
+    ix, iy = cell_indices(patches.keys)
+    # Brute force: the mean over occupied cells within 2 cells in x and y, for every cell.
+    for name in ('height_std', 'height_range', 'plane_residual', 'curvature'):
+        per_cell = feature(patches, name)
+        near = (np.abs(ix[:, None] - ix[None, :]) <= 2) & (np.abs(iy[:, None] - iy[None, :]) <= 2)
+        expected = (near * per_cell[None, :]).sum(axis=1) / near.sum(axis=1)
+        assert feature(patches, 'neighbourhood_' + name) == pytest.approx(expected, rel=1e-9,
+                                                                          abs=1e-12)
+    distance = np.hypot(patches.centres[:, 0] - 8.0, patches.centres[:, 1])
+    smooth_next_door = (feature(patches, 'height_std') < 1e-6) & (distance < 1.3)
+    far = distance > 3.0
+    assert smooth_next_door.any() and far.any()
+    assert feature(patches, 'neighbourhood_height_std')[smooth_next_door].min() > 0.002
+    assert feature(patches, 'neighbourhood_height_std')[far].max() < 1e-6

@@ -54,11 +54,14 @@ PARAMS = [
               min=1, max=32),
     ParamSpec('n_components', 128, 'Random Fourier features of a new rff_sgd model.',
               min=8, max=4096),
-    ParamSpec('learning_rate', 0.05, 'SGD step size (constant), applied live.', min=1e-6, max=1.0),
+    ParamSpec('learning_rate', 0.02, 'SGD step size (constant), applied live. Higher adapts '
+              'faster to new ground but tracks the latest labels rather than the geometry.',
+              min=1e-6, max=1.0),
     ParamSpec('novelty_scale', 0.5, 'Log-space sigma added per standard deviation outside the '
               'feature range seen so far, applied live.', min=0.0, max=10.0),
     ParamSpec('feature_names', '', 'Comma-separated patch-cloud fields to learn from, for a new '
-              'model; empty = terrain_ssl.core.patches.FEATURE_NAMES.', read_only=True),
+              'model; empty = terrain_ssl.core.patches.TERRAIN_FEATURES (what the ground looks '
+              'like, not how it was seen).', read_only=True),
     ParamSpec('baseline_feature', 'height_std', 'Feature (m) the geometric baseline maps '
               'monotonically to roughness; its MAE is reported beside the learner\'s.'),
     ParamSpec('model_path', DEFAULT_MODEL_PATH, 'Model file (.npz); loaded at start-up if present. '
@@ -142,8 +145,8 @@ class RoughnessLearnerNode(Node):
         names = self.params.values['feature_names']
         if names.strip():
             return [name.strip() for name in names.split(',') if name.strip()]
-        from terrain_ssl.core.patches import FEATURE_NAMES  # the labeler's current features
-        return list(FEATURE_NAMES)
+        from terrain_ssl.core.patches import TERRAIN_FEATURES  # the labeler's current features
+        return list(TERRAIN_FEATURES)
 
     def _new_model(self) -> OnlineRoughnessRegressor:
         values = self.params.values
