@@ -155,6 +155,11 @@ class Outlet:
     def connect(self, callback: Callable) -> None:
         self._listeners.append(callback)
 
+    def has_listeners(self) -> bool:
+        """Whether a message published now would reach anyone (in process or over DDS): a node
+        can skip building an output nobody takes."""
+        return bool(self._listeners) or self.publisher.get_subscription_count() > 0
+
     def publish(self, msg) -> None:
         self.published += 1
         if self.publisher.get_subscription_count():  # nobody listening: skip the DDS copy

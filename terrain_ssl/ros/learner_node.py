@@ -93,6 +93,11 @@ class RoughnessLearnerNode(Node):
         self._prequential_listeners = []
         self._pending = []  # (X, y) predicted but not yet learned
         self._pending_count = 0
+        # Labeled patches not scored yet: (X, y, event columns). The model only changes when it
+        # learns (flush_training), so they are predicted there, just before, in one batch:
+        # the same "predict, then train", without a predict call per small labeled message.
+        self._unscored = []
+        self._unscored_count = 0
         self.labels_not_learned = 0  # while learn is false
         self.params = LiveParameters(self, PARAMS, validate=self._validate,
                                      on_change=self._apply)
@@ -129,6 +134,7 @@ class RoughnessLearnerNode(Node):
 
     def _apply(self, values: dict) -> None:
         if hasattr(self, 'model'):
+            self.score_pending()  # with the settings they arrived under (novelty, baseline)
             self.model.set_learning_rate(values['learning_rate'])
             self.model.novelty_scale = values['novelty_scale']
         period = values['save_period_s']
@@ -244,6 +250,37 @@ class RoughnessLearnerNode(Node):
         X, y = X[keep], y[keep]
         if y.shape[0] == 0:
             return
+        event = None
+        if self._prequential_listeners:
+            event = {'stamp_ns': np.full(y.shape[0], stamp_to_ns(msg.header.stamp)),
+                     'x': points['x'][keep], 'y': points['y'][keep], 'roughness': y}
+            for name in ('roughness_class', 'speed'):
+                event[name] = points[name][keep] if name in points.dtype.names \
+                    else np.full(y.shape[0], np.nan)
+        self._unscored.append((X, y, event))
+        self._unscored_count += y.shape[0]
+        batch = self.params.values['train_batch_size']
+        if not self.model.is_fitted:
+            self.score_pending()  # nothing to predict with yet: scored as NaN now
+        if not self.params.values['learn']:
+            self.labels_not_learned += y.shape[0]
+            if self._unscored_count >= batch:
+                self.score_pending()
+            return
+        self._pending.append((X, y))
+        self._pending_count += y.shape[0]
+        if not self.model.is_fitted or self._pending_count >= batch:
+            self.flush_training()
+
+    def score_pending(self) -> None:
+        """Predict the labeled patches received since the last call (the model has not learned
+        them), update the prequential scores and tell the listeners."""
+        if not self._unscored:
+            return
+        parts, self._unscored = self._unscored, []
+        self._unscored_count = 0
+        X = parts[0][0] if len(parts) == 1 else np.concatenate([part[0] for part in parts])
+        y = parts[0][1] if len(parts) == 1 else np.concatenate([part[1] for part in parts])
         predicted = uncertainty = baseline = np.full(y.shape[0], np.nan)
         if self.model.is_fitted:  # predict, then train
             predicted, uncertainty = self.model.predict(X, return_std=True)
@@ -252,28 +289,21 @@ class RoughnessLearnerNode(Node):
             if baseline_column is not None and self.baseline.is_fitted:
                 baseline = self.baseline.predict(X[:, baseline_column])
                 self.baseline_score.update(baseline, y)
-        if self._prequential_listeners:
-            event = {'stamp_ns': np.full(y.shape[0], stamp_to_ns(msg.header.stamp)),
-                     'x': points['x'][keep], 'y': points['y'][keep], 'roughness': y,
-                     'predicted': predicted, 'uncertainty': uncertainty, 'baseline': baseline}
-            for name in ('roughness_class', 'speed'):
-                event[name] = points[name][keep] if name in points.dtype.names \
-                    else np.full(y.shape[0], np.nan)
-            for listener in self._prequential_listeners:
-                listener(event)
-        if not self.params.values['learn']:
-            self.labels_not_learned += y.shape[0]
-            return
-        self._pending.append((X, y))
-        self._pending_count += y.shape[0]
-        batch = self.params.values['train_batch_size']
-        if not self.model.is_fitted or self._pending_count >= batch:
-            self.flush_training()
+        start = 0
+        for _, labels, event in parts:  # one event per labeled message, as it arrived
+            end = start + labels.shape[0]
+            if event is not None:  # (None: nobody listened when it arrived)
+                event.update(predicted=predicted[start:end],
+                             uncertainty=uncertainty[start:end], baseline=baseline[start:end])
+                for listener in self._prequential_listeners:
+                    listener(event)
+            start = end
 
     def flush_training(self) -> None:
-        """Learn every label predicted so far. Labels arrive a few per odometry message; one
-        scikit-learn partial_fit per small batch costs ~1 ms of overhead per ensemble member,
-        so they are learned in batches (each was already predicted before it is learned)."""
+        """Score, then learn every label received so far. Labels arrive a few per odometry
+        message; one scikit-learn partial_fit per small batch costs ~1 ms of overhead per
+        ensemble member, so they are learned in batches (each predicted before it is learned)."""
+        self.score_pending()
         if not self._pending:
             return
         X = np.concatenate([x for x, _ in self._pending])
@@ -314,7 +344,10 @@ class RoughnessLearnerNode(Node):
         self.map_outlet.publish(xyz_fields_to_pointcloud2(
             {'x': points['x'], 'y': points['y'], 'z': points['z'], 'roughness': roughness,
              'uncertainty': uncertainty}, frame, stamp_ns))
-        self.grid_outlet.publish(self._grid_message(points, roughness, msg))
+        # The grid is for RViz and Nav2 costmaps only; building it costs ~0.3 ms per map, so
+        # not when nobody takes it (replay, bringup without viewers).
+        if self.grid_outlet.has_listeners():
+            self.grid_outlet.publish(self._grid_message(points, roughness, msg))
 
     def _grid_message(self, points, roughness, msg: PointCloud2) -> OccupancyGrid:
         values = self.params.values
@@ -360,6 +393,7 @@ class RoughnessLearnerNode(Node):
         return response
 
     def on_reset_model(self, request, response):
+        self.score_pending()  # by the model that had not learned them yet
         self._pending.clear()
         self._pending_count = 0
         try:
@@ -383,6 +417,7 @@ class RoughnessLearnerNode(Node):
     # -- diagnostics ---------------------------------------------------------------------------
 
     def collect_diagnostics(self):
+        self.score_pending()  # scores up to the latest label
         model = self.model
         now = time.time()
         values = {
