@@ -38,7 +38,8 @@ from terrain_ssl.ros.common import (DIAG_ERROR, DIAG_OK, DIAG_WARN, RELIABLE_QOS
                                     DiagnosticsPublisher, LiveParameters, Outlet, ParamSpec,
                                     RejectCounter, run_node)
 from terrain_ssl.ros.conversions import (MalformedCloudError, pointcloud2_to_array,
-                                         stamp_to_ns, xyz_fields_to_pointcloud2)
+                                         stamp_to_ns, structured_columns,
+                                         xyz_fields_to_pointcloud2)
 
 DEFAULT_MODEL_PATH = '~/.ros/terrain_ssl/roughness_model.npz'
 # Sanity bounds on patch values: no real cell feature (m, rad, point counts) comes near 1e6, and
@@ -214,21 +215,20 @@ class RoughnessLearnerNode(Node):
         if multi:
             self.rejects.reject('malformed_cloud', f'patch cloud fields {multi} have count > 1')
             return None
-        X = np.column_stack([points[name].astype(np.float64)
-                             for name in self.model.feature_names]) \
-            if points.shape[0] else np.zeros((0, self.model.n_features_in_))
-        keep = np.isfinite(X).all(axis=1)
-        for name in ('x', 'y', 'z') + tuple(extra):
-            keep &= np.isfinite(points[name])
+        # Features first, then x, y, z and the extras: one float64 matrix, checked at once.
+        n_features = self.model.n_features_in_
+        values = structured_columns(points, needed)
+        X = values[:, :n_features]
+        keep = np.isfinite(values).all(axis=1)
         if not keep.all():
             self.rejects.reject('nonfinite_patch', f'{int((~keep).sum())} patches with NaN/inf '
                                 'dropped')
         # Finite but absurd values (corrupted bytes read as float32 reach 3e38) would overflow
         # the running standardiser and ruin the model for good: drop them too.
+        bounds = np.full(len(needed), MAX_ABS_VALUE)
+        bounds[:n_features] = MAX_ABS_FEATURE
         with np.errstate(invalid='ignore'):
-            plausible = (np.abs(X) <= MAX_ABS_FEATURE).all(axis=1)
-            for name in ('x', 'y', 'z') + tuple(extra):
-                plausible &= np.abs(points[name]) <= MAX_ABS_VALUE
+            plausible = (np.abs(values) <= bounds).all(axis=1)
         implausible = keep & ~plausible
         if implausible.any():
             self.rejects.reject('implausible_patch', f'{int(implausible.sum())} patches with '
