@@ -417,7 +417,8 @@ class RoughnessLearnerNode(Node):
     # -- diagnostics ---------------------------------------------------------------------------
 
     def collect_diagnostics(self):
-        self.score_pending()  # scores up to the latest label
+        # Scores cover the labels learned so far (labels waiting for the next training batch,
+        # fewer than train_batch_size, are scored with it: diagnostics never change batches).
         model = self.model
         now = time.time()
         values = {
