@@ -153,7 +153,10 @@ class CellMap:
         self._exit[slots] = _NOT_YET
         self._candidate_slots = None
         self._free = np.concatenate([self._free, slots])
-        keep = self._alive[self._index_slots]
+        # Their places in the key index by binary search (keys are unique): cheaper than
+        # gathering the alive flag of every indexed cell.
+        keep = np.ones(self._index_keys.shape[0], dtype=bool)
+        keep[np.searchsorted(self._index_keys, self._key[slots])] = False
         self._index_keys = self._index_keys[keep]
         self._index_slots = self._index_slots[keep]
 
@@ -229,8 +232,17 @@ class CellMap:
                 self._first_seen[slots] = t_ns
                 self._last_seen[slots] = t_ns
                 self._alive[slots] = True
-                self._index_keys = np.insert(self._index_keys, at, patches.keys[new])
-                self._index_slots = np.insert(self._index_slots, at, slots)
+                # np.insert twice, sharing the placement (`at` ascends: the keys are sorted).
+                placed = at + np.arange(at.shape[0])
+                old = np.ones(self._index_keys.shape[0] + at.shape[0], dtype=bool)
+                old[placed] = False
+                index_keys = np.empty(old.shape[0], dtype=np.int64)
+                index_keys[placed] = patches.keys[new]
+                index_keys[old] = self._index_keys
+                index_slots = np.empty(old.shape[0], dtype=np.int64)
+                index_slots[placed] = slots
+                index_slots[old] = self._index_slots
+                self._index_keys, self._index_slots = index_keys, index_slots
                 self._flag_if_near(slots)
             self.age_out(t_ns)
 
