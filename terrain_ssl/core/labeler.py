@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from terrain_ssl.core.association import CellMap, Crossings
-from terrain_ssl.core.geometry import PoseHistory, make_transform, quat_from_rpy, yaw_from_quat
+from terrain_ssl.core.geometry import PoseHistory, make_transform, quat_from_rpy
 from terrain_ssl.core.patches import FEATURE_NAMES, PatchSet, compute_patches
 from terrain_ssl.core.vibration import GRAVITY_SOURCES, SHOCK_MEASURES, VibrationFilter
 
