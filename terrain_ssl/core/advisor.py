@@ -110,32 +110,43 @@ class RoughnessMap:
                              f'uncertainty ({uncertainty.shape[0]}) differ in length')
         valid = np.isfinite(xy).all(axis=1) & np.isfinite(roughness) & np.isfinite(uncertainty)
         self.rejected = int(valid.size - np.count_nonzero(valid))
-        xy, roughness, uncertainty = xy[valid], roughness[valid], uncertainty[valid]
+        if self.rejected:  # (row selection of an (n, 2) array is slow: only when needed)
+            xy, roughness, uncertainty = xy[valid], roughness[valid], uncertainty[valid]
         self.cell_size_m = float(cell_size_m)
         if xy.shape[0]:
             self.origin_xy_m = np.median(np.mod(xy, cell_size_m), axis=0)
         else:
             self.origin_xy_m = np.zeros(2)
+        # Lowest and highest grid offset (m) among the maps whose cells this map holds; while
+        # they differ by well under a cell, every cell has the same integer key on any of those
+        # grids, so a newer map can be merged by key without re-keying (see `absorb_newer`).
+        self._origin_low_m = self._origin_high_m = self.origin_xy_m
         keys = self._keys(xy)
         in_range = keys >= 0
-        self.rejected += int(in_range.size - np.count_nonzero(in_range))
-        self._set_cells(keys[in_range], self.cell_centres(xy[in_range]),
-                        np.maximum(roughness[in_range], 0.0),
-                        np.maximum(uncertainty[in_range], 0.0),
-                        np.full(int(np.count_nonzero(in_range)), int(stamp_ns), dtype=np.int64))
+        out_of_range = int(in_range.size - np.count_nonzero(in_range))
+        if out_of_range:
+            self.rejected += out_of_range
+            keys, xy = keys[in_range], xy[in_range]
+            roughness, uncertainty = roughness[in_range], uncertainty[in_range]
+        self._set_cells(keys, self.cell_centres(xy), np.maximum(roughness, 0.0),
+                        np.maximum(uncertainty, 0.0),
+                        np.full(keys.shape[0], int(stamp_ns), dtype=np.int64))
 
-    def _set_cells(self, keys, centres, roughness, uncertainty, stamps, prefer=None) -> None:
-        """Store one entry per key: the highest `prefer` (default roughness) among duplicates."""
+    def _set_cells(self, keys, centres, roughness, uncertainty, stamps,
+                   prefer=None) -> np.ndarray:
+        """Store one entry per key: the highest `prefer` (default roughness) among duplicates.
+        Returns the indices of the entries kept."""
         order = np.lexsort((roughness if prefer is None else prefer, keys))
         keys = keys[order]
         last = np.ones(keys.size, dtype=bool)
         last[:-1] = keys[1:] != keys[:-1]
         keep = order[last]
         self._keys_sorted = keys[last]
-        self.centres_xy_m = centres[keep]
+        self.centres_xy_m = np.take(centres, keep, axis=0)  # ~10x faster than centres[keep]
         self.roughness = roughness[keep]
         self.uncertainty = uncertainty[keep]
         self.stamp_ns = stamps[keep]
+        return keep
 
     @classmethod
     def empty(cls, cell_size_m: float) -> 'RoughnessMap':
@@ -150,8 +161,10 @@ class RoughnessMap:
         """
         merged = RoughnessMap.empty(self.cell_size_m)
         merged.origin_xy_m = self.origin_xy_m
+        merged._origin_low_m, merged._origin_high_m = self._origin_low_m, self._origin_high_m
         merged.rejected = self.rejected
-        if older is not None and len(older) and older.cell_size_m == self.cell_size_m:
+        with_older = older is not None and len(older) and older.cell_size_m == self.cell_size_m
+        if with_older:
             old_keys = self._keys(older.centres_xy_m)  # re-keyed on this map's grid
             keys = np.concatenate([self._keys_sorted, old_keys])
             centres = np.concatenate([self.centres_xy_m, older.centres_xy_m])
@@ -169,9 +182,70 @@ class RoughnessMap:
         if np.count_nonzero(keep) > max_cells:
             threshold = np.sort(stamps[keep])[-max_cells]
             keep &= stamps >= threshold
-        merged._set_cells(keys[keep], centres[keep], roughness[keep], uncertainty[keep],
-                          stamps[keep], prefer=rank[keep])
+        kept = merged._set_cells(keys[keep], centres[keep], roughness[keep], uncertainty[keep],
+                                 stamps[keep], prefer=rank[keep])
+        if with_older and (rank[keep][kept] == 0).any():  # some of older's cells stay
+            merged._origin_low_m = np.minimum(self._origin_low_m, older._origin_low_m)
+            merged._origin_high_m = np.maximum(self._origin_high_m, older._origin_high_m)
         return merged
+
+    def absorb_newer(self, newer: 'RoughnessMap', oldest_ns: int, max_cells: int) -> bool:
+        """Become `newer.merged_with(self, oldest_ns, max_cells)` in place, cheaply; True if done.
+
+        The advisor merges every new map (~10 Hz, hundreds of cells) into its memory (tens of
+        thousands of cells); re-keying and re-sorting the whole memory each time cost ~1.4 ms.
+        Here the new cells are matched by key with one binary search and inserted into the
+        sorted arrays, which gives the same map when the grids agree and nothing is trimmed by
+        `max_cells`. Otherwise (returns False, self unchanged) the caller uses `merged_with`.
+        """
+        if newer is self or newer.cell_size_m != self.cell_size_m or not len(self):
+            return False
+        low = np.minimum(self._origin_low_m, newer._origin_low_m)
+        high = np.maximum(self._origin_high_m, newer._origin_high_m)
+        # Grid offsets within a quarter cell: a cell centre keys the same on every grid (rint).
+        if ((high - low) >= 0.25 * self.cell_size_m).any():
+            return False
+        new_keys = newer._keys_sorted
+        if new_keys.size and int(newer.stamp_ns.min()) < oldest_ns:
+            return False  # new cells that are already too old: rare, merged_with handles it
+        old_keys = self._keys_sorted
+        expired = self.stamp_ns < oldest_ns
+        if new_keys.size + old_keys.size - int(np.count_nonzero(expired)) > max_cells:
+            return False  # the memory bound trims by stamp: merged_with's rule
+        # Old cells that a new cell replaces (the newer map wins), or that expired.
+        position = np.searchsorted(old_keys, new_keys)
+        found = position < old_keys.size
+        found[found] = old_keys[position[found]] == new_keys[found]
+        drop = expired
+        drop[position[found]] = True
+        stay = np.flatnonzero(~drop)
+        kept_keys = old_keys[stay]
+        # Slots of the new cells in the merged, key-sorted arrays (keys are now disjoint), and
+        # for every slot its row in old + new values concatenated.
+        total = kept_keys.size + new_keys.size
+        new_slot = np.searchsorted(kept_keys, new_keys) + np.arange(new_keys.size)
+        old_slot = np.ones(total, dtype=bool)
+        old_slot[new_slot] = False
+        source = np.empty(total, dtype=np.int64)
+        source[new_slot] = np.arange(old_keys.size, old_keys.size + new_keys.size)
+        source[old_slot] = stay
+
+        def merge(old_values, new_values):
+            # np.take, not fancy indexing: ~20x faster on (n, 2) rows (numpy 2.x).
+            return np.take(np.concatenate([old_values, new_values]), source, axis=0)
+
+        self._keys_sorted = merge(old_keys, new_keys)
+        self.centres_xy_m = merge(self.centres_xy_m, newer.centres_xy_m)
+        self.roughness = merge(self.roughness, newer.roughness)
+        self.uncertainty = merge(self.uncertainty, newer.uncertainty)
+        self.stamp_ns = merge(self.stamp_ns, newer.stamp_ns)
+        self.origin_xy_m = newer.origin_xy_m
+        self.rejected = newer.rejected
+        if kept_keys.size:
+            self._origin_low_m, self._origin_high_m = low, high
+        else:
+            self._origin_low_m, self._origin_high_m = newer._origin_low_m, newer._origin_high_m
+        return True
 
     def _keys(self, xy: np.ndarray) -> np.ndarray:
         """int64 key per point; -1 for points too far from the origin to index."""
@@ -307,6 +381,7 @@ class SpeedAdvisor:
         self._last_speed: Optional[float] = None
         self._last_time_ns: Optional[int] = None
         self.late_hazards = 0  # drops well beyond decel_limit: a hazard seen inside braking range
+        self._map_is_own = False  # self.map was made here by merging (may be updated in place)
 
     def reconfigure(self, config: AdvisorConfig) -> None:
         """Apply new settings live; the map keeps its own cell size until the next map arrives."""
@@ -317,12 +392,19 @@ class SpeedAdvisor:
 
         Predictions usually cover only the latest scan's patches, so the cells of earlier maps
         (e.g. the ground now too close to the lidar to see) are kept for `map_memory_s`.
+        The merged map is the advisor's own object and is updated in place where possible:
+        copy it to keep a snapshot.
         """
         cfg = self.config
         if cfg.map_memory_s > 0.0:
-            roughness_map = roughness_map.merged_with(
-                self.map, int(now_ns - cfg.map_memory_s * _NS_PER_S), cfg.max_map_cells)
-        self.map = roughness_map
+            oldest_ns = int(now_ns - cfg.map_memory_s * _NS_PER_S)
+            if not (self._map_is_own and self.map is not None
+                    and self.map.absorb_newer(roughness_map, oldest_ns, cfg.max_map_cells)):
+                self.map = roughness_map.merged_with(self.map, oldest_ns, cfg.max_map_cells)
+            self._map_is_own = True
+        else:
+            self.map = roughness_map
+            self._map_is_own = False
         self.map_time_ns = int(now_ns)
 
     def set_state(self, state: VehicleState, now_ns: int) -> None:

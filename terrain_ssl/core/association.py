@@ -21,6 +21,12 @@ NS_PER_S = 1_000_000_000
 _NOT_YET = -1
 
 
+def _rows(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """values[index] for integer row indices: np.take is ~10x faster than fancy indexing on
+    (n, 3) and (n, 9) rows (numpy 2.x), and this runs several times per scan and crossing."""
+    return np.take(values, index, axis=0)
+
+
 @dataclass
 class Crossings:
     """Cells the footprint has finished crossing; enter/exit are the first/last covered stamps."""
@@ -36,8 +42,12 @@ class Crossings:
         return self.keys.shape[0]
 
     def take(self, index) -> 'Crossings':
-        return Crossings(self.keys[index], self.centres[index], self.features[index],
-                         self.first_seen_ns[index], self.enter_ns[index], self.exit_ns[index])
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        return Crossings(self.keys[index], _rows(self.centres, index),
+                         _rows(self.features, index), self.first_seen_ns[index],
+                         self.enter_ns[index], self.exit_ns[index])
 
     @staticmethod
     def concatenate(parts) -> 'Crossings':
@@ -143,7 +153,10 @@ class CellMap:
         self._exit[slots] = _NOT_YET
         self._candidate_slots = None
         self._free = np.concatenate([self._free, slots])
-        keep = self._alive[self._index_slots]
+        # Their places in the key index by binary search (keys are unique): cheaper than
+        # gathering the alive flag of every indexed cell.
+        keep = np.ones(self._index_keys.shape[0], dtype=bool)
+        keep[np.searchsorted(self._index_keys, self._key[slots])] = False
         self._index_keys = self._index_keys[keep]
         self._index_slots = self._index_slots[keep]
 
@@ -201,26 +214,35 @@ class CellMap:
                 w_old = self._weight[rows][:, None]
                 w_new = weight_new[source][:, None]
                 total = w_old + w_new
-                self._features[rows] = (w_old * self._features[rows]
-                                        + w_new * patches.features[source]) / total
-                self._centres[rows] = (w_old * self._centres[rows]
-                                       + w_new * patches.centres[source]) / total
+                self._features[rows] = (w_old * _rows(self._features, rows)
+                                        + w_new * _rows(patches.features, source)) / total
+                self._centres[rows] = (w_old * _rows(self._centres, rows)
+                                       + w_new * _rows(patches.centres, source)) / total
                 self._weight[rows] = total[:, 0]
                 self._last_seen[rows] = t_ns
                 self._flag_if_near(rows)  # a merge moves the centre (slightly)
-            new = ~known
-            if new.any():
+            new = np.flatnonzero(~known)
+            if new.shape[0]:
                 at = position[new]  # insertion points into the old, sorted key array
-                slots = self._take_slots(int(new.sum()))
+                slots = self._take_slots(int(new.shape[0]))
                 self._key[slots] = patches.keys[new]
-                self._centres[slots] = patches.centres[new]
-                self._features[slots] = patches.features[new]
+                self._centres[slots] = _rows(patches.centres, new)
+                self._features[slots] = _rows(patches.features, new)
                 self._weight[slots] = weight_new[new]
                 self._first_seen[slots] = t_ns
                 self._last_seen[slots] = t_ns
                 self._alive[slots] = True
-                self._index_keys = np.insert(self._index_keys, at, patches.keys[new])
-                self._index_slots = np.insert(self._index_slots, at, slots)
+                # np.insert twice, sharing the placement (`at` ascends: the keys are sorted).
+                placed = at + np.arange(at.shape[0])
+                old = np.ones(self._index_keys.shape[0] + at.shape[0], dtype=bool)
+                old[placed] = False
+                index_keys = np.empty(old.shape[0], dtype=np.int64)
+                index_keys[placed] = patches.keys[new]
+                index_keys[old] = self._index_keys
+                index_slots = np.empty(old.shape[0], dtype=np.int64)
+                index_slots[placed] = slots
+                index_slots[old] = self._index_slots
+                self._index_keys, self._index_slots = index_keys, index_slots
                 self._flag_if_near(slots)
             self.age_out(t_ns)
 
@@ -295,7 +317,7 @@ class CellMap:
         if not left.shape[0]:
             return Crossings.empty()
         left = left[np.argsort(self._key[left])]  # crossings in key order, as the map holds them
-        done = Crossings(self._key[left], self._centres[left], self._features[left],
+        done = Crossings(self._key[left], _rows(self._centres, left), _rows(self._features, left),
                          self._first_seen[left], self._enter[left], self._exit[left])
         self._remove(left)
         return done

@@ -20,6 +20,35 @@ from typing import Optional
 import numpy as np
 from scipy import signal
 
+# The compiled loops behind scipy.signal.sosfilt and lfilter. The labeler filters a few IMU
+# samples per call (every label needs the signal up to its window's end), and the public
+# functions' argument handling (~60 us per call) cost more than the filtering; calling the
+# loops they call gives the same numbers. Private to SciPy, so the public functions are the
+# fallback if they move.
+try:
+    from scipy.signal._sigtools import _linear_filter as _lfilter_loop
+    from scipy.signal._sosfilt import _sosfilt as _sosfilt_loop
+except ImportError:  # pragma: no cover - another SciPy layout
+    _lfilter_loop = _sosfilt_loop = None
+
+
+def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple:
+    """signal.sosfilt(sos, x, zi=zi) for 1-D float64 x: (y, zf)."""
+    if _sosfilt_loop is None or sos.dtype != np.float64 or not sos.flags.c_contiguous:
+        return signal.sosfilt(sos, x, zi=zi)
+    y = np.array(x, dtype=np.float64, order='C').reshape(1, -1)  # filtered in place
+    state = np.array(zi, dtype=np.float64, order='C').reshape(1, -1, 2)
+    _sosfilt_loop(sos, y, state)
+    return y.reshape(-1), state.reshape(np.shape(zi))
+
+
+def _lfilter_axis0(b: np.ndarray, a: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple:
+    """signal.lfilter(b, a, x, axis=0, zi=zi) for float64 b, a (a[0] == 1), x and zi: (y, zf)."""
+    if _lfilter_loop is None:
+        return signal.lfilter(b, a, x, axis=0, zi=zi)
+    return _lfilter_loop(b, a, np.asarray(x, dtype=np.float64), 0,
+                         np.asarray(zi, dtype=np.float64))
+
 NS_PER_S = 1_000_000_000
 SHOCK_MEASURES = ('peak', 'rms', 'wk_rms')
 GRAVITY_SOURCES = ('auto', 'orientation', 'estimate')
@@ -27,6 +56,7 @@ GRAVITY_SOURCES = ('auto', 'orientation', 'estimate')
 # Samples used to measure the IMU rate before the filters are designed.
 _RATE_SAMPLES = 20
 _MAX_QUEUED_SAMPLES = 2000  # filter at least this often even when nobody asks (memory)
+_NO_QUAT = (np.nan,) * 4
 
 
 def wk_weighting_sos(fs_hz: float) -> np.ndarray:
@@ -227,11 +257,11 @@ class VibrationFilter:
         raw, self._raw = self._raw, []
         t = np.fromiter((sample[0] for sample in raw), dtype=np.int64, count=len(raw))
         accel = np.array([sample[1] for sample in raw], dtype=float).reshape(-1, 3)
-        quat = np.full((len(raw), 4), np.nan)
-        if self.gravity_source != 'estimate':
-            for row, sample in enumerate(raw):
-                if sample[2] is not None:
-                    quat[row] = sample[2]
+        if self.gravity_source != 'estimate':  # one array call, not a row assignment each
+            quat = np.array([_NO_QUAT if sample[2] is None else sample[2] for sample in raw],
+                            dtype=float).reshape(-1, 4)
+        else:
+            quat = np.full((len(raw), 4), np.nan)
         previous = np.concatenate([[self._last_ns if self._last_ns is not None else t[0]],
                                    t[:-1]])
         breaks = np.flatnonzero(t - previous > self.max_gap_ns)
@@ -248,7 +278,7 @@ class VibrationFilter:
         if self._gravity_state is None:  # (1, 3): filter state per axis
             self._gravity_state = signal.lfilter_zi(b, a)[:, None] * accel[0][None, :]
         # All three axes in one call (per-call overhead dominates the ~10-sample batches).
-        gravity, self._gravity_state = signal.lfilter(b, a, accel, axis=0,
+        gravity, self._gravity_state = _lfilter_axis0(b, a, accel,
                                                      zi=self._gravity_state)
         norm = np.linalg.norm(gravity, axis=1)
         up = np.where(norm[:, None] > 1e-6, gravity / np.maximum(norm, 1e-6)[:, None],
@@ -265,7 +295,7 @@ class VibrationFilter:
             # Start the filters in steady state on this sample, so there is no start-up step.
             self._band_zi = signal.sosfilt_zi(self._band_sos) * vertical[0]
             self._started_ns = int(t[0])
-        band, self._band_zi = signal.sosfilt(self._band_sos, vertical, zi=self._band_zi)
+        band, self._band_zi = _sosfilt(self._band_sos, vertical, self._band_zi)
         self._wk_backlog.append((band, starting))
         self._wk_backlog_samples += band.shape[0]
         valid = t - self._started_ns >= self.warmup_s * NS_PER_S
@@ -289,7 +319,7 @@ class VibrationFilter:
             if chunks[first][1]:  # the filters (re)started here
                 self._wk_zi = signal.sosfilt_zi(self._wk_sos) * 0.0
             band = np.concatenate([chunk for chunk, _ in chunks[first:end]])
-            weighted, self._wk_zi = signal.sosfilt(self._wk_sos, band, zi=self._wk_zi)
+            weighted, self._wk_zi = _sosfilt(self._wk_sos, band, self._wk_zi)
             outputs.append(weighted)
             first = end
         if outputs:

@@ -31,8 +31,7 @@ from terrain_ssl.core.advisor import (AdvisorConfig, RoughnessMap, SpeedAdvisor,
 from terrain_ssl.ros.common import (DIAG_OK, DIAG_WARN, RELIABLE_QOS, SENSOR_QOS,
                                     DiagnosticsPublisher, LiveParameters, Outlet, ParamSpec,
                                     RejectCounter, run_node)
-from terrain_ssl.ros.conversions import (MalformedCloudError, odometry_to_arrays,
-                                         pointcloud2_to_array)
+from terrain_ssl.ros.conversions import MalformedCloudError, pointcloud2_to_array
 
 _DEFAULTS = AdvisorConfig()
 
@@ -182,15 +181,18 @@ class SpeedAdvisorNode(Node):
         self.advisor.set_map(roughness_map, now)
 
     def on_odom(self, msg: Odometry) -> None:
-        _, position, quat, linear, _ = odometry_to_arrays(msg)
-        if not (np.isfinite(position).all() and np.isfinite(quat).all()
-                and np.isfinite(linear).all()) or np.dot(quat, quat) < 1e-6:
+        # 50-100 Hz: plain floats (numpy arrays of 3 values cost more than the work here).
+        pose = msg.pose.pose
+        position, orientation, twist = pose.position, pose.orientation, msg.twist.twist.linear
+        quat = (orientation.x, orientation.y, orientation.z, orientation.w)
+        values = (position.x, position.y, position.z, twist.x, twist.y, twist.z) + quat
+        if not all(map(math.isfinite, values)) or sum(q * q for q in quat) < 1e-6:
             self.rejects.reject('odometry_non_finite', 'NaN/Inf or zero quaternion in odometry')
             return
         self.odom_frame = msg.header.frame_id or self.odom_frame
         # Forward speed with its sign; sideways slip adds to the magnitude.
-        speed = math.copysign(math.hypot(linear[0], linear[1]), linear[0])
-        state = VehicleState(float(position[0]), float(position[1]), yaw_from_quaternion(quat),
+        speed = math.copysign(math.hypot(twist.x, twist.y), twist.x)
+        state = VehicleState(float(position.x), float(position.y), yaw_from_quaternion(quat),
                              speed)
         self.advisor.set_state(state, self._now_ns())
 

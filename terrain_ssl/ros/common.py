@@ -155,6 +155,11 @@ class Outlet:
     def connect(self, callback: Callable) -> None:
         self._listeners.append(callback)
 
+    def has_listeners(self) -> bool:
+        """Whether a message published now would reach anyone (in process or over DDS): a node
+        can skip building an output nobody takes."""
+        return bool(self._listeners) or self.publisher.get_subscription_count() > 0
+
     def publish(self, msg) -> None:
         self.published += 1
         if self.publisher.get_subscription_count():  # nobody listening: skip the DDS copy
@@ -208,8 +213,14 @@ class DiagnosticsPublisher:
         self._node = node
         self._collect = collect
         self._publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.timer = node.create_timer(period_s, self.publish_now)
+        self.timer = node.create_timer(period_s, self._on_timer)
         self.last: Optional[DiagnosticStatus] = None
+
+    def _on_timer(self) -> None:
+        # Collecting costs up to a few ms (the learner's windowed Spearman): not when nobody
+        # listens (replay, tests). Rates in the next status then average over the silent time.
+        if self._publisher.get_subscription_count() > 0:
+            self.publish_now()
 
     def publish_now(self) -> None:
         level, message, values = self._collect()

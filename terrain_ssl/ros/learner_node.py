@@ -38,7 +38,8 @@ from terrain_ssl.ros.common import (DIAG_ERROR, DIAG_OK, DIAG_WARN, RELIABLE_QOS
                                     DiagnosticsPublisher, LiveParameters, Outlet, ParamSpec,
                                     RejectCounter, run_node)
 from terrain_ssl.ros.conversions import (MalformedCloudError, pointcloud2_to_array,
-                                         stamp_to_ns, xyz_fields_to_pointcloud2)
+                                         stamp_to_ns, structured_columns,
+                                         xyz_fields_to_pointcloud2)
 
 DEFAULT_MODEL_PATH = '~/.ros/terrain_ssl/roughness_model.npz'
 # Sanity bounds on patch values: no real cell feature (m, rad, point counts) comes near 1e6, and
@@ -96,6 +97,11 @@ class RoughnessLearnerNode(Node):
         self._prequential_listeners = []
         self._pending = []  # (X, y) predicted but not yet learned
         self._pending_count = 0
+        # Labeled patches not scored yet: (X, y, event columns). The model only changes when it
+        # learns (flush_training), so they are predicted there, just before, in one batch:
+        # the same "predict, then train", without a predict call per small labeled message.
+        self._unscored = []
+        self._unscored_count = 0
         self.labels_not_learned = 0  # while learn is false
         self.params = LiveParameters(self, PARAMS, validate=self._validate,
                                      on_change=self._apply)
@@ -132,6 +138,7 @@ class RoughnessLearnerNode(Node):
 
     def _apply(self, values: dict) -> None:
         if hasattr(self, 'model'):
+            self.score_pending()  # with the settings they arrived under (novelty, baseline)
             self.model.set_learning_rate(values['learning_rate'])
             self.model.novelty_scale = values['novelty_scale']
         period = values['save_period_s']
@@ -211,21 +218,20 @@ class RoughnessLearnerNode(Node):
         if multi:
             self.rejects.reject('malformed_cloud', f'patch cloud fields {multi} have count > 1')
             return None
-        X = np.column_stack([points[name].astype(np.float64)
-                             for name in self.model.feature_names]) \
-            if points.shape[0] else np.zeros((0, self.model.n_features_in_))
-        keep = np.isfinite(X).all(axis=1)
-        for name in ('x', 'y', 'z') + tuple(extra):
-            keep &= np.isfinite(points[name])
+        # Features first, then x, y, z and the extras: one float64 matrix, checked at once.
+        n_features = self.model.n_features_in_
+        values = structured_columns(points, needed)
+        X = values[:, :n_features]
+        keep = np.isfinite(values).all(axis=1)
         if not keep.all():
             self.rejects.reject('nonfinite_patch', f'{int((~keep).sum())} patches with NaN/inf '
                                 'dropped')
         # Finite but absurd values (corrupted bytes read as float32 reach 3e38) would overflow
         # the running standardiser and ruin the model for good: drop them too.
+        bounds = np.full(len(needed), MAX_ABS_VALUE)
+        bounds[:n_features] = MAX_ABS_FEATURE
         with np.errstate(invalid='ignore'):
-            plausible = (np.abs(X) <= MAX_ABS_FEATURE).all(axis=1)
-            for name in ('x', 'y', 'z') + tuple(extra):
-                plausible &= np.abs(points[name]) <= MAX_ABS_VALUE
+            plausible = (np.abs(values) <= bounds).all(axis=1)
         implausible = keep & ~plausible
         if implausible.any():
             self.rejects.reject('implausible_patch', f'{int(implausible.sum())} patches with '
@@ -247,6 +253,37 @@ class RoughnessLearnerNode(Node):
         X, y = X[keep], y[keep]
         if y.shape[0] == 0:
             return
+        event = None
+        if self._prequential_listeners:
+            event = {'stamp_ns': np.full(y.shape[0], stamp_to_ns(msg.header.stamp)),
+                     'x': points['x'][keep], 'y': points['y'][keep], 'roughness': y}
+            for name in ('roughness_class', 'speed'):
+                event[name] = points[name][keep] if name in points.dtype.names \
+                    else np.full(y.shape[0], np.nan)
+        self._unscored.append((X, y, event))
+        self._unscored_count += y.shape[0]
+        batch = self.params.values['train_batch_size']
+        if not self.model.is_fitted:
+            self.score_pending()  # nothing to predict with yet: scored as NaN now
+        if not self.params.values['learn']:
+            self.labels_not_learned += y.shape[0]
+            if self._unscored_count >= batch:
+                self.score_pending()
+            return
+        self._pending.append((X, y))
+        self._pending_count += y.shape[0]
+        if not self.model.is_fitted or self._pending_count >= batch:
+            self.flush_training()
+
+    def score_pending(self) -> None:
+        """Predict the labeled patches received since the last call (the model has not learned
+        them), update the prequential scores and tell the listeners."""
+        if not self._unscored:
+            return
+        parts, self._unscored = self._unscored, []
+        self._unscored_count = 0
+        X = parts[0][0] if len(parts) == 1 else np.concatenate([part[0] for part in parts])
+        y = parts[0][1] if len(parts) == 1 else np.concatenate([part[1] for part in parts])
         predicted = uncertainty = baseline = np.full(y.shape[0], np.nan)
         if self.model.is_fitted:  # predict, then train
             predicted, uncertainty = self.model.predict(X, return_std=True)
@@ -255,28 +292,21 @@ class RoughnessLearnerNode(Node):
             if baseline_column is not None and self.baseline.is_fitted:
                 baseline = self.baseline.predict(X[:, baseline_column])
                 self.baseline_score.update(baseline, y)
-        if self._prequential_listeners:
-            event = {'stamp_ns': np.full(y.shape[0], stamp_to_ns(msg.header.stamp)),
-                     'x': points['x'][keep], 'y': points['y'][keep], 'roughness': y,
-                     'predicted': predicted, 'uncertainty': uncertainty, 'baseline': baseline}
-            for name in ('roughness_class', 'speed'):
-                event[name] = points[name][keep] if name in points.dtype.names \
-                    else np.full(y.shape[0], np.nan)
-            for listener in self._prequential_listeners:
-                listener(event)
-        if not self.params.values['learn']:
-            self.labels_not_learned += y.shape[0]
-            return
-        self._pending.append((X, y))
-        self._pending_count += y.shape[0]
-        batch = self.params.values['train_batch_size']
-        if not self.model.is_fitted or self._pending_count >= batch:
-            self.flush_training()
+        start = 0
+        for _, labels, event in parts:  # one event per labeled message, as it arrived
+            end = start + labels.shape[0]
+            if event is not None:  # (None: nobody listened when it arrived)
+                event.update(predicted=predicted[start:end],
+                             uncertainty=uncertainty[start:end], baseline=baseline[start:end])
+                for listener in self._prequential_listeners:
+                    listener(event)
+            start = end
 
     def flush_training(self) -> None:
-        """Learn every label predicted so far. Labels arrive a few per odometry message; one
-        scikit-learn partial_fit per small batch costs ~1 ms of overhead per ensemble member,
-        so they are learned in batches (each was already predicted before it is learned)."""
+        """Score, then learn every label received so far. Labels arrive a few per odometry
+        message; one scikit-learn partial_fit per small batch costs ~1 ms of overhead per
+        ensemble member, so they are learned in batches (each predicted before it is learned)."""
+        self.score_pending()
         if not self._pending:
             return
         X = np.concatenate([x for x, _ in self._pending])
@@ -317,7 +347,10 @@ class RoughnessLearnerNode(Node):
         self.map_outlet.publish(xyz_fields_to_pointcloud2(
             {'x': points['x'], 'y': points['y'], 'z': points['z'], 'roughness': roughness,
              'uncertainty': uncertainty}, frame, stamp_ns))
-        self.grid_outlet.publish(self._grid_message(points, roughness, msg))
+        # The grid is for RViz and Nav2 costmaps only; building it costs ~0.3 ms per map, so
+        # not when nobody takes it (replay, bringup without viewers).
+        if self.grid_outlet.has_listeners():
+            self.grid_outlet.publish(self._grid_message(points, roughness, msg))
 
     def _grid_message(self, points, roughness, msg: PointCloud2) -> OccupancyGrid:
         values = self.params.values
@@ -363,6 +396,7 @@ class RoughnessLearnerNode(Node):
         return response
 
     def on_reset_model(self, request, response):
+        self.score_pending()  # by the model that had not learned them yet
         self._pending.clear()
         self._pending_count = 0
         try:
@@ -386,6 +420,8 @@ class RoughnessLearnerNode(Node):
     # -- diagnostics ---------------------------------------------------------------------------
 
     def collect_diagnostics(self):
+        # Scores cover the labels learned so far (labels waiting for the next training batch,
+        # fewer than train_batch_size, are scored with it: diagnostics never change batches).
         model = self.model
         now = time.time()
         values = {

@@ -65,25 +65,29 @@ class BagTimeDriver:
                 timer.cancel()  # executors never spin these nodes; we fire the callbacks
                 self._timers.append([None, int(timer.timer_period_ns), timer.callback])
         self.now_ns = None
+        self._next_due_ns = None  # earliest timer due, once the timers are started
 
     def advance_to(self, stamp_ns: int) -> None:
         """Move bag time to `stamp_ns` (never backwards), firing every timer due on the way."""
-        if self.now_ns is not None and stamp_ns < self.now_ns:
-            return  # a message recorded out of order: time stays monotonic
-        for entry in self._timers:
-            if entry[0] is None:
+        if self.now_ns is not None and stamp_ns <= self.now_ns:
+            return  # same time (clocks already there), or recorded out of order: monotonic
+        if self._next_due_ns is None:
+            for entry in self._timers:
                 entry[0] = stamp_ns + entry[1]
-        while True:
-            due = [entry for entry in self._timers if entry[0] <= stamp_ns]
-            if not due:
-                break
-            entry = min(due, key=lambda item: item[0])
+            self._next_due_ns = min((entry[0] for entry in self._timers), default=None)
+        # Called for every message (~250 per bag second): the usual case, no timer due, is
+        # one comparison.
+        while self._next_due_ns is not None and self._next_due_ns <= stamp_ns:
+            entry = min(self._timers, key=lambda item: item[0])
             self._set_clocks(entry[0])
             entry[2]()
             entry[0] += entry[1]
+            self._next_due_ns = min(item[0] for item in self._timers)
         self._set_clocks(stamp_ns)
 
     def _set_clocks(self, stamp_ns: int) -> None:
+        if stamp_ns == self.now_ns:
+            return
         self.now_ns = stamp_ns
         time = Time(nanoseconds=stamp_ns, clock_type=ClockType.ROS_TIME)
         for node in self.nodes:
