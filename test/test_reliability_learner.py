@@ -187,7 +187,8 @@ def test_over_dds_rejects_on_diagnostics_and_a_10x_burst(ros_context):
     values = rejected_on_diagnostics()
     assert int(values.get('rejected_malformed_cloud', 0)) >= expected - 1
 
-    # Burst: labels normally arrive ~50 Hz and lookaheads 10 Hz; send 10x for 2 s.
+    # Burst: labels normally arrive ~50 Hz and lookaheads 10 Hz; send 2 s worth at 10x. A fixed
+    # count, paced at no more than 10x: a loaded machine that publishes slower still sends it all.
     learned_before = learner.model.n_samples_seen_  # train_batch_size 1: learned on arrival
     rejected_before = learner.rejects.total
     received.clear()
@@ -195,7 +196,7 @@ def test_over_dds_rejects_on_diagnostics_and_a_10x_burst(ros_context):
     with fm.spinning(executor) as errors:
         start = time.monotonic()
         sent = 0
-        while time.monotonic() - start < 2.0:
+        while sent < 1000:
             stamp = fm.T0_NS + sent * 2_000_000
             labeled.publish(fm.patch_cloud(rng, 8, FEATURES, stamp, labeled=True))
             stamps_sent.append((stamp // 10**9, stamp % 10**9))
@@ -205,7 +206,6 @@ def test_over_dds_rejects_on_diagnostics_and_a_10x_burst(ros_context):
             time.sleep(max(0.0, start + sent / 500.0 - time.monotonic()))
         time.sleep(0.5)
     assert not errors, errors
-    assert sent >= 500
     # Every labeled message sent arrives once, in order, and is learned, however long a loaded
     # machine takes to catch up (the wait is for the count; the timeout only ends a hang): none
     # may vanish in a DDS queue. Lookaheads may be dropped (only the newest matters); a rejected
