@@ -7,12 +7,52 @@ vehicle drives at the published speed limit); oracle (the same speed rule, uncer
 terrain's measured roughness: per cell the labeler's own label from constant-speed calibration
 drives at 2 and 4 m/s, averaged); oracle-max (per cell the worst 0.5 s IMU window instead).
 Targets (laps 2+): terrain_ssl >= 80% fewer over-limit events than constant, lap time
-<= 1.25 x the oracle's. Same as `terrain-ssl closed-loop`.
+<= 1.25 x the oracle's. Same options and table as `terrain-ssl closed-loop`, plus RESULT lines
+(laps 2+) for bench/run_all.py.
 """
 
+import argparse
 import sys
+import time
 
-from terrain_ssl.cli import main
+from terrain_ssl.sim.closed_loop_cli import compare, register
+
+
+def result_lines(comparison: dict, laps: int) -> list:
+    """RESULT lines over laps 2+ (lap 1 is the cold start), the laps compare_policies judges."""
+    later = range(1, laps)
+    lines = []
+    for result in comparison['results']:
+        name = 'closed_loop_' + result.policy.replace('-', '_')
+        summary = result.summary(later)
+        lines += [f'RESULT {name}_over_limit_events {summary["over_limit"]} '
+                  f'events (0.5 s windows, laps 2+)',
+                  f'RESULT {name}_peak_shock {summary["peak_shock_mps2"]:.3f} m/s^2',
+                  f'RESULT {name}_mean_speed {summary["mean_speed_mps"]:.3f} m/s',
+                  f'RESULT {name}_lap_time {summary["lap_time_s"]:.1f} s']
+    lines += [f'RESULT closed_loop_terrain_ssl_event_reduction_vs_constant '
+              f'{100 * comparison["fewer_events"]:.1f} % (target >= 80)',
+              f'RESULT closed_loop_terrain_ssl_lap_time_vs_oracle '
+              f'{comparison["lap_time_ratio"]:.3f} x (target <= 1.25)']
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='bench_closed_loop.py')
+    register(parser.add_subparsers()).prog = 'bench_closed_loop.py'
+    args = parser.parse_args(['closed-loop'] + list(sys.argv[1:] if argv is None else argv))
+    start = time.perf_counter()
+    comparison = compare(args)
+    if comparison is None:
+        return 2
+    wall_s = time.perf_counter() - start
+    print(comparison['report'])
+    print(f'wall time {wall_s:.0f} s')
+    for line in result_lines(comparison, args.laps):
+        print(line)
+    print(f'RESULT closed_loop_wall {wall_s:.0f} s')
+    return 0
+
 
 if __name__ == '__main__':
-    sys.exit(main(['closed-loop'] + sys.argv[1:]))
+    sys.exit(main())

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import spin_until
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
+from rcl_interfaces.srv import GetParameters, SetParameters
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Float32
 
@@ -41,9 +41,6 @@ def _set_parameter(node, executor, service, name, value: float):
     return future.result().results[0]
 
 
-@pytest.mark.xfail(strict=False, reason='flaky on a fresh CI machine: the bringup process '
-                   'reports odom_missing for every scan (odometry lost between the player and '
-                   'bringup); passes in the development tree; under investigation (issue 8)')
 def test_bringup_live_tuning_and_clean_exit(ros_context, short_bag, tmp_path):
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
@@ -64,9 +61,14 @@ def test_bringup_live_tuning_and_clean_exit(ros_context, short_bag, tmp_path):
     node.create_subscription(Float32, 'terrain_ssl/speed_limit', limits.append, 10)
     node.create_subscription(PointCloud2, 'terrain_ssl/labeled_patches', labeled.append, 50)
     try:
-        # The node process is up once its parameter service answers.
-        client = node.create_client(SetParameters, '/roughness_labeler/set_parameters')
-        assert client.wait_for_service(timeout_sec=30.0), 'bringup did not start'
+        # The process is up once its executor answers a call to the node it creates last. A
+        # service that is merely discovered is not enough: the labeler's services and
+        # subscriptions exist while the process still imports and builds the other nodes (seconds
+        # on a cold machine), and a bag played into that gap arrives as a backlog.
+        client = node.create_client(GetParameters, '/speed_advisor/get_parameters')
+        assert client.wait_for_service(timeout_sec=60.0), 'bringup did not start'
+        answered = client.call_async(GetParameters.Request(names=['use_sim_time']))
+        assert spin_until(executor, answered.done, timeout_s=60.0), 'bringup does not spin'
         player = threading.Thread(target=play, args=(short_bag,),
                                   kwargs={'context': ros_context, 'progress': False,
                                           'rate': 0.5})  # half speed: /clock keeps bag time

@@ -26,19 +26,22 @@ def default_config_path() -> str:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        'bringup', help='run the three nodes in one process (multi-threaded executor)',
+        'bringup', help='run the three nodes in one process',
         description='Run roughness_labeler, roughness_learner and speed_advisor in one process. '
                     'Anything after --ros-args is passed to rclpy (remaps, -p overrides).')
     parser.add_argument('--config', default=None,
                         help='parameters file (default: the package config/terrain_ssl.yaml)')
-    parser.add_argument('--threads', type=int, default=2,
-                        help='executor threads (default 2)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='executor threads (default 1: a single-threaded executor keeps up '
+                             'with real-time sensor rates; rclpy\'s multi-threaded one, used '
+                             'for N > 1, does not)')
     parser.set_defaults(func=run, accepts_ros_args=True)
 
 
 def run(args) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
+                                 SingleThreadedExecutor)
 
     from terrain_ssl.ros.pipeline import create_nodes
     from terrain_ssl.ros.wiring import link_in_process, serialize_node_callbacks
@@ -64,7 +67,18 @@ def run(args) -> int:
     for link in links:
         logger.info(f'in-process link {link.publisher_node} -> {link.subscriber_node} '
                     f'on {link.topic}')
-    executor = MultiThreadedExecutor(num_threads=max(1, args.threads))
+    # Single-threaded by default. rclpy's MultiThreadedExecutor hands every message to a thread
+    # pool through a fresh wait set and a GIL hand-off, and most of the ready messages of a node
+    # (mutually exclusive: the nodes are serialised) are handed out only to be refused and waited
+    # for again. Profiled here it spent ~60% of the process in executor bookkeeping, took ~11 of
+    # the 200 IMU samples a second at 100% CPU, and let odometry fall seconds behind the freshest
+    # scans (the scan queue is 5 deep, the odometry queue 200): every scan was then refused as
+    # odom_missing. A backlog from a slow start (cold imports on a fresh machine) never drained.
+    # The nodes gain nothing from threads anyway: they are serialised and share one GIL.
+    if args.threads > 1:
+        executor = MultiThreadedExecutor(num_threads=args.threads)
+    else:
+        executor = SingleThreadedExecutor()
     for node in nodes:
         executor.add_node(node)
     try:

@@ -20,6 +20,15 @@ HIGH_RATE_SENSOR_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.BEST_
                                   history=HistoryPolicy.KEEP_LAST)
 RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                           history=HistoryPolicy.KEEP_LAST)
+# Labeled patches are training data, each label measured once: losing one is silent data loss.
+# Reliable alone does not prevent that: with keep-last 10, a subscriber that falls 10 messages
+# behind (a 25 ms scan, a model save, a loaded CPU) has its oldest unread samples overwritten in
+# the writer's and the reader's history. Keep 1000 (~20 s at the usual ~50 messages/s; each is a
+# few patches, ~100 bytes each): a burst or a stall is absorbed, then caught up. Not keep-all:
+# a full keep-all history blocks the labeler's publish, and with it the IMU and scan callbacks.
+# Publisher and subscriber both use it (the writer's history bounds what can be resent).
+LABELS_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
+                        history=HistoryPolicy.KEEP_LAST)
 
 DIAG_OK = 0
 DIAG_WARN = 1

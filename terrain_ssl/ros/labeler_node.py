@@ -26,6 +26,7 @@ from sensor_msgs.msg import Imu, PointCloud2
 from terrain_ssl.core.labeler import Labeler, LabelerConfig
 from terrain_ssl.core.patches import FEATURE_NAMES
 from terrain_ssl.core.vibration import GRAVITY_SOURCES, SHOCK_MEASURES
+from terrain_ssl.ros.common import LABELS_QOS
 from terrain_ssl.ros.common import (DIAG_OK, DIAG_WARN, HIGH_RATE_SENSOR_QOS, RELIABLE_QOS,
                                     SENSOR_QOS, DiagnosticsPublisher, LiveParameters, Outlet, ParamSpec,
                                     RejectCounter, run_node)
@@ -135,7 +136,7 @@ class RoughnessLabelerNode(Node):
         self.lookahead_outlet = Outlet(self, PointCloud2, 'terrain_ssl/lookahead_patches',
                                        RELIABLE_QOS)
         self.labeled_outlet = Outlet(self, PointCloud2, 'terrain_ssl/labeled_patches',
-                                     RELIABLE_QOS)
+                                     LABELS_QOS)
         self.create_subscription(Imu, 'imu/data', self.on_imu, HIGH_RATE_SENSOR_QOS)
         self.create_subscription(PointCloud2, 'points', self.on_points, SENSOR_QOS)
         self.create_subscription(Odometry, 'odom', self.on_odometry, HIGH_RATE_SENSOR_QOS)

@@ -34,6 +34,7 @@ from terrain_ssl.core.grid import roughness_grid
 from terrain_ssl.core.learner import MODEL_KINDS, OnlineRoughnessRegressor
 from terrain_ssl.core.metrics import BinnedIsotonicBaseline, PrequentialScore
 from terrain_ssl.core.model_store import ModelFileError, quarantine_model_file
+from terrain_ssl.ros.common import LABELS_QOS
 from terrain_ssl.ros.common import (DIAG_ERROR, DIAG_OK, DIAG_WARN, RELIABLE_QOS,
                                     DiagnosticsPublisher, LiveParameters, Outlet, ParamSpec,
                                     RejectCounter, run_node)
@@ -120,7 +121,7 @@ class RoughnessLearnerNode(Node):
         self.create_subscription(PointCloud2, 'terrain_ssl/lookahead_patches',
                                  self.on_lookahead, RELIABLE_QOS)
         self.create_subscription(PointCloud2, 'terrain_ssl/labeled_patches',
-                                 self.on_labeled, RELIABLE_QOS)
+                                 self.on_labeled, LABELS_QOS)
         self.create_service(Trigger, '~/save_model', self.on_save_model)
         self.create_service(Trigger, '~/reset_model', self.on_reset_model)
         self.diagnostics = DiagnosticsPublisher(self, values['diagnostics_period_s'],

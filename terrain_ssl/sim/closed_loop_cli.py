@@ -42,15 +42,27 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    start = time.perf_counter()
+    comparison = compare(args)
+    if comparison is None:
+        return 2
+    print(comparison['report'])
+    print(f'wall time {time.perf_counter() - start:.0f} s')
+    return 0
+
+
+def compare(args):
+    """compare_policies() with the command's arguments (bench/bench_closed_loop.py formats the
+    same result as RESULT lines); None, with the reason on stderr, when they are invalid."""
     if args.laps < 2:
         print('closed-loop: --laps must be >= 2 (the targets are over laps 2+)', file=sys.stderr)
-        return 2
+        return None
     if not args.shock_limit > 0 or not args.uncertainty_weight >= 0 or \
             not args.map_memory >= 0:
         print('closed-loop: --shock-limit must be > 0, --uncertainty-weight and --map-memory '
               '>= 0',
               file=sys.stderr)
-        return 2
+        return None
     world = WorldConfig()
     if args.quick:
         world = WorldConfig(terrain=TerrainConfig(route=QUICK_ROUTE))
@@ -61,9 +73,5 @@ def run(args) -> int:
         if not args.quiet:
             print(text, file=sys.stderr, flush=True)
 
-    start = time.perf_counter()
-    comparison = compare_policies(laps=args.laps, seed=args.seed, world=world, advisor=advisor,
-                                  with_safe_oracle=not args.no_oracle_max, progress=say)
-    print(comparison['report'])
-    print(f'wall time {time.perf_counter() - start:.0f} s')
-    return 0
+    return compare_policies(laps=args.laps, seed=args.seed, world=world, advisor=advisor,
+                            with_safe_oracle=not args.no_oracle_max, progress=say)
