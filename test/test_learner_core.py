@@ -175,3 +175,25 @@ def test_a_diverging_learner_still_predicts_finite_roughness():
     roughness, sigma = model.predict(X[:200], return_std=True)
     assert np.isfinite(roughness).all() and np.isfinite(sigma).all()
     assert roughness.max() < y.max() * np.exp(3.0 * np.log(y + 1e-3).std()) + 1.0
+
+
+def test_uncertainty_follows_the_label_noise_of_each_kind_of_ground():
+    # Same mean everywhere, but labels are 6x noisier (log units) where `slope` > 0: the
+    # uncertainty there must be larger, and about one sigma wide on both kinds of ground.
+    rng = np.random.default_rng(13)
+    n = 8000
+    X = np.column_stack([np.full(n, 0.05), rng.normal(0, 1, n), rng.normal(0, 0.1, n),
+                         rng.normal(5, 2, n)])
+    noise = np.where(X[:, 1] > 0, 0.6, 0.1)
+    y = 0.3 * np.exp(rng.normal(0, 1, n) * noise)
+    model = OnlineRoughnessRegressor(NAMES, random_state=2)
+    for start in range(0, 6000, 64):
+        model.partial_fit(X[start:start + 64], y[start:start + 64])
+    roughness, sigma = model.predict(X[6000:], return_std=True)
+    noisy = X[6000:, 1] > 0
+    ratio = sigma / roughness
+    assert np.median(ratio[noisy]) > 2.5 * np.median(ratio[~noisy])
+    # Coverage of the one-sigma upper bound, per kind of ground (~84% for Gaussian noise).
+    for part in (noisy, ~noisy):
+        covered = np.mean(y[6000:][part] <= roughness[part] + sigma[part])
+        assert 0.7 < covered < 0.97

@@ -94,7 +94,7 @@ def test_fuzzed_patch_clouds_never_raise_and_are_counted(ros_context):
     assert counts['implausible_patch'] == implausible_before + 2
     assert learner.model.n_samples_seen_ == before + 6 * 20 + 20
     probe = pointcloud2_to_array(fm.patch_cloud(rng, 50, FEATURES))
-    X = np.column_stack([probe[name].astype(float) for name in FEATURES])
+    X = np.column_stack([probe[name].astype(float) for name in learner.model.feature_names])
     predicted, uncertainty = learner.model.predict(X, return_std=True)
     assert np.isfinite(predicted).all() and np.isfinite(uncertainty).all()
     assert predicted.max() < 10.0  # labels are ~5 x 0.05: still a sane model

@@ -47,10 +47,6 @@ class AdvisorConfig:
     front_offset_m: float = 2.6            # base_link to the front axle, m (cells hit first there)
     uncertainty_weight: float = 1.0        # conservative roughness = roughness + k * uncertainty
     quantile: float = 1.0                  # 1.0: the worst sample decides; 0.95: ignore worst 5%
-    footprint_length_m: float = 0.0        # > 0: the roughness the vehicle feels with its front
-    #                                        at a station is the mean over the corridor width and
-    #                                        this far back (m), as the IMU feels it (and as the
-    #                                        labeler labels); 0: each cell alone, the worst decides
     cell_size_m: float = 0.5               # the map's cell size, m (also the sampling step)
     stale_timeout_s: float = 1.0           # inputs older than this are stale -> cautious speed
     map_memory_s: float = 20.0             # keep predicted cells this long after their last map, s
@@ -75,7 +71,7 @@ class AdvisorConfig:
         if self.max_map_cells < 1:
             return f'max_map_cells must be >= 1, got {self.max_map_cells}'
         for name in ('corridor_half_width_m', 'margin_m', 'front_offset_m', 'uncertainty_weight',
-                     'map_memory_s', 'footprint_length_m'):
+                     'map_memory_s'):
             if getattr(self, name) < 0.0:
                 return f'{name} must be >= 0, got {getattr(self, name)}'
         if self.v_max_mps < self.v_min_mps:
@@ -450,9 +446,6 @@ class SpeedAdvisor:
         # A station with no known sample across the corridor is unknown ground (cautious speed);
         # single missing cells beside known ones (occlusion, sparse rings) are ignored.
         station_known = known.any(axis=1)
-        if cfg.footprint_length_m > 0.0:
-            return self._allowed_under_footprint(conservative, known, station_known, stations,
-                                                 lookahead)
         unknown_target = np.where(station_known, np.inf, cfg.cautious_speed_mps)[:, None]
         target = np.where(known, target, unknown_target)
         # Distance from the front axle to the near edge of each sample's cell, along the corridor:
@@ -482,45 +475,6 @@ class SpeedAdvisor:
         worst = float(station_rough[deciding])
         return Advice(speed, reason, speed, worst, float(distance[deciding]), lookahead,
                       unknown_fraction)
-
-    def _allowed_under_footprint(self, conservative, known, station_known, stations,
-                                 lookahead) -> Advice:
-        """`allowed` when the footprint decides: the vehicle with its front axle at station s
-        feels the mean conservative roughness of the known samples over the corridor width and
-        the stations [s - footprint_length_m, s]. One rough cell beside smooth ones shakes the
-        body less than a rough footprint, and a mean over ~50 samples is not at the mercy of one
-        noisy prediction the way the worst single cell is."""
-        cfg = self.config
-        step = stations[1] - stations[0] if stations.size > 1 else 0.5 * cfg.cell_size_m
-        width = max(int(round(cfg.footprint_length_m / step)), 1)
-        # Trailing window sums over stations via cumulative sums (leading zero row).
-        total = np.concatenate([[0.0], np.cumsum(np.where(known, conservative, 0.0).sum(axis=1))])
-        count = np.concatenate([[0], np.cumsum(known.sum(axis=1))])
-        end = np.arange(1, stations.size + 1)
-        begin = np.maximum(end - width, 0)
-        window_count = count[end] - count[begin]
-        with np.errstate(invalid='ignore', divide='ignore'):
-            mean = (total[end] - total[begin]) / window_count
-            target = np.where(mean > 0.0, cfg.shock_limit_mps2 / mean, np.inf)
-        target = np.clip(target, cfg.v_min_mps, cfg.v_max_mps)
-        # A station nobody predicted is unknown ground ahead: the cautious speed there.
-        target = np.where(station_known, target, cfg.cautious_speed_mps)
-        distance = np.maximum(stations - cfg.front_offset_m, 0.0)
-        allowed = np.where(np.isfinite(target),
-                           allowed_speed_now(np.minimum(target, 1e3), distance,
-                                             cfg.decel_limit_mps2), np.inf)
-        if cfg.quantile >= 1.0:
-            deciding = int(np.argmin(allowed))
-            speed = float(allowed[deciding])
-        else:
-            speed = float(np.quantile(allowed, 1.0 - cfg.quantile))
-            deciding = int(np.argmin(np.abs(allowed - speed)))
-        speed = min(speed, cfg.v_max_mps)
-        reason = 'terrain' if station_known[deciding] else 'unknown_terrain'
-        if speed >= cfg.v_max_mps:
-            reason = 'clear'
-        return Advice(speed, reason, speed, float(mean[deciding]), float(distance[deciding]),
-                      lookahead, float(1.0 - np.mean(station_known)))
 
     def update(self, now_ns: int) -> Advice:
         """The speed limit now (m/s): the terrain's allowed speed, rising at most at accel_limit.

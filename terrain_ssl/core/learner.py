@@ -12,7 +12,12 @@ Prediction is the ensemble mean mapped back through exp (a median estimate, the 
 point). The log-space standard deviation combines three parts, because the advisor needs to be
 careful for each reason:
   * the ensemble spread (epistemic: members disagree where data are few),
-  * the running prequential residual (aleatoric: labels are noisy even where we know the terrain),
+  * the prequential residual (aleatoric: labels are noisy even where we know the terrain), as a
+    function of the features: one more SGD model on the same random features learns the absolute
+    residual of each sample before it is learned. Label noise is not uniform: in log units its
+    spread is ~0.3 on rough ground and ~0.8 on moderate ground, so one global figure would make
+    the advisor crawl over rough ground it knows well. Until that model has seen enough samples
+    a running global residual variance stands in;
   * a novelty term: `novelty_scale` times the standardised distance outside the feature range
     seen so far (random Fourier features do not fade far from data, so the spread alone would not
     grow there).
@@ -61,6 +66,13 @@ def _trusted_input():
 
 # Residual variance forgets with this many samples' memory: recent errors describe today's terrain.
 _RESIDUAL_MEMORY_SAMPLES = 500.0
+# The residual-scale model takes over from the global residual variance over this many samples.
+_RESIDUAL_MODEL_WARMUP_SAMPLES = 500.0
+# E|e| = sigma sqrt(2/pi) for Gaussian e: the learned mean absolute residual -> a sigma.
+_ABS_TO_SIGMA = float(np.sqrt(np.pi / 2.0))
+# Learned residual sigma is kept within these bounds (log units): below, labels are never that
+# repeatable; above, the global term and the novelty term say enough.
+_RESIDUAL_SIGMA_BOUNDS = (0.05, 3.0)
 # Largest log-space sigma reported (e^8 ~ 3000x the estimate): past that, "unknown" is all it says.
 _MAX_LOG_SIGMA = 8.0
 # Predictions stay within this many target standard deviations of the targets seen: a diverging
@@ -190,7 +202,7 @@ class OnlineRoughnessRegressor:
         if not learning_rate > 0:
             raise ValueError(f'learning_rate must be > 0, got {learning_rate}')
         self.learning_rate = float(learning_rate)
-        for member in self.members_:
+        for member in self.members_ + [self.residual_model_]:
             member.eta0 = self.learning_rate
 
     @property
@@ -216,6 +228,7 @@ class OnlineRoughnessRegressor:
         if n == 0:
             return self
         target = self._to_target(y)
+        residual = None
         if self.is_fitted:  # predict-then-train: the residual is honest (sample not yet learned)
             residual = target - self._predict_target(X)[0]
             keep = (1.0 - 1.0 / _RESIDUAL_MEMORY_SAMPLES) ** n
@@ -235,6 +248,9 @@ class OnlineRoughnessRegressor:
                     weights[:] = 1.0
                 if weights.any():
                     member.partial_fit(phi, target_z, sample_weight=weights)
+            if residual is not None:
+                self.residual_model_.partial_fit(phi, np.abs(residual).astype(np.float32))
+                self.residual_samples_ += n
         if self.n_samples_seen_ == 0:
             self.residual_var_ = float(np.var(target)) if n > 1 else 1.0
         self.n_samples_seen_ += n
@@ -251,7 +267,7 @@ class OnlineRoughnessRegressor:
         if not self.is_fitted:
             raise NotFittedError('OnlineRoughnessRegressor has not learned any sample yet')
         X = self._model_inputs(self._check_features(X))
-        mean, spread = self._predict_target(X)
+        mean, spread, phi = self._predict_target(X)
         if self.log_target:
             roughness = np.maximum(np.exp(mean) - self.roughness_floor, 0.0)
         else:
@@ -259,7 +275,8 @@ class OnlineRoughnessRegressor:
         if not return_std:
             return roughness
         novelty = self.features_.novelty(X)
-        sigma = np.sqrt(spread ** 2 + self.residual_var_ + (self.novelty_scale * novelty) ** 2)
+        sigma = np.sqrt(spread ** 2 + self._residual_variance(phi)
+                        + (self.novelty_scale * novelty) ** 2)
         if self.log_target:
             # Cap at e^8 (~3000x) above the estimate: beyond that "unknown" is all it says, and
             # an unbounded novelty term would overflow to inf on wildly out-of-range features.
@@ -268,8 +285,21 @@ class OnlineRoughnessRegressor:
             uncertainty = sigma
         return roughness, uncertainty
 
+    def _residual_variance(self, phi) -> np.ndarray:
+        """Aleatoric variance per row (target units): the residual-scale model, blended in from
+        the global residual variance as it gains samples."""
+        share = min(self.residual_samples_ / _RESIDUAL_MODEL_WARMUP_SAMPLES, 1.0)
+        if share == 0.0:
+            return np.full(phi.shape[0], self.residual_var_)
+        model = self.residual_model_
+        learned = _ABS_TO_SIGMA * (phi @ model.coef_.astype(np.float32, copy=False)
+                                   + model.intercept_[0])
+        learned = np.clip(learned, *_RESIDUAL_SIGMA_BOUNDS)
+        return (1.0 - share) * self.residual_var_ + share * learned.astype(np.float64) ** 2
+
     def _predict_target(self, X):
-        """Ensemble mean and spread in target space (log roughness when log_target)."""
+        """Ensemble mean and spread in target space (log roughness when log_target), and the
+        random features (for the residual model)."""
         phi = self._feature_map(X)
         coef, intercept = self._stacked_members()
         member_z = phi @ coef + intercept  # (n, K): all members in one matmul
@@ -281,7 +311,7 @@ class OnlineRoughnessRegressor:
             spread = target_std * member_z.std(axis=1, ddof=1, dtype=np.float64)
         else:
             spread = np.zeros(X.shape[0])
-        return mean, spread
+        return mean, spread, phi
 
     def _stacked_members(self):
         if self._stacked is None:
@@ -334,12 +364,17 @@ class OnlineRoughnessRegressor:
             coef, intercept = self._stacked_members()
             arrays['member_coef'] = coef
             arrays['member_intercept'] = intercept
+        if self.residual_samples_:
+            arrays['residual_coef'] = self.residual_model_.coef_
+            arrays['residual_intercept'] = self.residual_model_.intercept_
         meta = {
             'format': FORMAT_NAME,
             'format_version': FORMAT_VERSION,
             'params': self.get_params(),
             'n_samples_seen': int(self.n_samples_seen_),
             'residual_var': float(self.residual_var_),
+            'residual_samples': int(self.residual_samples_),
+            'residual_t': float(getattr(self.residual_model_, 't_', 1.0)),
             'created_unix_s': float(self.created_unix_s_),
             'saved_unix_s': time.time(),
             'member_t': [float(getattr(member, 't_', 1.0)) for member in self.members_],
@@ -374,6 +409,9 @@ class OnlineRoughnessRegressor:
             model._bagging_rng.bit_generator.state = meta['bagging_rng_state']
             if model.is_fitted:
                 model._restore_members(arrays, meta)
+            model.residual_samples_ = int(meta['residual_samples'])
+            if model.residual_samples_:
+                model._restore_residual_model(arrays, meta)
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError) as error:
@@ -395,6 +433,20 @@ class OnlineRoughnessRegressor:
             member.intercept_ = np.array([intercept[index]], dtype=np.float64)
             member.t_ = float(member_t[index])
             member.n_features_in_ = width
+
+    def _restore_residual_model(self, arrays: dict, meta: dict) -> None:
+        width = self.n_components if self.feature_map_ is not None else self.n_features_in_
+        # As learned: float32 weights (the random features are float32), a float64 intercept.
+        coef = np.asarray(arrays['residual_coef'], dtype=np.float32)
+        intercept = np.asarray(arrays['residual_intercept'], dtype=np.float64)
+        if coef.shape != (width,) or intercept.shape != (1,):
+            raise ModelFileError(f'residual model has shape {coef.shape}/{intercept.shape}, '
+                                 f'expected ({width},)/(1,)')
+        model = self.residual_model_
+        model.coef_ = np.ascontiguousarray(coef)
+        model.intercept_ = intercept.copy()
+        model.t_ = float(meta['residual_t'])
+        model.n_features_in_ = width
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -427,6 +479,7 @@ class OnlineRoughnessRegressor:
         self.targets_ = OnlineStandardizer(1)
         self.n_samples_seen_ = 0
         self.residual_var_ = 0.0
+        self.residual_samples_ = 0
         self.created_unix_s_ = time.time()
         self._bagging_rng = np.random.default_rng(self.random_state)
         self._stacked = None
@@ -443,6 +496,9 @@ class OnlineRoughnessRegressor:
                          learning_rate='constant', eta0=self.learning_rate, shuffle=False,
                          random_state=self.random_state + index)
             for index in range(self.n_members)]
+        self.residual_model_ = SGDRegressor(
+            loss='squared_error', penalty='l2', alpha=self.alpha, learning_rate='constant',
+            eta0=self.learning_rate, shuffle=False, random_state=self.random_state + self.n_members)
 
     def _check_features(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)

@@ -66,11 +66,6 @@ PARAMS = [
     ParamSpec('quantile', _DEFAULTS.quantile,
               'Share of the corridor that must be safe: 1.0 = the worst cell decides, 0.95 '
               'ignores the worst 5% of stations (outlier predictions).', min=0.5, max=1.0),
-    ParamSpec('footprint_length_m', _DEFAULTS.footprint_length_m,
-              'How far back from the front axle the wheels touch the ground (m). > 0: with its '
-              'front at a point, the vehicle feels the mean roughness over the corridor width '
-              'and this length, as the IMU (and the labeler) measure it; 0: every cell alone, '
-              'the worst decides.', min=0.0, max=50.0),
     ParamSpec('cell_size_m', _DEFAULTS.cell_size_m,
               'Cell size of the roughness map (m); the corridor is sampled every half cell.',
               min=0.01, max=10.0),
