@@ -3,9 +3,10 @@
     PYTHONPATH=. .venv/bin/python bench/bench_closed_loop.py [--laps 3] [--seed 0] [--quick]
 
 Policies: constant v_max; terrain_ssl (the three real nodes, cold start, learning live; the
-vehicle drives at the published speed limit); oracle (the same speed rule, uncertainty 0, on the
+vehicle drives at the published speed limit); oracle (the same speed rule, same settings, on the
 terrain's measured roughness: per cell the labeler's own label from constant-speed calibration
-drives at 2 and 4 m/s, averaged); oracle-max (per cell the worst 0.5 s IMU window instead).
+drives at 2 and 4 m/s, the mean over the crossings, their spread as the uncertainty);
+oracle-mean (the mean alone); oracle-max (per cell the worst 0.5 s IMU window instead).
 Targets (laps 2+): terrain_ssl >= 80% fewer over-limit events than constant, lap time
 <= 1.25 x the oracle's. Same options and table as `terrain-ssl closed-loop`, plus RESULT lines
 (laps 2+) for bench/run_all.py.

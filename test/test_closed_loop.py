@@ -96,7 +96,11 @@ def test_measured_map_is_rougher_where_the_terrain_is_rough(measured_map):
     rough = np.median(measured_map.roughness[iso >= 4])    # E, F
     assert len(measured_map) > 500
     assert rough > 4.0 * smooth
-    assert np.all(measured_map.uncertainty == 0.0)
+    # Uncertainty: the crossing-to-crossing spread (6 crossings per cell: 2 speeds x 3 laps),
+    # one sigma in log space like the learner's; the shock of one crossing scatters.
+    assert np.all(measured_map.uncertainty >= 0.0)
+    relative = np.median(measured_map.uncertainty / measured_map.roughness)
+    assert 0.05 < relative < 2.0
 
 
 def test_measured_oracle_keeps_under_the_limit_better_than_constant_speed(measured_map):

@@ -4,11 +4,16 @@ Policies:
     constant     always v_max.
     terrain_ssl  the three real nodes (roughness_labeler -> roughness_learner -> speed_advisor),
                  cold start, learning live; the vehicle drives at the published speed limit.
-    oracle       the same speed rule (terrain_ssl.core.advisor.SpeedAdvisor, same settings,
-                 uncertainty 0), fed a map of the terrain's *measured* roughness: per cell the
-                 label the labeler would give it (shock over the footprint crossing / speed),
-                 from constant-speed calibration drives without lidar, averaged
-                 (`oracle_calibration_drive`, `measured_roughness_map`). Older alternative: the
+    oracle       the same speed rule (terrain_ssl.core.advisor.SpeedAdvisor, same settings),
+                 fed a map of the terrain's *measured* roughness: per cell the label the labeler
+                 would give it (shock over the footprint crossing / speed), from constant-speed
+                 calibration drives without lidar: the mean over the cell's crossings, and as
+                 its uncertainty their spread (the same rule adds uncertainty_weight x spread, as
+                 it adds the learner's uncertainty for terrain_ssl: the shock of one crossing
+                 scatters about the mean even when the terrain is known exactly)
+                 (`oracle_calibration_drive`, `measured_roughness_map`).
+    oracle-mean  the same without the spread: the mean alone decides (faster, more events).
+                 Older alternative: the
                  true height RMS per cell through a fitted line (`Calibration`, `truth_map`);
                  it misses what the wheels feel (R^2 ~0.3) and is a weak oracle.
 
@@ -36,6 +41,7 @@ from terrain_ssl.sim.world import World, WorldConfig
 POLICIES = ('constant', 'terrain_ssl', 'oracle')
 NODE_NAMES = ('roughness_labeler', 'roughness_learner', 'speed_advisor')  # NODE_MODULES order
 _NS_PER_S = 1_000_000_000
+_LOG_FLOOR = 1e-3  # (m/s^2)/(m/s), as the learner's roughness_floor: log of a zero label
 
 
 @dataclass(frozen=True)
@@ -438,17 +444,27 @@ def footprint_crossings(t_ns, xy_m, yaw_rad, footprint: Footprint, cell_size_m: 
 
 
 def _cell_map(cell_index, values, cell_size_m, origin_xy_m, reduce: str) -> RoughnessMap:
-    """One value per cell (mean or max of its values) as a RoughnessMap with no uncertainty."""
+    """One value per cell as a RoughnessMap: reduce='mean' or 'max' of its values (uncertainty
+    0), or 'mean_spread': the mean, and as uncertainty its one-sigma spread in log space like
+    the learner's (mean * expm1(std of log values); 0 for a cell crossed once)."""
     ok = np.isfinite(values)
     keys, inverse = np.unique(cell_index[ok], axis=0, return_inverse=True)
     inverse = inverse.ravel()
-    if reduce == 'mean':
-        value = np.bincount(inverse, weights=values[ok]) / np.bincount(inverse)
+    uncertainty = np.zeros(keys.shape[0])
+    if reduce in ('mean', 'mean_spread'):
+        count = np.bincount(inverse)
+        value = np.bincount(inverse, weights=values[ok]) / count
+        if reduce == 'mean_spread':
+            log_value = np.log(values[ok] + _LOG_FLOOR)
+            log_mean = np.bincount(inverse, weights=log_value) / count
+            log_var = np.bincount(inverse, weights=(log_value - log_mean[inverse]) ** 2) / \
+                np.maximum(count - 1, 1)
+            uncertainty = value * np.expm1(np.sqrt(log_var))
     else:
         value = np.full(keys.shape[0], -np.inf)
         np.maximum.at(value, inverse, values[ok])
     xy = np.asarray(origin_xy_m) + (keys + 0.5) * cell_size_m
-    return RoughnessMap(xy, value, np.zeros(keys.shape[0]), cell_size_m)
+    return RoughnessMap(xy, value, uncertainty, cell_size_m)
 
 
 def measured_roughness_map(result: ClosedLoopResult, footprint: Footprint, cell_size_m: float,
@@ -460,7 +476,7 @@ def measured_roughness_map(result: ClosedLoopResult, footprint: Footprint, cell_
     per='crossing': what the labeler would label: for every footprint crossing of a cell
         (`footprint_crossings` on the true trajectory), the shock (`measure` of the band-passed
         vertical IMU signal over the crossing, at least `min_window_s` long) over the mean true
-        speed; per cell the mean over its crossings.
+        speed; per cell the mean over its crossings, and their spread as the uncertainty.
     per='window': what the over-limit count sees: for every fixed IMU window of the run
         (`shock_window_s`), its shock over its mean speed, given to every cell under the
         footprint during that window; per cell the max over its windows (the worst 0.5 s the
@@ -489,8 +505,22 @@ def measured_roughness_map(result: ClosedLoopResult, footprint: Footprint, cell_
         inside[inside] &= path['t_s'][pose[inside]] > end_s[of_pose[inside]] - window_s
         return _cell_map(cell[inside], window_r[of_pose[inside]], cell_size_m, origin_xy_m,
                          'max')
+    cell, roughness = crossing_roughness(result, footprint, cell_size_m, origin_xy_m,
+                                         min_speed_mps, min_window_s, measure)
+    return _cell_map(cell, roughness, cell_size_m, origin_xy_m, 'mean_spread')
+
+
+def crossing_roughness(result: ClosedLoopResult, footprint: Footprint, cell_size_m: float,
+                       origin_xy_m=(0.0, 0.0), min_speed_mps: float = 1.0,
+                       min_window_s: float = 0.1, measure: str = 'rms'):
+    """(cell index (K, 2), roughness (K,)) of every footprint crossing of a drive: what the
+    labeler would label there (NaN where too slow or no IMU signal)."""
     if result.vibration is None:
         raise ValueError('the run kept no IMU signal (result.vibration is None)')
+    path = result.trajectory
+    t_ns, speed = path['t_ns'], path['speed_mps']
+    xy = np.column_stack([path['x_m'], path['y_m']])
+    cumulative = np.concatenate([[0.0], np.cumsum(speed)])
     cell, enter, exit_ = footprint_crossings(t_ns, xy, path['yaw_rad'], footprint, cell_size_m,
                                              origin_xy_m)
     half = int(0.5 * min_window_s * _NS_PER_S)
@@ -504,7 +534,7 @@ def measured_roughness_map(result: ClosedLoopResult, footprint: Footprint, cell_
         shock, _ = result.vibration.shock(int(start[k]), int(end[k]), measure)
         if shock is not None:
             roughness[k] = shock / mean_speed[k]
-    return _cell_map(cell, roughness, cell_size_m, origin_xy_m, 'mean')
+    return cell, roughness
 
 
 def oracle_calibration_drive(world_config: WorldConfig, seed: int, speeds_mps=(2.0, 4.0),
@@ -513,10 +543,12 @@ def oracle_calibration_drive(world_config: WorldConfig, seed: int, speeds_mps=(2
                              shock_measure: str = 'rms', cell_size_m: float = 0.5,
                              per: str = 'crossing', shock_window_s: float = 0.5,
                              progress: Optional[Callable[[str], None]] = None) -> RoughnessMap:
-    """The oracle's knowledge of the terrain: drive one lap at each constant speed (no lidar) and
-    measure per cell what the labeler measures there (`measured_roughness_map`), averaged over
-    the laps. This is the terrain's true shock per speed, in the learner's own units."""
-    maps = []
+    """The oracle's knowledge of the terrain: drive `laps` laps at each constant speed (no
+    lidar) and measure per cell what the labeler measures there (`measured_roughness_map`).
+    per='crossing': the mean over all the cell's crossings at all speeds, with their spread as
+    the uncertainty; per='window': the mean over the speeds of the worst window per cell.
+    This is the terrain's true shock per speed, in the learner's own units."""
+    maps, crossings = [], []
     for speed in speeds_mps:
         speed = float(speed)
         result = run_closed_loop(ClosedLoopConfig(
@@ -525,8 +557,18 @@ def oracle_calibration_drive(world_config: WorldConfig, seed: int, speeds_mps=(2
                      'cautious_speed_mps': speed}, shock_measure=shock_measure,
             shock_window_s=shock_window_s), progress=progress)
         truth = World(replace(world_config, lidar=None), seed=seed).terrain.ground_truth
-        maps.append(measured_roughness_map(result, footprint, cell_size_m, truth.origin_xy_m,
-                                           min_speed_mps, measure=shock_measure, per=per))
+        if per == 'crossing':
+            crossings.append(crossing_roughness(result, footprint, cell_size_m,
+                                                truth.origin_xy_m, min_speed_mps,
+                                                measure=shock_measure))
+        else:
+            maps.append(measured_roughness_map(result, footprint, cell_size_m,
+                                               truth.origin_xy_m, min_speed_mps,
+                                               measure=shock_measure, per=per))
+    if per == 'crossing':
+        return _cell_map(np.concatenate([cell for cell, _ in crossings]),
+                         np.concatenate([value for _, value in crossings]), cell_size_m,
+                         truth.origin_xy_m, 'mean_spread')
     return average_maps(maps)
 
 
@@ -585,12 +627,13 @@ def compare_policies(laps: int = 3, seed: int = 0, world: Optional[WorldConfig] 
     {'results': [ClosedLoopResult...], 'report': str (table, oracle definition, targets),
     'fewer_events': float, 'lap_time_ratio': float, 'passed': bool}.
 
-    The oracle drives by the same SpeedAdvisor (same settings, uncertainty 0) on a map of the
-    terrain's measured shock per speed: one constant-speed calibration drive (no lidar) of
-    `laps` laps per speed in `oracle_speeds_mps` (so it has crossed the lines the evaluation
-    laps drive), each cell's value the labeler's own label there (shock over the footprint
-    crossing / speed), averaged over the calibration drives ('oracle'). 'oracle-max' (with
-    `with_safe_oracle`) uses instead the worst 0.5 s IMU window each cell took part in.
+    The oracle drives by the same SpeedAdvisor (same settings) on a map of the terrain's
+    measured shock per speed: one constant-speed calibration drive (no lidar) of `laps` laps per
+    speed in `oracle_speeds_mps` (so it has crossed the lines the evaluation laps drive), each
+    cell's value the labeler's own label there (shock over the footprint crossing / speed):
+    the mean over its crossings, with their spread as the uncertainty ('oracle'), or without
+    it ('oracle-mean'). 'oracle-max' (with `with_safe_oracle`) uses instead the worst 0.5 s IMU
+    window each cell took part in.
     """
     world = world if world is not None else WorldConfig()
     advisor = dict(BENCH_ADVISOR if advisor is None else advisor)
@@ -603,13 +646,16 @@ def compare_policies(laps: int = 3, seed: int = 0, world: Optional[WorldConfig] 
     learned = run_closed_loop(ClosedLoopConfig(policy='terrain_ssl', **common), progress)
     constant = run_closed_loop(ClosedLoopConfig(policy='constant', **common), progress)
     results = [constant, learned]
-    oracle_maps = {}
-    for name, per in (('oracle', 'crossing'), ('oracle-max', 'window')):
-        if name == 'oracle-max' and not with_safe_oracle:
-            continue
-        oracle_maps[name] = oracle_calibration_drive(
+    measured = oracle_calibration_drive(world, seed, oracle_speeds_mps, laps=laps,
+                                        footprint=footprint, min_speed_mps=min_speed)
+    oracle_maps = {'oracle': measured,
+                   'oracle-mean': RoughnessMap(measured.centres_xy_m, measured.roughness,
+                                               np.zeros(len(measured)), measured.cell_size_m)}
+    if with_safe_oracle:
+        oracle_maps['oracle-max'] = oracle_calibration_drive(
             world, seed, oracle_speeds_mps, laps=laps, footprint=footprint,
-            min_speed_mps=min_speed, per=per)
+            min_speed_mps=min_speed, per='window')
+    for name in oracle_maps:
         result = run_closed_loop(ClosedLoopConfig(policy='oracle', oracle_map=oracle_maps[name],
                                                   **common), progress)
         result.policy = name
@@ -625,10 +671,12 @@ def compare_policies(laps: int = 3, seed: int = 0, world: Optional[WorldConfig] 
         f'{advisor["v_min_mps"]}, v_max {advisor["v_max_mps"]} m/s, uncertainty weight '
         f'{advisor.get("uncertainty_weight", AdvisorConfig().uncertainty_weight)}',
         'constant: always v_max.  terrain_ssl: the three real nodes, cold start, learning live.',
-        f'oracle: the same speed rule (advisor, uncertainty 0) on the measured roughness of the '
-        f'terrain: per cell the labeler\'s label (shock over the footprint crossing / speed) '
-        f'from constant-speed calibration drives at {speeds} m/s ({laps} laps each, the lines '
-        f'the laps drive), averaged.',
+        f'oracle: the same speed rule (advisor, same settings) on the measured roughness of '
+        f'the terrain: per cell the labeler\'s label (shock over the footprint crossing / '
+        f'speed) from constant-speed calibration drives at {speeds} m/s ({laps} laps each, the '
+        f'lines the laps drive): the mean over the crossings, and their spread as its '
+        f'uncertainty (weighted like the learner\'s).',
+        'oracle-mean: the same map without the spread (the mean alone decides).',
     ]
     if with_safe_oracle:
         lines.append('oracle-max: the same, but per cell the worst 0.5 s IMU window '
@@ -639,10 +687,10 @@ def compare_policies(laps: int = 3, seed: int = 0, world: Optional[WorldConfig] 
               f'{"PASS" if fewer >= TARGET_FEWER_EVENTS else "FAIL"}',
               f'laps 2+: terrain_ssl lap time = {ratio:.2f} x oracle (target <= '
               f'{TARGET_LAP_TIME_RATIO}): {"PASS" if ratio <= TARGET_LAP_TIME_RATIO else "FAIL"}']
-    if with_safe_oracle:
-        s_max = results[3].summary(later)
+    for other in results[3:]:
         lines.append(f'laps 2+: terrain_ssl lap time = '
-                     f'{s_learn["lap_time_s"] / s_max["lap_time_s"]:.2f} x oracle-max')
+                     f'{s_learn["lap_time_s"] / other.summary(later)["lap_time_s"]:.2f} x '
+                     f'{other.policy}')
     later_reasons: dict = {}
     for (lap, reason), count in learned.info.get('advice_reasons', {}).items():
         if lap >= 1:
