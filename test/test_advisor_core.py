@@ -158,7 +158,6 @@ def test_path_corridor_follows_a_turn():
     rmap = RoughnessMap(xy, np.where(rough, ROUGH, SMOOTH), np.zeros(len(xy)), CELL)
     angle = np.linspace(-np.pi / 2, 0.0, 50)
     path = np.stack([8.0 * np.cos(angle), 8.0 + 8.0 * np.sin(angle)], axis=1)  # radius 8 m left
-    path[:, 1] -= 8.0
     path = np.vstack([path, [[8.0, 12.0]]])
     advisor = SpeedAdvisor(CONFIG)
     advisor.set_map(rmap, 0)
@@ -167,7 +166,15 @@ def test_path_corridor_follows_a_turn():
     advisor.set_path(path)
     turning = advisor.allowed(0)
     assert straight.reason == 'clear'
-    assert turning.reason == 'terrain' and turning.allowed_mps < 5.0
+    assert turning.reason == 'terrain' and turning.worst_roughness == ROUGH
+    # Braking to 6 / 4 = 1.5 m/s by the rough cells ~6 m along the arc past the front axle.
+    assert 4.0 < turning.worst_distance_m < 9.0
+    assert turning.allowed_mps == pytest.approx(allowed_speed_now(
+        CONFIG.shock_limit_mps2 / ROUGH, turning.worst_distance_m, CONFIG.decel_limit_mps2))
+    assert turning.allowed_mps < CONFIG.v_max_mps - 0.5
+    # A plan the vehicle is not on (here 6 m to the side) is not followed: the heading decides.
+    advisor.set_path(path + [0.0, 6.0])
+    assert advisor.allowed(0).reason == 'clear'
 
 
 def test_corridor_samples_cover_the_width_and_length():

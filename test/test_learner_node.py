@@ -132,7 +132,10 @@ def start_learner(model_path):
         [sys.executable, '-m', 'terrain_ssl.ros.learner_node', '--ros-args',
          '-p', f'model_path:={model_path}', '-p', f'feature_names:={",".join(FEATURES)}',
          '-p', 'warmup_samples:=10', '-p', 'save_period_s:=0.0',
-         '-p', 'diagnostics_period_s:=0.2'],
+         '-p', 'diagnostics_period_s:=0.2',
+         # The restart must bring back the *model*; the label memory is odom-frame state that
+         # deliberately does not survive a restart (odometry starts at a new origin).
+         '-p', 'label_memory:=false'],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -195,3 +198,45 @@ def test_restart_after_sigkill_restores_model(ros_context, tmp_path):
             process.wait(timeout=10)
         executor.shutdown()
         harness.node.destroy_node()
+
+
+@pytest.mark.parametrize('memory', [True, False])
+def test_labels_measured_on_a_cell_are_fused_into_its_published_prediction(ros_context, memory):
+    """Two cells look alike to the lidar; the wheels measured one of them as rough. With the
+    label memory the map says so for that cell (and only that cell); without it both read alike."""
+    import fuzz_messages as fm
+    from terrain_ssl.ros.learner_node import RoughnessLearnerNode
+    from terrain_ssl.ros.wiring import outlets_of
+
+    learner = RoughnessLearnerNode(context=ros_context, parameter_overrides=[
+        Parameter('model_path', value=''), Parameter('feature_names', value=','.join(FEATURES)),
+        Parameter('warmup_samples', value=10), Parameter('label_memory', value=memory)])
+    try:
+        callbacks = fm.callbacks_by_topic(learner)
+        rng = np.random.default_rng(21)
+        for index in range(10):  # general experience: roughness ~ 5 x height_std, elsewhere
+            callbacks['terrain_ssl/labeled_patches'](
+                fm.patch_cloud(rng, 30, FEATURES, fm.T0_NS + index, labeled=True))
+        same = {name: np.full(3, 0.05) for name in FEATURES}
+        rough_cell = (40.25, 10.25)
+        for crossing in range(3):
+            callbacks['terrain_ssl/labeled_patches'](xyz_fields_to_pointcloud2(dict(
+                same, x=np.full(3, rough_cell[0]), y=np.full(3, rough_cell[1]), z=np.zeros(3),
+                roughness=np.full(3, 3.0), roughness_class=np.full(3, 2.0),
+                speed=np.full(3, 4.0)), 'odom', fm.T0_NS + 100 + crossing))
+        maps = []
+        for outlet in outlets_of(learner):
+            if outlet.topic_name.endswith('roughness_map'):
+                outlet.connect(maps.append)
+        learner.flush_training()
+        callbacks['terrain_ssl/lookahead_patches'](xyz_fields_to_pointcloud2(dict(
+            {name: np.full(2, 0.05) for name in FEATURES}, x=np.array([rough_cell[0], 45.25]),
+            y=np.array([rough_cell[1], 10.25]), z=np.zeros(2)), 'odom', fm.T0_NS + 200))
+        cloud = pointcloud2_to_array(maps[-1])
+        if memory:
+            assert cloud['roughness'][0] > 3.0 * cloud['roughness'][1]
+            assert cloud['roughness'][0] == pytest.approx(3.0, rel=0.5)
+        else:
+            assert cloud['roughness'][0] == pytest.approx(cloud['roughness'][1])
+    finally:
+        learner.destroy_node()

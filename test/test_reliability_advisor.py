@@ -179,3 +179,33 @@ def test_over_dds_bad_maps_on_diagnostics_and_a_10x_burst(ros_context):
     assert len(during) >= 0.5 * 20 * 1.5  # the 20 Hz limit kept coming through the burst
     assert all(math.isfinite(value) for _, value in limits)
     assert advisor.maps_received >= 30
+
+
+def test_plans_in_another_frame_or_with_nan_are_rejected_and_a_good_one_is_followed(ros_context):
+    from geometry_msgs.msg import PoseStamped
+    from nav_msgs.msg import Path
+
+    def plan(points, frame='odom'):
+        msg = Path()
+        msg.header.frame_id = frame
+        for x, y in points:
+            pose = PoseStamped()
+            pose.pose.position.x, pose.pose.position.y = float(x), float(y)
+            msg.poses.append(pose)
+        return msg
+
+    advisor = make_advisor(ros_context)
+    try:
+        callbacks = fm.callbacks_by_topic(advisor)
+        callbacks['odom'](fm.odom_msg(fm.T0_NS))  # fixes the odom frame
+        callbacks['plan'](plan([(0, 0), (10, 0)], frame='map'))
+        callbacks['plan'](plan([(0, 0), (np.nan, 0)]))
+        counts = advisor.rejects.counts
+        assert counts['plan_frame'] == 1 and counts['plan_non_finite'] == 1
+        assert advisor.advisor.path_xy_m is None
+        callbacks['plan'](plan([(0, 0), (5, 1), (10, 0)]))
+        assert advisor.advisor.path_xy_m.shape == (3, 2)
+        callbacks['plan'](plan([]))  # an empty plan: back to the heading
+        assert advisor.advisor.path_xy_m is None and advisor.plans_received == 2
+    finally:
+        advisor.destroy_node()

@@ -48,6 +48,8 @@ class AdvisorConfig:
     uncertainty_weight: float = 1.0        # conservative roughness = roughness + k * uncertainty
     quantile: float = 1.0                  # 1.0: the worst sample decides; 0.95: ignore worst 5%
     cell_size_m: float = 0.5               # the map's cell size, m (also the sampling step)
+    path_max_offset_m: float = 2.0         # farther than this from the planned path: the path is
+    #                                        not being followed, the corridor runs along the heading
     stale_timeout_s: float = 1.0           # inputs older than this are stale -> cautious speed
     map_memory_s: float = 20.0             # keep predicted cells this long after their last map, s
     max_map_cells: int = 200_000           # memory bound of the merged map (newest cells kept)
@@ -71,7 +73,7 @@ class AdvisorConfig:
         if self.max_map_cells < 1:
             return f'max_map_cells must be >= 1, got {self.max_map_cells}'
         for name in ('corridor_half_width_m', 'margin_m', 'front_offset_m', 'uncertainty_weight',
-                     'map_memory_s'):
+                     'map_memory_s', 'path_max_offset_m'):
             if getattr(self, name) < 0.0:
                 return f'{name} must be >= 0, got {getattr(self, name)}'
         if self.v_max_mps < self.v_min_mps:
@@ -281,30 +283,38 @@ class VehicleState:
 
 
 def corridor_samples(state: VehicleState, length_m: float, half_width_m: float, step_m: float,
-                     path_xy_m: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+                     path_xy_m: Optional[np.ndarray] = None,
+                     path_max_offset_m: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
     """Corridor ahead: (xy (S, W, 2) m, stations (S,) m from base_link, heading (S,) rad).
 
-    Along the heading, or along `path_xy_m` (polyline, (M, 2), odom frame) from the path point
-    closest to the vehicle. Stations every `step_m` from 0 to `length_m`; W lateral offsets every
-    `step_m` across +-`half_width_m`. Half-cell steps make sure no cell is skipped.
+    Along `path_xy_m` (polyline, (M, 2), odom frame) from the path point closest to the vehicle,
+    when the vehicle is within `path_max_offset_m` of it; else along the heading. Stations every
+    `step_m` from 0 to `length_m`; W lateral offsets every `step_m` across +-`half_width_m`.
+    Half-cell steps make sure no cell is skipped.
     """
     stations = np.arange(0.0, length_m + 1e-9, step_m)
     n_side = int(math.floor(half_width_m / step_m + 1e-9))
     lateral = np.arange(-n_side, n_side + 1) * step_m
-    if path_xy_m is None or len(path_xy_m) < 2:
+    walked = None
+    if path_xy_m is not None and len(path_xy_m) >= 2:
+        walked = _walk_path(np.asarray(path_xy_m, dtype=np.float64),
+                            np.array([state.x_m, state.y_m]), stations)
+        if walked[2] > path_max_offset_m:
+            walked = None
+    if walked is None:
         heading = np.full(stations.shape, state.yaw_rad)
         centre = np.stack([state.x_m + stations * np.cos(state.yaw_rad),
                            state.y_m + stations * np.sin(state.yaw_rad)], axis=1)
     else:
-        centre, heading = _walk_path(np.asarray(path_xy_m, dtype=np.float64),
-                                     np.array([state.x_m, state.y_m]), stations)
+        centre, heading, _ = walked
     normal = np.stack([-np.sin(heading), np.cos(heading)], axis=1)
     xy = centre[:, None, :] + lateral[None, :, None] * normal[:, None, :]
     return xy, stations, heading
 
 
 def _walk_path(path: np.ndarray, position: np.ndarray, stations: np.ndarray):
-    """Points and headings at arc lengths `stations` along `path`, from the closest path point."""
+    """Points and headings at arc lengths `stations` along `path`, from the closest path point,
+    and the distance (m) from `position` to that point."""
     start, end = path[:-1], path[1:]
     segment = end - start
     length = np.hypot(segment[:, 0], segment[:, 1])
@@ -321,7 +331,8 @@ def _walk_path(path: np.ndarray, position: np.ndarray, stations: np.ndarray):
     index = np.clip(np.searchsorted(cumulative, s, side='right') - 1, 0, length.size - 1)
     along = s - cumulative[index]
     direction = segment[index] / length[index, None]
-    return start[index] + along[:, None] * direction, np.arctan2(direction[:, 1], direction[:, 0])
+    return (start[index] + along[:, None] * direction,
+            np.arctan2(direction[:, 1], direction[:, 0]), float(gap[nearest]))
 
 
 def allowed_speed_now(target_mps, distance_m, decel_mps2: float) -> np.ndarray:
@@ -434,7 +445,7 @@ class SpeedAdvisor:
                           lookahead, 1.0)
         step = 0.5 * cfg.cell_size_m
         xy, stations, heading = corridor_samples(state, lookahead, cfg.corridor_half_width_m,
-                                                 step, self.path_xy_m)
+                                                 step, self.path_xy_m, cfg.path_max_offset_m)
         flat = xy.reshape(-1, 2)
         roughness, uncertainty, known = self.map.lookup(flat)
         shape = xy.shape[:2]

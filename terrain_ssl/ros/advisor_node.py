@@ -3,6 +3,9 @@
 In:  terrain_ssl/roughness_map  (PointCloud2: x, y, z, roughness, uncertainty; odom frame)
      odom                       (nav_msgs/Odometry: pose in odom, twist in base_link)
      cmd_vel_in                 (geometry_msgs/Twist, optional; capped when cap_cmd_vel is true)
+     plan                       (nav_msgs/Path, optional, odom frame: the corridor ahead follows
+                                 it while the vehicle is within path_max_offset_m of it; an
+                                 empty path goes back to the heading)
 Out: terrain_ssl/speed_limit    (std_msgs/Float32, m/s, every 1 / rate_hz s)
      cmd_vel                    (geometry_msgs/Twist: cmd_vel_in scaled so its speed <= the limit,
                                  angular scaled alike so the curvature is kept)
@@ -21,7 +24,7 @@ from dataclasses import fields
 
 import numpy as np
 from geometry_msgs.msg import Twist
-from nav_msgs.msg import Odometry
+from nav_msgs.msg import Odometry, Path
 from rclpy.node import Node
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Float32
@@ -66,6 +69,10 @@ PARAMS = [
     ParamSpec('quantile', _DEFAULTS.quantile,
               'Share of the corridor that must be safe: 1.0 = the worst cell decides, 0.95 '
               'ignores the worst 5% of stations (outlier predictions).', min=0.5, max=1.0),
+    ParamSpec('path_max_offset_m', _DEFAULTS.path_max_offset_m,
+              'The corridor follows the plan (topic plan) only while base_link is within this '
+              'distance of it (m); farther, the plan is not being followed and the corridor '
+              'runs along the heading.', min=0.0, max=1000.0),
     ParamSpec('cell_size_m', _DEFAULTS.cell_size_m,
               'Cell size of the roughness map (m); the corridor is sampled every half cell.',
               min=0.01, max=10.0),
@@ -114,6 +121,7 @@ class SpeedAdvisorNode(Node):
         self.cmd_vel_capped = 0
         self.cmd_vel_passed = 0
         self.cmd_vel_ignored = 0
+        self.plans_received = 0
 
         self.speed_limit_outlet = Outlet(self, Float32, 'terrain_ssl/speed_limit', RELIABLE_QOS)
         self.cmd_vel_outlet = Outlet(self, Twist, 'cmd_vel', RELIABLE_QOS)
@@ -121,6 +129,7 @@ class SpeedAdvisorNode(Node):
                                  RELIABLE_QOS)
         self.create_subscription(Odometry, 'odom', self.on_odom, SENSOR_QOS)
         self.create_subscription(Twist, 'cmd_vel_in', self.on_cmd_vel_in, RELIABLE_QOS)
+        self.create_subscription(Path, 'plan', self.on_plan, RELIABLE_QOS)
         self.timer = self.create_timer(1.0 / values['rate_hz'], self.on_timer)
         self.diagnostics = DiagnosticsPublisher(self, values['diagnostics_period_s'],
                                                 self.collect_diagnostics)
@@ -191,6 +200,20 @@ class SpeedAdvisorNode(Node):
                              speed)
         self.advisor.set_state(state, self._now_ns())
 
+    def on_plan(self, msg: Path) -> None:
+        frame = msg.header.frame_id
+        if self.odom_frame and frame and frame != self.odom_frame:
+            self.rejects.reject('plan_frame', f'plan in frame "{frame}", odometry in '
+                                f'"{self.odom_frame}"')
+            return
+        xy = np.array([(pose.pose.position.x, pose.pose.position.y) for pose in msg.poses],
+                      dtype=np.float64).reshape(-1, 2)
+        if not np.isfinite(xy).all():
+            self.rejects.reject('plan_non_finite', 'NaN/Inf in plan poses; plan ignored')
+            return
+        self.plans_received += 1
+        self.advisor.set_path(xy if xy.shape[0] >= 2 else None)
+
     def on_cmd_vel_in(self, msg: Twist) -> None:
         if not self.params.values['cap_cmd_vel']:
             self.cmd_vel_ignored += 1
@@ -240,6 +263,8 @@ class SpeedAdvisorNode(Node):
             'odometry_age_s': age(advisor.state_time_ns),
             'map_cells': len(advisor.map) if advisor.map is not None else 0,
             'maps_received': self.maps_received,
+            'following_plan': advisor.path_xy_m is not None,
+            'plans_received': self.plans_received,
             'late_hazards': advisor.late_hazards,
             'cmd_vel_capped': self.cmd_vel_capped,
             'cmd_vel_passed': self.cmd_vel_passed,

@@ -9,7 +9,9 @@ Services: ~/save_model, ~/reset_model (std_srvs/Trigger)
 
 Labeled patches are predicted first, then learned ("predict, then train"), so the running error
 is honest. Lookahead patches are predicted and published once `warmup_samples` labels are learned;
-before that nothing is published and the advisor keeps its cautious default.
+before that nothing is published and the advisor keeps its cautious default. Where the wheels
+already crossed a cell, its labels are fused into the published prediction (`label_memory`,
+terrain_ssl.core.label_memory); the prequential scores are the model's alone.
 
 Model file policy: loaded at start-up when `model_path` exists. A file that cannot be used is
 renamed aside to `<model_path>.bad-<UTC time>` (kept for inspection, never overwritten) and the
@@ -31,6 +33,7 @@ from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import Trigger
 
 from terrain_ssl.core.grid import roughness_grid
+from terrain_ssl.core.label_memory import CellLabelMemory, fuse
 from terrain_ssl.core.learner import MODEL_KINDS, OnlineRoughnessRegressor
 from terrain_ssl.core.metrics import BinnedIsotonicBaseline, PrequentialScore
 from terrain_ssl.core.model_store import ModelFileError, quarantine_model_file
@@ -75,6 +78,15 @@ PARAMS = [
     ParamSpec('train_batch_size', 32, 'Labels predicted, then learned together in one batch '
               '(fewer, larger updates are much cheaper; each label is still predicted before it '
               'is learned).', min=1, max=100_000),
+    ParamSpec('label_memory', True, 'Fuse the labels already measured on a cell into its '
+              'published prediction (the prediction counts as one label): ground driven before '
+              'is known from experience. Kept per odom cell, not saved with the model; cleared '
+              'on ~/reset_model. Also off while learn is false.'),
+    ParamSpec('label_memory_cell_size_m', 0.5, 'Cell edge of the label memory (m); match the '
+              "labeler's patch.size. Read at start-up.", min=0.05, max=10.0, read_only=True),
+    ParamSpec('label_memory_max_cells', 200_000, 'Memory bound of the label memory (cells, '
+              '~32 bytes each); the cells labeled longest ago go first. Read at start-up.',
+              min=1, max=100_000_000, read_only=True),
     ParamSpec('warmup_samples', 200, 'Labels to learn before lookahead predictions are '
               'published.', min=0, max=10_000_000),
     ParamSpec('metrics_window', 1000, 'Recent labeled samples in the windowed MAE / Spearman.',
@@ -115,6 +127,8 @@ class RoughnessLearnerNode(Node):
         self.model = self._load_or_create()
         self._reset_scores()
         self.lookahead_skipped_warmup = 0
+        self.memory = CellLabelMemory(values['label_memory_cell_size_m'],
+                                      values['label_memory_max_cells'])
 
         self.map_outlet = Outlet(self, PointCloud2, 'terrain_ssl/roughness_map', RELIABLE_QOS)
         self.grid_outlet = Outlet(self, OccupancyGrid, 'terrain_ssl/roughness_grid', RELIABLE_QOS)
@@ -271,6 +285,8 @@ class RoughnessLearnerNode(Node):
             if self._unscored_count >= batch:
                 self.score_pending()
             return
+        if self.params.values['label_memory']:
+            self.memory.add(points['x'][keep], points['y'][keep], y)
         self._pending.append((X, y))
         self._pending_count += y.shape[0]
         if not self.model.is_fitted or self._pending_count >= batch:
@@ -341,6 +357,10 @@ class RoughnessLearnerNode(Node):
         points, X = points[keep], X[keep]
         if X.shape[0]:
             roughness, uncertainty = self.model.predict(X, return_std=True)
+            if self.params.values['label_memory'] and len(self.memory):
+                count, log_mean, log_variance = self.memory.lookup(points['x'], points['y'])
+                roughness, uncertainty = fuse(roughness, uncertainty, count, log_mean,
+                                              log_variance, self.model.roughness_floor)
         else:
             roughness = uncertainty = np.zeros(0)
         stamp_ns = stamp_to_ns(msg.header.stamp)
@@ -406,6 +426,7 @@ class RoughnessLearnerNode(Node):
             response.success, response.message = False, f'reset failed: {error}'
             return response
         self._reset_scores()
+        self.memory.clear()
         response.success = True
         response.message = ('model reset to a fresh one; the file at '
                             f'{self.model_path or "(none)"} is replaced at the next save')
@@ -442,6 +463,7 @@ class RoughnessLearnerNode(Node):
             'model_path': self.model_path,
             'model_file': self.model_file_message,
             'lookahead_skipped_warmup': self.lookahead_skipped_warmup,
+            'label_memory_cells': len(self.memory),
             'maps_published': self.map_outlet.published,
             'rejected': self.rejects.total,
         }

@@ -89,6 +89,9 @@ class ClosedLoopConfig:
     oracle_map: Optional[RoughnessMap] = None          # oracle: measured roughness (preferred)
     imu_history_s: float = 10.0                        # filtered IMU kept for shock queries (s)
     max_sim_s: float = 3600.0                          # give up if the laps take longer
+    follow_route: bool = True                          # advisors get the route as their plan
+    #                                                    (as a planner would publish it), so the
+    #                                                    corridor follows the curves
 
     def advisor_config(self) -> AdvisorConfig:
         names = set(AdvisorConfig.__dataclass_fields__)
@@ -183,6 +186,21 @@ class _NodeStack:
         self.driver = BagTimeDriver(self.nodes)
         self.inputs = subscription_callbacks(self.nodes)
         self.speed_limit: Optional[float] = None
+
+    def set_plan(self, xy_m: np.ndarray, frame_id: str = 'odom') -> None:
+        """Hand the advisor node a nav_msgs/Path, as a planner would publish it."""
+        from geometry_msgs.msg import PoseStamped
+        from nav_msgs.msg import Path
+
+        plan = Path()
+        plan.header.frame_id = frame_id
+        for x, y in xy_m:
+            pose = PoseStamped()
+            pose.header.frame_id = frame_id
+            pose.pose.position.x, pose.pose.position.y = float(x), float(y)
+            pose.pose.orientation.w = 1.0
+            plan.poses.append(pose)
+        self.advisor.on_plan(plan)
         self.labels: list = []
         for outlet in outlets_of(self.advisor):
             if outlet.topic_name.endswith('terrain_ssl/speed_limit'):
@@ -255,6 +273,15 @@ def run_closed_loop(config: ClosedLoopConfig,
                              'calibration (fit_calibration)')
         oracle = SpeedAdvisor(replace(advisor_config, map_memory_s=0.0,
                                       cell_size_m=oracle_map.cell_size_m))
+    if config.follow_route:
+        # The loop's centreline, continued 60 m past its start so the corridor wraps around.
+        route = world_config.terrain.route
+        _, route_x, route_y, _ = route.pose_at(np.arange(0.0, route.length_m + 60.0, 0.5))
+        route_xy = np.column_stack([route_x, route_y])
+        if stack is not None:
+            stack.set_plan(route_xy)
+        if oracle is not None:
+            oracle.set_path(route_xy)
     types: dict = {}
     command = advisor_config.cautious_speed_mps if config.policy != 'constant' \
         else advisor_config.v_max_mps
