@@ -111,9 +111,9 @@ def test_measured_oracle_keeps_under_the_limit_better_than_constant_speed(measur
     fast, careful = constant.summary([0]), oracle.summary([0])
     assert careful['over_limit'] <= 0.5 * fast['over_limit']
     assert careful['peak_shock_mps2'] < fast['peak_shock_mps2']
-    # Smooth ground at v_max, rough ground slow.
+    # Smooth ground near v_max (the crossing spread keeps a margin), rough ground slow.
     command = oracle.steps['command_mps']
-    assert command.max() == pytest.approx(ADVISOR['v_max_mps']) and command.min() <= 2.0
+    assert command.max() >= 0.8 * ADVISOR['v_max_mps'] and command.min() <= 2.0
     with pytest.raises(ValueError):
         run_closed_loop(ClosedLoopConfig(policy='oracle', **common))  # no map, no calibration
 

@@ -186,6 +186,14 @@ class _NodeStack:
         self.driver = BagTimeDriver(self.nodes)
         self.inputs = subscription_callbacks(self.nodes)
         self.speed_limit: Optional[float] = None
+        self.labels: list = []
+        for outlet in outlets_of(self.advisor):
+            if outlet.topic_name.endswith('terrain_ssl/speed_limit'):
+                outlet.connect(self._on_speed_limit)
+        for outlet in outlets_of(self.labeler):
+            if outlet.topic_name.endswith('terrain_ssl/labeled_patches'):
+                outlet.connect(self._on_labels)
+        self._types: dict = {}
 
     def set_plan(self, xy_m: np.ndarray, frame_id: str = 'odom') -> None:
         """Hand the advisor node a nav_msgs/Path, as a planner would publish it."""
@@ -201,14 +209,6 @@ class _NodeStack:
             pose.pose.orientation.w = 1.0
             plan.poses.append(pose)
         self.advisor.on_plan(plan)
-        self.labels: list = []
-        for outlet in outlets_of(self.advisor):
-            if outlet.topic_name.endswith('terrain_ssl/speed_limit'):
-                outlet.connect(self._on_speed_limit)
-        for outlet in outlets_of(self.labeler):
-            if outlet.topic_name.endswith('terrain_ssl/labeled_patches'):
-                outlet.connect(self._on_labels)
-        self._types: dict = {}
 
     def _on_speed_limit(self, msg) -> None:
         self.speed_limit = float(msg.data)
