@@ -40,6 +40,9 @@ def generate_launch_description():
                               description='geometry_msgs/Twist to cap (when cap_cmd_vel is true)'),
         DeclareLaunchArgument('cmd_vel_topic', default_value='cmd_vel',
                               description='geometry_msgs/Twist capped output'),
+        DeclareLaunchArgument('plan_topic', default_value='plan',
+                              description='nav_msgs/Path (odom frame) the corridor ahead follows, '
+                                          'e.g. Nav2\'s plan'),
     ]
 
     labeler = Node(
@@ -56,6 +59,7 @@ def generate_launch_description():
         namespace=namespace, output='screen', parameters=[config, sim_time],
         remappings=[('odom', LaunchConfiguration('odom_topic')),
                     ('cmd_vel_in', LaunchConfiguration('cmd_vel_in_topic')),
-                    ('cmd_vel', LaunchConfiguration('cmd_vel_topic'))])
+                    ('cmd_vel', LaunchConfiguration('cmd_vel_topic')),
+                    ('plan', LaunchConfiguration('plan_topic'))])
 
     return LaunchDescription(arguments + [labeler, learner, advisor])
