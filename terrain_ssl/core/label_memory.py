@@ -34,7 +34,7 @@ class CellLabelMemory:
         floor: added before the log, as the learner's roughness_floor ((m/s^2)/(m/s)).
     """
 
-    def __init__(self, cell_size_m: float = 0.5, max_cells: int = 200_000, floor: float = 1e-3):
+    def __init__(self, cell_size_m: float = 0.5, max_cells: int = 100_000, floor: float = 1e-3):
         if not cell_size_m > 0:
             raise ValueError(f'cell_size_m must be > 0, got {cell_size_m}')
         if max_cells < 1:

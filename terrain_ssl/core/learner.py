@@ -57,7 +57,7 @@ __all__ = ['MODEL_KINDS', 'OnlineStandardizer', 'OnlineRoughnessRegressor', 'Mod
 
 MODEL_KINDS = ('rff_sgd', 'linear_sgd')
 FORMAT_NAME = 'terrain_ssl.roughness_model'
-FORMAT_VERSION = 2  # 2: log_features
+FORMAT_VERSION = 2  # 2: log_features and the residual-scale model
 
 # Inputs are checked once here (shape, finiteness); scikit-learn need not re-check them for every
 # member and batch, which otherwise costs more than the learning itself.

@@ -84,8 +84,9 @@ PARAMS = [
               'on ~/reset_model. Also off while learn is false.'),
     ParamSpec('label_memory_cell_size_m', 0.5, 'Cell edge of the label memory (m); match the '
               "labeler's patch.size. Read at start-up.", min=0.05, max=10.0, read_only=True),
-    ParamSpec('label_memory_max_cells', 200_000, 'Memory bound of the label memory (cells, '
-              '~32 bytes each); the cells labeled longest ago go first. Read at start-up.',
+    ParamSpec('label_memory_max_cells', 100_000, 'Memory bound of the label memory (cells, '
+              '~150 bytes each: ~15 MB at 100,000, ~40 km of driving with a 2 m wide '
+              'footprint); the cells labeled longest ago go first. Read at start-up.',
               min=1, max=100_000_000, read_only=True),
     ParamSpec('warmup_samples', 200, 'Labels to learn before lookahead predictions are '
               'published.', min=0, max=10_000_000),
