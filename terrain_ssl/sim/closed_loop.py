@@ -732,7 +732,7 @@ def compare_policies(laps: int = 3, seed: int = 0, world: Optional[WorldConfig] 
 
 __all__ = ['POLICIES', 'Calibration', 'fit_calibration', 'ClosedLoopConfig', 'ClosedLoopResult',
            'ShockMeter', 'run_closed_loop', 'calibration_from_labels', 'calibration_drive',
-           'truth_map', 'format_table', 'Footprint', 'footprint_crossings',
-           'covered_cells', 'measured_roughness_map', 'oracle_calibration_drive',
+           'truth_map', 'format_table', 'Footprint', 'footprint_crossings', 'covered_cells',
+           'crossing_roughness', 'measured_roughness_map', 'oracle_calibration_drive',
            'average_maps', 'compare_policies', 'BENCH_ADVISOR', 'BENCH_LABELER',
            'BENCH_LEARNER']
