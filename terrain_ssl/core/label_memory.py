@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ['CellLabelMemory', 'fuse']
+from terrain_ssl.core.patches import cell_keys
 
-_KEY_OFFSET = 1 << 30
-_KEY_STRIDE = 1 << 31
+__all__ = ['CellLabelMemory', 'fuse']
 
 
 class CellLabelMemory:
@@ -59,7 +58,7 @@ class CellLabelMemory:
     def _keys(self, x, y) -> list:
         ix = np.floor(np.asarray(x, dtype=np.float64) / self.cell_size_m).astype(np.int64)
         iy = np.floor(np.asarray(y, dtype=np.float64) / self.cell_size_m).astype(np.int64)
-        return ((ix + _KEY_OFFSET) * _KEY_STRIDE + (iy + _KEY_OFFSET)).tolist()
+        return cell_keys(ix, iy).tolist()
 
     def add(self, x, y, roughness) -> None:
         """Remember labels: cell centres (m, odom) and roughness >= 0, all finite (checked by
@@ -116,6 +115,12 @@ class CellLabelMemory:
             variance[known] = np.maximum(self._sum_sq[r] / n - mean[known] ** 2, 0.0)
             count[known] = n
         return count, mean, variance
+
+
+    def fused(self, x, y, roughness, uncertainty) -> tuple:
+        """`fuse` the prediction for cells at (x, y) (m, odom) with their labels."""
+        count, log_mean, log_variance = self.lookup(x, y)
+        return fuse(roughness, uncertainty, count, log_mean, log_variance, self.floor)
 
 
 def fuse(roughness, uncertainty, count, log_mean, log_variance, floor: float = 1e-3):

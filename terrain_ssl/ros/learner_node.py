@@ -33,7 +33,7 @@ from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import Trigger
 
 from terrain_ssl.core.grid import roughness_grid
-from terrain_ssl.core.label_memory import CellLabelMemory, fuse
+from terrain_ssl.core.label_memory import CellLabelMemory
 from terrain_ssl.core.learner import MODEL_KINDS, OnlineRoughnessRegressor
 from terrain_ssl.core.metrics import BinnedIsotonicBaseline, PrequentialScore
 from terrain_ssl.core.model_store import ModelFileError, quarantine_model_file
@@ -129,7 +129,8 @@ class RoughnessLearnerNode(Node):
         self._reset_scores()
         self.lookahead_skipped_warmup = 0
         self.memory = CellLabelMemory(values['label_memory_cell_size_m'],
-                                      values['label_memory_max_cells'])
+                                      values['label_memory_max_cells'],
+                                      floor=self.model.roughness_floor)
 
         self.map_outlet = Outlet(self, PointCloud2, 'terrain_ssl/roughness_map', RELIABLE_QOS)
         self.grid_outlet = Outlet(self, OccupancyGrid, 'terrain_ssl/roughness_grid', RELIABLE_QOS)
@@ -359,9 +360,8 @@ class RoughnessLearnerNode(Node):
         if X.shape[0]:
             roughness, uncertainty = self.model.predict(X, return_std=True)
             if self.params.values['label_memory'] and len(self.memory):
-                count, log_mean, log_variance = self.memory.lookup(points['x'], points['y'])
-                roughness, uncertainty = fuse(roughness, uncertainty, count, log_mean,
-                                              log_variance, self.model.roughness_floor)
+                roughness, uncertainty = self.memory.fused(points['x'], points['y'],
+                                                           roughness, uncertainty)
         else:
             roughness = uncertainty = np.zeros(0)
         stamp_ns = stamp_to_ns(msg.header.stamp)
