@@ -132,3 +132,24 @@ def test_config_yaml_loads_through_rcl(ros_context, tmp_path):
         node.destroy_node()
     finally:
         context.try_shutdown()
+
+
+def test_unparsable_ros_arguments_get_a_one_line_error(capsys):
+    """`-p model_path:=` (an empty value) is refused by rcl itself: a clear error and exit 2,
+    not a traceback from rclpy.init; the node is never built."""
+    from terrain_ssl.ros.bringup import register
+    from terrain_ssl.ros.common import run_node
+
+    built = []
+    code = run_node(lambda: built.append(1),
+                    args=['roughness_learner', '--ros-args', '-p', 'model_path:='])
+    assert code == 2 and built == []
+    assert 'model_path:=' in capsys.readouterr().err
+
+    import argparse
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(['bringup'])
+    args.ros_args = ['--ros-args', '-p', 'model_path:=']
+    assert args.func(args) == 2
+    assert "name:=\"''\"" in capsys.readouterr().err

@@ -68,6 +68,33 @@ def test_uncertainty_grows_away_from_the_data():
         sigma_near / model.predict(near))
 
 
+
+def test_novelty_counts_only_the_rough_side_of_roughness_features():
+    """Ground smoother than any labeled cell is common and not a hazard; rougher ground is."""
+    rng = np.random.default_rng(5)
+    names = ['height_std', 'max_step', 'range']  # two 'larger = rougher' features, one sighting
+    X = np.column_stack([rng.lognormal(-3.0, 0.4, 3000), rng.lognormal(-3.0, 0.4, 3000),
+                         rng.uniform(5.0, 15.0, 3000)])
+    y = 20.0 * X[:, 0] * rng.lognormal(0.0, 0.2, 3000)
+    model = OnlineRoughnessRegressor(names).partial_fit(X, y)
+    typical = np.array([[0.05, 0.05, 10.0]])
+    smoother = np.array([[1e-4, 1e-4, 10.0]])   # far below the seen range, in log units
+    rougher = np.array([[2.0, 2.0, 10.0]])      # far above it
+    far_range = np.array([[0.05, 0.05, 60.0]])  # a sighting feature out of range
+    relative = {}
+    for name, row in [('typical', typical), ('smoother', smoother), ('rougher', rougher),
+                      ('far_range', far_range)]:
+        roughness, sigma = model.predict(row, return_std=True)
+        relative[name] = float(sigma[0] / roughness[0])
+    assert model.features_.novelty(model._model_inputs(smoother),
+                                   model._novelty_above_only)[0] == 0.0
+    assert relative['smoother'] < 3 * relative['typical']
+    assert relative['rougher'] > 10 * relative['typical']
+    assert relative['far_range'] > 10 * relative['typical']
+    # The standardizer itself still measures both sides when asked to.
+    assert model.features_.novelty(model._model_inputs(smoother))[0] > 5.0
+
+
 def test_linear_model_kind_and_single_member_work():
     X, y, _ = synthetic(1000, seed=5)
     model = OnlineRoughnessRegressor(NAMES, model='linear_sgd', n_members=1).partial_fit(X, y)

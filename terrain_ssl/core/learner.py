@@ -20,7 +20,12 @@ careful for each reason:
     a running global residual variance stands in;
   * a novelty term: `novelty_scale` times the standardised distance outside the feature range
     seen so far (random Fourier features do not fade far from data, so the spread alone would not
-    grow there).
+    grow there). For the features where a larger value means rougher ground (ROUGHER_WHEN_LARGER:
+    heights, residuals, steps, slope) only the excess above the range counts: ground smoother
+    than any labeled cell is common (the wheels rarely cross the smoothest patches the lidar
+    sees), and the model, which falls back towards the mean label away from data, over-predicts
+    it rather than under-predicts. Counted both ways, it made a third of all predicted cells
+    look 3 to 3000 times rougher than they are, and the advisor crawl over smooth ground.
 `uncertainty` is in roughness units such that `roughness + uncertainty` is the +1 sigma bound
 in log space: uncertainty = exp(mu + sigma) - exp(mu).
 
@@ -53,9 +58,14 @@ from sklearn.linear_model import SGDRegressor
 from terrain_ssl.core.model_store import ModelFileError, load_model_file, save_model_file
 from terrain_ssl.core.patches import SCALE_FEATURES
 
-__all__ = ['MODEL_KINDS', 'OnlineStandardizer', 'OnlineRoughnessRegressor', 'ModelFileError']
+__all__ = ['MODEL_KINDS', 'ROUGHER_WHEN_LARGER', 'OnlineStandardizer', 'OnlineRoughnessRegressor',
+           'ModelFileError']
 
 MODEL_KINDS = ('rff_sgd', 'linear_sgd')
+# Features whose larger values mean rougher ground: for them novelty counts only above the range
+# seen (see the module docstring). How the lidar saw a cell (point_count, range, grazing_angle)
+# has no such direction and counts both ways.
+ROUGHER_WHEN_LARGER = tuple(name for name in SCALE_FEATURES if name != 'point_count') + ('slope',)
 FORMAT_NAME = 'terrain_ssl.roughness_model'
 FORMAT_VERSION = 2  # 2: log_features and the residual-scale model
 
@@ -118,11 +128,17 @@ class OnlineStandardizer:
     def transform(self, values: np.ndarray) -> np.ndarray:
         return (values - self.mean) / self.std
 
-    def novelty(self, values: np.ndarray) -> np.ndarray:
-        """Euclidean distance outside the seen [min, max] box, per row, in standard deviations."""
+    def novelty(self, values: np.ndarray, above_only=None) -> np.ndarray:
+        """Euclidean distance outside the seen [min, max] box, per row, in standard deviations.
+
+        `above_only`: boolean per column; where true only values above the seen max count.
+        """
         if self.count == 0:
             return np.full(values.shape[0], np.inf)
-        excess = np.maximum(np.maximum(values - self.max, self.min - values), 0.0) / self.std
+        below = self.min - values
+        if above_only is not None:
+            below = np.where(above_only, 0.0, below)
+        excess = np.maximum(np.maximum(values - self.max, below), 0.0) / self.std
         return np.sqrt(np.einsum('ij,ij->i', excess, excess))
 
     def state(self, prefix: str) -> dict:
@@ -274,7 +290,7 @@ class OnlineRoughnessRegressor:
             roughness = np.maximum(mean, 0.0)
         if not return_std:
             return roughness
-        novelty = self.features_.novelty(X)
+        novelty = self.features_.novelty(X, above_only=self._novelty_above_only)
         sigma = np.sqrt(spread ** 2 + self._residual_variance(phi)
                         + (self.novelty_scale * novelty) ** 2)
         if self.log_target:
@@ -475,6 +491,8 @@ class OnlineRoughnessRegressor:
         n_features = self.n_features_in_
         self._log_columns = np.array([self.feature_names.index(name)
                                       for name in self.log_features], dtype=np.int64)
+        self._novelty_above_only = np.array([name in ROUGHER_WHEN_LARGER
+                                             for name in self.feature_names])
         self.features_ = OnlineStandardizer(n_features)
         self.targets_ = OnlineStandardizer(1)
         self.n_samples_seen_ = 0

@@ -43,6 +43,7 @@ def run(args) -> int:
     from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
                                  SingleThreadedExecutor)
 
+    from terrain_ssl.ros.common import init_ros
     from terrain_ssl.ros.pipeline import create_nodes
     from terrain_ssl.ros.wiring import link_in_process, serialize_node_callbacks
 
@@ -53,7 +54,8 @@ def run(args) -> int:
     ros_args = list(args.ros_args or [])
     if ros_args and ros_args[0] == '--ros-args':
         ros_args = ros_args[1:]
-    rclpy.init(args=['terrain-ssl', '--ros-args', '--params-file', config] + ros_args)
+    if not init_ros(['terrain-ssl', '--ros-args', '--params-file', config] + ros_args):
+        return 2
     try:
         nodes = create_nodes()
     except ValueError as error:  # an invalid parameter value: say which, do not trace back

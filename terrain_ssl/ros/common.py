@@ -242,6 +242,25 @@ class DiagnosticsPublisher:
         self._publisher.publish(array)
 
 
+def init_ros(args=None, context=None) -> bool:
+    """rclpy.init; on arguments rcl cannot parse, say so in one line (no traceback) and return
+    False. The usual slip: an empty value, `-p model_path:=`, which rcl refuses; an empty string
+    is written `-p model_path:="''"`."""
+    import sys
+
+    import rclpy
+    from rclpy._rclpy_pybind11 import RCLError
+
+    try:
+        rclpy.init(args=args, context=context)
+    except RCLError as error:
+        reason = str(error).split(', at ')[0]
+        print(f'error: {reason}\n(an empty parameter value is written -p name:="\'\'")',
+              file=sys.stderr)
+        return False
+    return True
+
+
 def run_node(node_factory: Callable, args=None) -> int:
     """init, build the node, spin until Ctrl-C / SIGTERM / shutdown, then close it cleanly.
 
@@ -251,7 +270,8 @@ def run_node(node_factory: Callable, args=None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    rclpy.init(args=args)
+    if not init_ros(args):
+        return 2
     try:
         node = node_factory()
     except ValueError as error:  # invalid parameters at start-up: say why, do not trace back
