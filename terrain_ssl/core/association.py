@@ -11,6 +11,7 @@ The map is bounded: cells not seen for `max_age_s` age out, and beyond `max_cell
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,7 +152,9 @@ class CellMap:
         self._candidate[slots] = False
         self._enter[slots] = _NOT_YET
         self._exit[slots] = _NOT_YET
-        self._candidate_slots = None
+        if self._candidate_slots is not None:  # drop them from the cached list (still sorted)
+            self._candidate_slots = self._candidate_slots[
+                self._candidate[self._candidate_slots]]
         self._free = np.concatenate([self._free, slots])
         # Their places in the key index by binary search (keys are unique): cheaper than
         # gathering the alive flag of every indexed cell.
@@ -268,9 +271,10 @@ class CellMap:
         return self._covered_slots(self._index_slots, position, yaw)
 
     def _covered_slots(self, slots: np.ndarray, position, yaw: float) -> np.ndarray:
-        dx = self._centres[slots, 0] - position[0]
-        dy = self._centres[slots, 1] - position[1]
-        cos_yaw, sin_yaw = np.cos(yaw), np.sin(yaw)
+        centres = _rows(self._centres, slots)
+        dx = centres[:, 0] - position[0]
+        dy = centres[:, 1] - position[1]
+        cos_yaw, sin_yaw = math.cos(yaw), math.sin(yaw)
         forward = cos_yaw * dx + sin_yaw * dy - self.footprint_offset_x
         left = -sin_yaw * dx + cos_yaw * dy
         return (np.abs(forward) <= 0.5 * self.footprint_length) & \
@@ -310,10 +314,10 @@ class CellMap:
         # Every cell under the footprint is a candidate, and so is every cell being crossed
         # (it was under the footprint when it was entered), so testing the candidates is exact.
         inside = self._covered_slots(slots, position, yaw)
-        entering = slots[inside & (self._enter[slots] == _NOT_YET)]
-        self._enter[entering] = t_ns
+        crossing = self._enter[slots] != _NOT_YET  # entered before this pose
+        self._enter[slots[inside & ~crossing]] = t_ns
         self._exit[slots[inside]] = t_ns
-        left = slots[~inside & (self._enter[slots] != _NOT_YET)]
+        left = slots[~inside & crossing]
         if not left.shape[0]:
             return Crossings.empty()
         left = left[np.argsort(self._key[left])]  # crossings in key order, as the map holds them

@@ -232,15 +232,18 @@ def _neighbourhood_mean(occupied, values, nx, ny, half_width):
     width = ny + 2 * half_width
     i = occupied // ny
     j = occupied % ny
-    # Channels last (the values, then 1 for the occupied-cell count): a cell's channels are
-    # one contiguous row for the gathers.
-    grid = np.zeros((nx + 2 * half_width, width, values.shape[1] + 1))
-    grid[i + half_width, j + half_width, :-1] = values
-    grid[i + half_width, j + half_width, -1] = 1.0
+    # One row per padded cell, channels last: the values, then 1 (to count occupied cells).
+    channels = values.shape[1] + 1
+    rows = np.empty((occupied.shape[0], channels))
+    rows[:, :-1] = values
+    rows[:, -1] = 1.0
+    grid = np.zeros(((nx + 2 * half_width) * width, channels))
+    grid[(i + half_width) * width + j + half_width] = rows
+    grid = grid.reshape(nx + 2 * half_width, width * channels)
     along_x = grid[0:nx].copy()  # along_x[i, j'] = sum of grid[i .. i + 2 hw, j']
     for offset in range(1, 2 * half_width + 1):
         along_x += grid[offset:offset + nx]
-    along_x = along_x.reshape(nx * width, -1)
+    along_x = along_x.reshape(nx * width, channels)
     at = i * width + j  # padded column j' = j + offset - half_width, offset 0 .. 2 hw
     window = np.take(along_x, at, axis=0)
     for offset in range(1, 2 * half_width + 1):
@@ -256,12 +259,12 @@ _NEIGHBOUR_DX, _NEIGHBOUR_DY = _NEIGHBOUR_DI.astype(np.float64), _NEIGHBOUR_DJ.a
 
 def _max_neighbour_step(occupied, mean_z, gradient_x, gradient_y, nx, ny, cell_size):
     """Per occupied cell: max over the 8 neighbours of |neighbour mean z - this plane there| (m)."""
-    grid = np.full((nx + 2, ny + 2), np.nan)  # padded so every cell has 8 neighbour slots
-    i = occupied // ny + 1
-    j = occupied % ny + 1
-    grid[i, j] = mean_z
+    width = ny + 2  # padded so every cell has 8 neighbour slots
+    grid = np.full((nx + 2) * width, np.nan)
+    at = (occupied // ny + 1) * width + occupied % ny + 1
+    grid[at] = mean_z
     # All 8 neighbours at once, (cells, 8): one gather instead of a Python loop of 8.
-    neighbour = grid[i[:, None] + _NEIGHBOUR_DI, j[:, None] + _NEIGHBOUR_DJ]
+    neighbour = np.take(grid, at[:, None] + (_NEIGHBOUR_DI * width + _NEIGHBOUR_DJ))
     predicted = mean_z[:, None] + (gradient_x[:, None] * _NEIGHBOUR_DX
                                    + gradient_y[:, None] * _NEIGHBOUR_DY) * cell_size
     difference = np.abs(neighbour - predicted)
