@@ -149,3 +149,44 @@ def test_per_sample_filter_equals_scipy_batch_filtering_bit_for_bit():
     t, band, _ = vibration.signal_between(int(stamps[0]), int(stamps[-1]))
     assert np.array_equal(t, stamps)
     assert np.array_equal(band, _batch_filtered(vibration, stamps, accel, quats))
+
+
+def _shock_one_window(vibration, t0_ns, t1_ns, measure):
+    """The rules of VibrationFilter.shock, written out for one window: the reference."""
+    history = vibration._history
+    t = history.t
+    if t.shape[0] == 0 or t[-1] < t1_ns:
+        return None, 'pending'
+    lo = int(np.searchsorted(t, t0_ns, side='left'))
+    hi = int(np.searchsorted(t, t1_ns, side='right'))
+    if hi - lo < 2 or lo == 0 and t[0] > t0_ns:
+        return None, 'imu_missing'
+    first, last = max(lo - 1, 0), min(hi, t.shape[0] - 1)
+    if (np.diff(t[first:last + 1]) > vibration.max_gap_ns).any():
+        return None, 'imu_gap'
+    if not history.valid[lo:hi].all():
+        return None, 'imu_warmup'
+    values = history.band[lo:hi] if measure != 'wk_rms' else history.wk[lo:hi]
+    if measure == 'peak':
+        return float(np.max(np.abs(values))), ''
+    return float(np.sqrt(np.mean(values * values))), ''
+
+
+@pytest.mark.parametrize('measure', ['rms', 'peak', 'wk_rms'])
+def test_shocks_over_many_windows_follow_the_one_window_rules(measure):
+    vibration = VibrationFilter(max_gap_s=0.05)
+    t = np.arange(int(4 * RATE_HZ)) / RATE_HZ
+    rng = np.random.default_rng(2)
+    first = feed(vibration, rng.normal(0.0, 1.0, t.shape[0]))
+    second = feed(vibration, rng.normal(0.0, 1.0, t.shape[0]), t0_s=4.5)  # after a gap
+    vibration.shock(int(first[0]), int(first[1]), measure)  # brings the history up to date
+    stamps = np.concatenate([first, second])
+    starts = np.concatenate([stamps[::37] - 3_000_000, [first[0] - 10**9, second[-1]]])
+    ends = starts + rng.integers(0, 600_000_000, starts.shape[0])
+    values, reasons = vibration.shocks(starts, ends, measure)
+    expected = [_shock_one_window(vibration, int(a), int(b), measure)
+                for a, b in zip(starts, ends)]
+    assert reasons == [reason for _, reason in expected]
+    assert set(reasons) == {'', 'pending', 'imu_missing', 'imu_gap', 'imu_warmup'}
+    for value, (expected_value, _) in zip(values, expected):
+        assert (np.isnan(value) and expected_value is None) or value == expected_value

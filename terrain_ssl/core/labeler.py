@@ -351,23 +351,25 @@ class Labeler:
         ready = self._pending.take(~waiting)
         ready_start, ready_end = start[~waiting], end[~waiting]
         self._set_pending(self._pending.take(waiting))
+        all_shock, reasons = self.vibration.shocks(ready_start, ready_end,
+                                                   c.vibration_shock_measure)
+        all_speed = self.poses.mean_speeds(ready_start, ready_end)
         keep, shock, speed = [], [], []
-        for index in range(len(ready)):
-            t0, t1 = int(ready_start[index]), int(ready_end[index])
-            value, reason = self.vibration.shock(t0, t1, c.vibration_shock_measure)
-            if value is None:
+        # Crossing by crossing, in order: rejects are reported in the order they happen.
+        for index, (reason, mean_speed) in enumerate(zip(reasons, all_speed.tolist())):
+            t1 = int(ready_end[index])
+            if reason:
                 reason = 'imu_missing' if reason == 'pending' else reason
                 self._reject('label_' + reason, f'no shock for crossing ending at {t1} ns')
                 continue
-            mean_speed = self.poses.mean_speed(t0, t1)
-            if mean_speed is None:
+            if math.isnan(mean_speed):
                 self._reject('label_odom_missing', f'no speed for crossing ending at {t1} ns')
                 continue
             if mean_speed < c.label_min_speed:
                 self.stats['below_min_speed'] += 1
                 continue
             keep.append(index)
-            shock.append(value)
+            shock.append(all_shock[index])
             speed.append(mean_speed)
         if not keep:
             return

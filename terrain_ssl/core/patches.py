@@ -295,7 +295,7 @@ def symmetric_eigen_3x3(a00, a11, a22, a01, a02, a12) -> tuple:
       3. the smallest eigenvalue is the Rayleigh quotient of its eigenvector: for a nearly flat
          patch that is much more accurate than any difference of the large eigenvalues.
     """
-    # 1. Eigenvalues of A = q I + p B with trace(B) = 0, |B| fixed: q + 2 p cos(angle + 2 pi k / 3).
+    # 1. A = q I + p B with trace(B) = 0: eigenvalues q + 2 p cos(angle + 2 pi k / 3), k = 0, 1, 2.
     q = (a00 + a11 + a22) / 3.0
     b00, b11, b22 = a00 - q, a11 - q, a22 - q
     p_sq = (b00 * b00 + b11 * b11 + b22 * b22 + 2.0 * (a01 * a01 + a02 * a02 + a12 * a12)) / 6.0

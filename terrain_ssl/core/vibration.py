@@ -385,27 +385,56 @@ class VibrationFilter:
         reason is '' on success, 'pending' when the IMU has not reached t1 yet (ask again later),
         otherwise why there is no value: 'imu_missing', 'imu_gap', 'imu_warmup'.
         """
+        values, reasons = self.shocks([t0_ns], [t1_ns], measure)
+        return (None if reasons[0] else float(values[0])), reasons[0]
+
+    def shocks(self, t0_ns, t1_ns, measure: str = 'rms') -> tuple:
+        """`shock` over many windows [t0_ns[k], t1_ns[k]] at once (the labeler asks for every
+        crossing that completed): (values (K,) m/s^2, NaN where none; reasons, list of K str)."""
         if measure not in SHOCK_MEASURES:
             raise ValueError(f'shock measure must be one of {SHOCK_MEASURES}, got {measure!r}')
+        t0 = np.asarray(t0_ns, dtype=np.int64).reshape(-1)
+        t1 = np.asarray(t1_ns, dtype=np.int64).reshape(-1)
         self._flush()
         if measure == 'wk_rms':
             self._weigh_backlog()
         history = self._history
         t = history.t
-        if t.shape[0] == 0 or t[-1] < t1_ns:
-            return None, 'pending'
-        lo = int(np.searchsorted(t, t0_ns, side='left'))
-        hi = int(np.searchsorted(t, t1_ns, side='right'))
-        if hi - lo < 2 or lo == 0 and t[0] > t0_ns:
-            return None, 'imu_missing'
-        # The window must be covered: no step between samples (edges included) larger than a gap.
-        first, last = lo - 1 if lo > 0 else lo, min(hi, t.shape[0] - 1)
-        span = t[first:last + 1]
-        if (np.diff(span) > self.max_gap_ns).any():
-            return None, 'imu_gap'
-        if not history.valid[lo:hi].all():
-            return None, 'imu_warmup'
-        if measure == 'peak':
-            return float(np.max(np.abs(history.band[lo:hi]))), ''
-        values = history.band[lo:hi] if measure == 'rms' else history.wk[lo:hi]
-        return float(np.sqrt(np.mean(values * values))), ''
+        values = np.full(t0.shape[0], np.nan)
+        if t.shape[0] == 0 or not t0.shape[0]:
+            return values, ['pending'] * t0.shape[0]
+        lo = np.searchsorted(t, t0, side='left')
+        hi = np.searchsorted(t, t1, side='right')
+        # The window must be covered: no step between samples (edges included, samples first
+        # .. last) larger than a gap, and no sample in it still warming up. Both counted with
+        # running totals over the part of the history the windows touch.
+        first = np.maximum(lo - 1, 0)
+        last = np.minimum(hi, t.shape[0] - 1)
+        begin, end = int(first.min()), int(last.max()) + 1
+        # gaps_before[i]: steps longer than a gap between samples begin .. begin + i;
+        # warming_before[i]: samples still warming up among begin .. begin + i - 1.
+        gaps_before = np.concatenate([[0], np.cumsum(np.diff(t[begin:end]) > self.max_gap_ns)])
+        warming_before = np.concatenate([[0], np.cumsum(~history.valid[begin:end])])
+        pending = t[-1] < t1
+        missing = (hi - lo < 2) | ((lo == 0) & (t[0] > t0))
+        gap = gaps_before[last - begin] > gaps_before[first - begin]
+        warmup = warming_before[hi - begin] > warming_before[lo - begin]
+        reasons = []
+        signal_values = history.band if measure != 'wk_rms' else history.wk
+        for k, (window_lo, window_hi) in enumerate(zip(lo.tolist(), hi.tolist())):
+            if pending[k]:
+                reasons.append('pending')
+            elif missing[k]:
+                reasons.append('imu_missing')
+            elif gap[k]:
+                reasons.append('imu_gap')
+            elif warmup[k]:
+                reasons.append('imu_warmup')
+            else:
+                reasons.append('')
+                window = signal_values[window_lo:window_hi]
+                if measure == 'peak':
+                    values[k] = float(np.max(np.abs(window)))
+                else:
+                    values[k] = float(np.sqrt(np.mean(window * window)))
+        return values, reasons
