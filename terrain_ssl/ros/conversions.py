@@ -47,7 +47,7 @@ _NS_PER_S = 1_000_000_000
 # patch cloud's data; replay converts ~10,000 clouds. Bounded: cleared when full.
 _MAX_CACHED_LAYOUTS = 64
 _dtype_by_fields: dict = {}  # (fields as tuples, point_step, is_bigendian) -> np.dtype
-_fields_by_dtype: dict = {}  # np.dtype -> (field tuples, big endian, all-float view dtype or None)
+_fields_by_dtype: dict = {}  # np.dtype -> (PointFields, big endian, all-float view dtype or None)
 _float32_dtypes: dict = {}  # column names -> packed float32 dtype
 
 
@@ -188,21 +188,23 @@ def pointcloud2_to_xyz(msg: PointCloud2, skip_nans: bool = True) -> np.ndarray:
 
 
 def _fields_from_dtype(dtype: np.dtype) -> tuple[list[PointField], bool]:
+    """The PointFields of a layout, as a new list of the PointField objects made for its first
+    cloud: constructing 16-21 of them per patch cloud cost more than the cloud's data. Clouds
+    of one layout share them, so they are read-only (as every reader treats them)."""
     layout = _fields_by_dtype.get(dtype)
     if layout is None:
         layout = _remember(_fields_by_dtype, dtype, _layout_of(dtype))
-    specs, big_endian, _ = layout
-    return [PointField(name=name, offset=offset, datatype=datatype, count=count)
-            for name, offset, datatype, count in specs], big_endian
+    fields, big_endian, _ = layout
+    return list(fields), big_endian
 
 
 def _layout_of(dtype: np.dtype) -> tuple:
-    """(field tuples, big endian, float_view): float_view is the one float type every byte of a
+    """(PointFields, big endian, float_view): float_view is the one float type every byte of a
     point belongs to (e.g. all float32, packed), so NaN checks can run on one flat view."""
     fields, big_endian = _point_fields(dtype)
-    specs = tuple((field.name, field.offset, field.datatype, field.count) for field in fields)
+    fields = tuple(fields)
     if not dtype.names:
-        return specs, big_endian, None
+        return fields, big_endian, None
     bases = {dtype.fields[name][0].base for name in dtype.names}
     covered = sorted((dtype.fields[name][1], dtype.fields[name][0].itemsize)
                      for name in dtype.names)
@@ -211,7 +213,7 @@ def _layout_of(dtype: np.dtype) -> tuple:
         and covered[-1][0] + covered[-1][1] == dtype.itemsize
     base = next(iter(bases))
     float_view = base if len(bases) == 1 and base.kind == 'f' and packed else None
-    return specs, big_endian, float_view
+    return fields, big_endian, float_view
 
 
 def _point_fields(dtype: np.dtype) -> tuple[list[PointField], bool]:
