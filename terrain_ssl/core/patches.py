@@ -216,9 +216,14 @@ def compute_patches(points: np.ndarray, sensor_origin, t_ns: int, cell_size: flo
     features[:, targets] = _neighbourhood_mean(occupied, features[:, sources], nx, ny,
                                                NEIGHBOURHOOD_CELLS)
 
+    # Ascending keys let the cell map merge with searchsorted. The occupied cells are in flat
+    # index order, i.e. by (ix, iy), which is the keys' order already (unless an index is
+    # beyond the key range): sort only if need be.
     keys = cell_keys(cell_ix, cell_iy)
-    order = np.argsort(keys)  # ascending keys let the cell map merge with searchsorted
-    return PatchSet(t_ns, keys[order], centres[order], features[order])
+    if not (keys[1:] > keys[:-1]).all():
+        order = np.argsort(keys)
+        keys, centres, features = keys[order], centres[order], features[order]
+    return PatchSet(t_ns, keys, centres, features)
 
 
 def _neighbourhood_mean(occupied, values, nx, ny, half_width):
