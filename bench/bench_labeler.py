@@ -29,9 +29,9 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from terrain_ssl.core.labeler import Labeler  # noqa: E402
-from terrain_ssl.core.patches import FEATURE_NAMES  # noqa: E402
-from terrain_ssl.ros.conversions import (array_to_pointcloud2, pointcloud2_to_xyz,  # noqa: E402
-                                         xyz_fields_to_pointcloud2)
+from terrain_ssl.ros.conversions import (array_to_pointcloud2,  # noqa: E402
+                                         float_matrix_to_pointcloud2, pointcloud2_to_xyz)
+from terrain_ssl.ros.labeler_node import LOOKAHEAD_FIELDS  # noqa: E402
 
 S = 1_000_000_000
 OUSTER_DTYPE = np.dtype({
@@ -82,11 +82,8 @@ def time_per_scan(repeats, beams=128, n_columns=1024):
         converted = time.perf_counter()
         patches = labeler.add_scan(t_ns, xyz)
         labeled = time.perf_counter()
-        columns = {'x': patches.centres[:, 0], 'y': patches.centres[:, 1],
-                   'z': patches.centres[:, 2]}
-        for column, name in enumerate(FEATURE_NAMES):
-            columns[name] = patches.features[:, column]
-        xyz_fields_to_pointcloud2(columns, 'odom', t_ns)
+        float_matrix_to_pointcloud2(LOOKAHEAD_FIELDS, np.hstack([patches.centres,
+                                                                 patches.features]), 'odom', t_ns)
         done = time.perf_counter()
         if index < 5:
             continue  # warm-up: the map fills during the first scans

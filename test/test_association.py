@@ -78,3 +78,24 @@ def test_heading_is_respected():
     inside = cells.covered((0.25, 0.0, 0.0), np.pi / 2)  # facing +y
     centres = cells.centres[inside]
     assert centres.shape[0] == 1 and centres[0, 1] == pytest.approx(1.25)
+
+
+def test_crossed_cells_leave_the_index_and_can_come_back():
+    # Crossed cells are removed from the key index lazily (at its next read): the map's size,
+    # its views and a later sighting of the same ground must not see them.
+    cells = CellMap(footprint_length=2.0, footprint_width=1.4, footprint_offset_x=1.0)
+    row = np.arange(0, 40)
+    cells.observe(patch_set(0, row, np.zeros(40, dtype=int), 1.0))
+    crossed = []
+    for step in range(60):  # 6 m along +x
+        done = cells.update_footprint(int(0.1 * step * S), (0.1 * step, 0.0, 0.0), 0.0)
+        crossed.extend(done.keys.tolist())
+        assert len(cells) == 40 - len(crossed) == cells.keys.shape[0]
+    assert len(crossed) >= 5
+    assert not np.isin(crossed, cells.keys).any()
+    # The same ground seen again: new cells (first seen now), merged once, in key order.
+    cells.observe(patch_set(7 * S, row, np.zeros(40, dtype=int), 2.0))
+    assert len(cells) == 40 and np.all(np.diff(cells.keys) > 0)
+    again = np.isin(cells.keys, crossed)
+    assert (cells.first_seen_ns[again] == 7 * S).all()
+    assert (cells.first_seen_ns[~again] == 0).all()

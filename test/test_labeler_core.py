@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from terrain_ssl.core.geometry import quat_from_rpy, quat_multiply, quat_to_matrix
+from terrain_ssl.core.geometry import PoseHistory, quat_from_rpy, quat_multiply, quat_to_matrix
 from terrain_ssl.core.labeler import Labeler, LabelerConfig, classify
 from terrain_ssl.core.patches import FEATURE_INDEX
 
@@ -224,3 +224,26 @@ def test_invalid_configuration_raises():
         Labeler(LabelerConfig(vibration_shock_measure='loud'))
     with pytest.raises(ValueError):
         Labeler(LabelerConfig(patch_size=0.0))
+
+
+def test_mean_speeds_over_many_windows_follow_the_one_window_rules():
+    poses = PoseHistory(horizon_s=100.0)
+    rng = np.random.default_rng(3)
+    stamps = np.cumsum(rng.integers(5, 300, 200)) * 1_000_000  # 5-300 ms apart
+    for t_ns in stamps:
+        poses.append(int(t_ns), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0),
+                     tuple(rng.normal(0.0, 3.0, 3)), (0.0, 0.0, 0.0))
+    starts = np.concatenate([stamps[::3] - rng.integers(0, 150_000_000, 67), [0, stamps[-1] + 1]])
+    ends = starts + rng.integers(0, 400_000_000, starts.shape[0])
+    speeds = poses.mean_speeds(starts, ends)
+    velocity = np.array(poses.linear_velocity)
+    for start, end, speed in zip(starts, ends, speeds):
+        inside = (stamps >= start) & (stamps <= end)
+        if not inside.any():  # the next twist, if it is within 0.1 s of the start
+            index = min(int(np.searchsorted(stamps, start)), stamps.shape[0] - 1)
+            inside = np.zeros(stamps.shape[0], dtype=bool)
+            inside[index] = abs(int(stamps[index]) - int(start)) <= 100_000_000
+        expected = np.mean(np.hypot(velocity[inside, 0], velocity[inside, 1])) \
+            if inside.any() else np.nan
+        assert speed == pytest.approx(expected, rel=1e-15, nan_ok=True)
+        assert (poses.mean_speed(int(start), int(end)) is None) == np.isnan(expected)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from terrain_ssl.core.patches import (FEATURE_INDEX, FEATURE_NAMES, cell_indices, cell_keys,
-                                      compute_patches)
+                                      compute_patches, symmetric_eigen_3x3)
 
 SENSOR = np.array([0.0, 0.0, 1.6])
 
@@ -122,3 +122,98 @@ def test_neighbourhood_features_average_the_surrounding_window():
     assert smooth_next_door.any() and far.any()
     assert feature(patches, 'neighbourhood_height_std')[smooth_next_door].min() > 0.002
     assert feature(patches, 'neighbourhood_height_std')[far].max() < 1e-6
+
+
+# -- closed-form 3x3 eigen-decomposition ------------------------------------------------------
+
+def _entries(matrices):
+    """(M, 3, 3) symmetric -> the 6 distinct entries symmetric_eigen_3x3 takes."""
+    return [np.ascontiguousarray(matrices[:, row, column])
+            for row, column in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))]
+
+
+def _assert_matches_eigh(matrices, vector_tolerance=1e-9):
+    values, normal = symmetric_eigen_3x3(*_entries(matrices))
+    expected_values, expected_vectors = np.linalg.eigh(matrices)
+    scale = np.abs(expected_values).max(axis=1, keepdims=True) + 1e-300
+    assert np.abs(values - expected_values).max(initial=0.0) <= 1e-13 * scale.max()
+    assert (np.abs(values - expected_values) <= 1e-13 * scale).all()
+    assert np.linalg.norm(normal, axis=1) == pytest.approx(1.0, abs=1e-12)
+    # Same axis up to sign: |sin| of the angle between them, from the cross product.
+    sine = np.linalg.norm(np.cross(normal, expected_vectors[:, :, 0]), axis=1)
+    assert sine.max(initial=0.0) <= vector_tolerance
+    # And it is an eigenvector: A n = lambda_min n.
+    residual = np.einsum('mij,mj->mi', matrices, normal) - values[:, :1] * normal
+    assert np.abs(residual).max(initial=0.0) <= 1e-12 * scale.max()
+
+
+def _random_covariances(rng, count, spread):
+    """Covariances of random point sets: eigenvalues spread over `spread` decades."""
+    rotations = np.linalg.qr(rng.normal(size=(count, 3, 3)))[0]
+    eigenvalues = 10.0 ** rng.uniform(-spread, 0.0, (count, 3))
+    return np.einsum('mij,mj,mkj->mik', rotations, eigenvalues, rotations)
+
+
+def test_closed_form_eigen_matches_eigh_on_random_covariances():
+    rng = np.random.default_rng(11)
+    _assert_matches_eigh(_random_covariances(rng, 5000, spread=3.0))
+    # Plane-like cells: a tiny smallest eigenvalue (the residual) under two large ones, and
+    # line-like cells: one large eigenvalue over two small ones.
+    rotations = np.linalg.qr(rng.normal(size=(2000, 3, 3)))[0]
+    for eigenvalues in ([1e-9, 0.02, 0.03], [1e-9, 1e-5, 0.02], [1e-6, 0.5, 2.0]):
+        matrices = np.einsum('mij,j,mkj->mik', rotations, np.array(eigenvalues), rotations)
+        _assert_matches_eigh(matrices)
+    # General symmetric (indefinite) matrices too.
+    general = rng.normal(size=(2000, 3, 3))
+    _assert_matches_eigh(general + general.transpose(0, 2, 1), vector_tolerance=1e-8)
+
+
+def test_closed_form_eigen_on_real_cells_agrees_with_eigh_to_round_off():
+    # Covariances from compute_patches on rough ground: eigenvalues agree to a few eps of the
+    # largest, the normal to ~1e-12 (the smallest eigenvalue of a very flat cell is only defined
+    # to eps * largest, for eigh too).
+    rng = np.random.default_rng(5)
+    points = ground_points(lambda x, y: 0.05 * x + rng.normal(0.0, 0.01, x.shape))
+    matrices = []
+    for cell in compute_patches(points, SENSOR, 0).keys[:200]:
+        ix, iy = cell_indices(np.array([cell]))
+        inside = (np.floor(points[:, 0] / 0.5) == ix) & (np.floor(points[:, 1] / 0.5) == iy)
+        matrices.append(np.cov(points[inside].T, bias=True))
+    _assert_matches_eigh(np.array(matrices))
+
+
+def test_closed_form_eigen_degenerate_matrices_fall_back_to_eigh():
+    # All points in one spot (zero matrix), isotropic, collinear (rank 1), two equal
+    # eigenvalues: the normal is not determined, so the result is eigh's, exactly.
+    direction = np.array([0.6, 0.8, 0.0])
+    cases = np.array([np.zeros((3, 3)), 2.5 * np.eye(3), np.outer(direction, direction),
+                      np.diag([0.0, 0.0, 1.0]), np.diag([1.0, 1.0, 1.0 + 1e-12]),
+                      np.diag([3.0, 1e-300, 1e-300])])
+    values, normal = symmetric_eigen_3x3(*_entries(cases))
+    expected_values, expected_vectors = np.linalg.eigh(cases)
+    assert np.array_equal(values, expected_values)
+    assert np.array_equal(normal, expected_vectors[:, :, 0])
+    # A plane with a well-determined normal is solved in closed form (and is right).
+    values, normal = symmetric_eigen_3x3(*_entries(np.diag([2.0, 1.0, 0.0])[None]))
+    assert values[0] == pytest.approx([0.0, 1.0, 2.0], abs=1e-15)
+    assert np.abs(normal[0]) == pytest.approx([0.0, 0.0, 1.0], abs=1e-15)
+
+
+def test_closed_form_eigen_empty_and_non_finite_input():
+    values, normal = symmetric_eigen_3x3(*[np.zeros(0)] * 6)
+    assert values.shape == (0, 3) and normal.shape == (0, 3)
+    # Non-finite entries go to eigh, which refuses them as before (compute_patches never makes
+    # them: its inputs are finite, within range, and dz is within the ground band).
+    with pytest.raises(np.linalg.LinAlgError):
+        symmetric_eigen_3x3(*[np.array([np.nan])] * 6)
+
+
+def test_degenerate_cells_give_features_not_errors():
+    # Cells whose points are all identical, or on one line: finite features, no exception.
+    spot = np.tile([[5.1, 0.1, 0.0]], (10, 1))
+    line = np.column_stack([np.linspace(6.01, 6.49, 10), np.full(10, 0.1), np.zeros(10)])
+    patches = compute_patches(np.vstack([spot, line]), SENSOR, 0, min_range=0.0)
+    assert len(patches) == 2
+    assert np.isfinite(patches.features).all()
+    # (the line's residual is the round-off of its one-pass covariance: ~3e-9 m)
+    assert feature(patches, 'plane_residual') == pytest.approx(0.0, abs=1e-8)

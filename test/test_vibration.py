@@ -99,3 +99,94 @@ def test_invalid_configuration_is_refused():
         VibrationFilter(gravity_source='magic')
     with pytest.raises(ValueError):
         VibrationFilter().shock(0, 1, 'loudness')
+
+
+def _batch_filtered(vibration, stamps, accel, quats):
+    """The band-passed vertical signal as scipy's lfilter / sosfilt give it on whole gap-free
+    segments (how the samples used to be filtered): the reference for the per-sample filter."""
+    b = np.array([vibration._gravity_alpha])
+    a = np.array([1.0, vibration._gravity_alpha - 1.0])
+    sos = vibration._band_sos
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(stamps) > vibration.max_gap_ns) + 1,
+                             [stamps.shape[0]]])
+    out = []
+    for lo, hi in zip(starts[:-1], starts[1:]):
+        segment = accel[lo:hi]
+        zi = signal.lfilter_zi(b, a)[:, None] * segment[0][None, :]
+        gravity, _ = signal.lfilter(b, a, segment, axis=0, zi=zi)
+        norm = np.linalg.norm(gravity, axis=1)
+        up = gravity / norm[:, None]
+        quat = quats[lo:hi]
+        has_quat = np.isfinite(quat).all(axis=1)
+        q = quat[has_quat] / np.linalg.norm(quat[has_quat], axis=1)[:, None]
+        x, y, z, w = q.T
+        up[has_quat] = np.column_stack([2 * (x * z - y * w), 2 * (y * z + x * w),
+                                        1 - 2 * (x * x + y * y)])
+        vertical = np.einsum('ij,ij->i', segment, up)
+        band, _ = signal.sosfilt(sos, vertical, zi=signal.sosfilt_zi(sos) * vertical[0])
+        out.append(band)
+    return np.concatenate(out)
+
+
+def test_per_sample_filter_equals_scipy_batch_filtering_bit_for_bit():
+    # Random mount, orientation on most samples (not all), a gap, and shocks asked for at
+    # irregular times (each moves the filtered samples into the history).
+    rng = np.random.default_rng(4)
+    n = 3000
+    stamps = (np.arange(n) * 5_000_000).astype(np.int64)
+    stamps[1700:] += 400_000_000  # a 0.4 s gap
+    mount = quat_from_rpy(0.3, -0.2, 1.0)
+    accel = (quat_to_matrix(mount).T @ np.array([0.0, 0.0, G]))[None, :] \
+        + rng.normal(0.0, 1.0, (n, 3))
+    quats = np.tile(mount, (n, 1))
+    quats[rng.random(n) < 0.2] = np.nan  # no orientation: the gravity estimate is used
+    vibration = VibrationFilter(history_s=100.0)
+    for k in range(n):
+        quat = None if np.isnan(quats[k, 0]) else quats[k]
+        vibration.add(int(stamps[k]), accel[k], quat)
+        if k % 37 == 0:
+            vibration.shock(int(stamps[k]) - 50_000_000, int(stamps[k]), 'wk_rms')
+    t, band, _ = vibration.signal_between(int(stamps[0]), int(stamps[-1]))
+    assert np.array_equal(t, stamps)
+    assert np.array_equal(band, _batch_filtered(vibration, stamps, accel, quats))
+
+
+def _shock_one_window(vibration, t0_ns, t1_ns, measure):
+    """The rules of VibrationFilter.shock, written out for one window: the reference."""
+    history = vibration._history
+    t = history.t
+    if t.shape[0] == 0 or t[-1] < t1_ns:
+        return None, 'pending'
+    lo = int(np.searchsorted(t, t0_ns, side='left'))
+    hi = int(np.searchsorted(t, t1_ns, side='right'))
+    if hi - lo < 2 or lo == 0 and t[0] > t0_ns:
+        return None, 'imu_missing'
+    first, last = max(lo - 1, 0), min(hi, t.shape[0] - 1)
+    if (np.diff(t[first:last + 1]) > vibration.max_gap_ns).any():
+        return None, 'imu_gap'
+    if not history.valid[lo:hi].all():
+        return None, 'imu_warmup'
+    values = history.band[lo:hi] if measure != 'wk_rms' else history.wk[lo:hi]
+    if measure == 'peak':
+        return float(np.max(np.abs(values))), ''
+    return float(np.sqrt(np.mean(values * values))), ''
+
+
+@pytest.mark.parametrize('measure', ['rms', 'peak', 'wk_rms'])
+def test_shocks_over_many_windows_follow_the_one_window_rules(measure):
+    vibration = VibrationFilter(max_gap_s=0.05)
+    t = np.arange(int(4 * RATE_HZ)) / RATE_HZ
+    rng = np.random.default_rng(2)
+    first = feed(vibration, rng.normal(0.0, 1.0, t.shape[0]))
+    second = feed(vibration, rng.normal(0.0, 1.0, t.shape[0]), t0_s=4.5)  # after a gap
+    vibration.shock(int(first[0]), int(first[1]), measure)  # brings the history up to date
+    stamps = np.concatenate([first, second])
+    starts = np.concatenate([stamps[::37] - 3_000_000, [first[0] - 10**9, second[-1]]])
+    ends = starts + rng.integers(0, 600_000_000, starts.shape[0])
+    values, reasons = vibration.shocks(starts, ends, measure)
+    expected = [_shock_one_window(vibration, int(a), int(b), measure)
+                for a, b in zip(starts, ends)]
+    assert reasons == [reason for _, reason in expected]
+    assert set(reasons) == {'', 'pending', 'imu_missing', 'imu_gap', 'imu_warmup'}
+    for value, (expected_value, _) in zip(values, expected):
+        assert (np.isnan(value) and expected_value is None) or value == expected_value

@@ -11,6 +11,7 @@ The map is bounded: cells not seen for `max_age_s` age out, and beyond `max_cell
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +81,7 @@ class CellMap:
         removing a cell frees its slot instead of compacting every array;
       * `_index_keys` / `_index_slots` list the live cells sorted by key, so merging a scan is
         one searchsorted (and the public views and crossings come out in key order, as before);
+        removed cells leave it in one batch when it is next read (`_compact_index`);
       * `_candidate` flags every cell whose centre is within `_near_radius` m of the position
         of the last refresh, plus every cell being crossed. The footprint test only looks at
         those; the flags are refreshed (one pass over the map) once the vehicle has moved far
@@ -110,6 +112,8 @@ class CellMap:
         self._allocate(0)
         self._index_keys = np.zeros(0, dtype=np.int64)   # live cells, ascending key
         self._index_slots = np.zeros(0, dtype=np.int64)  # their slots
+        self._removed_keys: list = []  # key arrays of removed cells still in the index
+        self._removed_count = 0
         self._near_origin = None  # (x, y) m of the last candidate refresh
         self._candidate_slots = None  # cached np.flatnonzero(self._candidate)
 
@@ -151,54 +155,77 @@ class CellMap:
         self._candidate[slots] = False
         self._enter[slots] = _NOT_YET
         self._exit[slots] = _NOT_YET
-        self._candidate_slots = None
+        if self._candidate_slots is not None:  # drop them from the cached list (still sorted)
+            self._candidate_slots = self._candidate_slots[
+                self._candidate[self._candidate_slots]]
         self._free = np.concatenate([self._free, slots])
-        # Their places in the key index by binary search (keys are unique): cheaper than
-        # gathering the alive flag of every indexed cell.
+        # Their entries leave the key index when it is next read (_compact_index): the footprint
+        # removes a few cells per odometry message, and rewriting the ~20,000-entry index each
+        # time cost more than the footprint test itself.
+        self._removed_keys.append(self._key[slots])
+        self._removed_count += slots.shape[0]
+
+    def _compact_index(self) -> None:
+        """Drop the removed cells from the key index (before anything reads it)."""
+        if not self._removed_count:
+            return
+        removed = np.concatenate(self._removed_keys)
+        self._removed_keys, self._removed_count = [], 0
+        # Their places by binary search (keys are unique): cheaper than gathering the alive
+        # flag of every indexed cell.
         keep = np.ones(self._index_keys.shape[0], dtype=bool)
-        keep[np.searchsorted(self._index_keys, self._key[slots])] = False
+        keep[np.searchsorted(self._index_keys, removed)] = False
         self._index_keys = self._index_keys[keep]
         self._index_slots = self._index_slots[keep]
 
     def __len__(self) -> int:
-        return self._index_keys.shape[0]
+        return self._index_keys.shape[0] - self._removed_count
 
     # Public views, one row per cell in ascending key order (copies; for inspection and tests).
     @property
     def keys(self) -> np.ndarray:
+        self._compact_index()
         return self._index_keys.copy()
 
     @property
     def centres(self) -> np.ndarray:
+        self._compact_index()
         return self._centres[self._index_slots]
 
     @property
     def features(self) -> np.ndarray:
+        self._compact_index()
         return self._features[self._index_slots]
 
     @property
     def weight(self) -> np.ndarray:
+        self._compact_index()
         return self._weight[self._index_slots]
 
     @property
     def first_seen_ns(self) -> np.ndarray:
+        self._compact_index()
         return self._first_seen[self._index_slots]
 
     @property
     def last_seen_ns(self) -> np.ndarray:
+        self._compact_index()
         return self._last_seen[self._index_slots]
 
     @property
     def enter_ns(self) -> np.ndarray:
+        self._compact_index()
         return self._enter[self._index_slots]
 
     @property
     def exit_ns(self) -> np.ndarray:
+        self._compact_index()
         return self._exit[self._index_slots]
 
     def observe(self, patches: PatchSet) -> None:
         """Merge one scan's cells (keys sorted) into the map; age out and bound it."""
         if len(patches):
+            self._compact_index()
             t_ns = patches.t_ns
             weight_new = np.maximum(patches.features[:, FEATURE_INDEX['point_count']], 1.0)
             position = np.searchsorted(self._index_keys, patches.keys)
@@ -253,6 +280,7 @@ class CellMap:
         if stale.any():
             self.aged_out += int(stale.sum())
             self._remove(np.flatnonzero(stale))
+        self._compact_index()
         excess = self._index_keys.shape[0] - self.max_cells
         if excess > 0:
             # Evict the stalest, ties by key (as a stable sort of the key-ordered rows would):
@@ -265,12 +293,14 @@ class CellMap:
     def covered(self, position, yaw: float) -> np.ndarray:
         """Mask of cells (in key order, as the public views) whose centre lies inside the
         footprint at this base_link pose."""
+        self._compact_index()
         return self._covered_slots(self._index_slots, position, yaw)
 
     def _covered_slots(self, slots: np.ndarray, position, yaw: float) -> np.ndarray:
-        dx = self._centres[slots, 0] - position[0]
-        dy = self._centres[slots, 1] - position[1]
-        cos_yaw, sin_yaw = np.cos(yaw), np.sin(yaw)
+        centres = _rows(self._centres, slots)
+        dx = centres[:, 0] - position[0]
+        dy = centres[:, 1] - position[1]
+        cos_yaw, sin_yaw = math.cos(yaw), math.sin(yaw)
         forward = cos_yaw * dx + sin_yaw * dy - self.footprint_offset_x
         left = -sin_yaw * dx + cos_yaw * dy
         return (np.abs(forward) <= 0.5 * self.footprint_length) & \
@@ -298,7 +328,7 @@ class CellMap:
 
     def update_footprint(self, t_ns: int, position, yaw: float) -> Crossings:
         """Advance crossings to this pose; returns (and removes) cells the footprint has left."""
-        if self._index_keys.shape[0] == 0:
+        if not len(self):
             return Crossings.empty()
         if self._near_origin is None or (
                 (position[0] - self._near_origin[0]) ** 2
@@ -310,10 +340,10 @@ class CellMap:
         # Every cell under the footprint is a candidate, and so is every cell being crossed
         # (it was under the footprint when it was entered), so testing the candidates is exact.
         inside = self._covered_slots(slots, position, yaw)
-        entering = slots[inside & (self._enter[slots] == _NOT_YET)]
-        self._enter[entering] = t_ns
+        crossing = self._enter[slots] != _NOT_YET  # entered before this pose
+        self._enter[slots[inside & ~crossing]] = t_ns
         self._exit[slots[inside]] = t_ns
-        left = slots[~inside & (self._enter[slots] != _NOT_YET)]
+        left = slots[~inside & crossing]
         if not left.shape[0]:
             return Crossings.empty()
         left = left[np.argsort(self._key[left])]  # crossings in key order, as the map holds them

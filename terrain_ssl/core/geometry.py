@@ -201,13 +201,33 @@ class PoseHistory:
 
     def mean_speed(self, t0_ns: int, t1_ns: int) -> Optional[float]:
         """Mean horizontal ground speed (m/s) from odometry twists stamped in [t0, t1], or None."""
+        speed = float(self.mean_speeds([t0_ns], [t1_ns])[0])
+        return None if np.isnan(speed) else speed
+
+    def mean_speeds(self, t0_ns, t1_ns) -> np.ndarray:
+        """`mean_speed` over many windows [t0_ns[k], t1_ns[k]] at once: (K,) m/s, NaN for None.
+
+        A window without a twist in it takes the next one (the last one) if that is stamped
+        within 0.1 s of the window's start."""
         self._flush()
-        lo = int(np.searchsorted(self.t_ns, t0_ns, side='left'))
-        hi = int(np.searchsorted(self.t_ns, t1_ns, side='right'))
-        if hi <= lo:
-            pose_index = min(lo, self.t_ns.shape[0] - 1)
-            if pose_index < 0 or abs(int(self.t_ns[pose_index]) - t0_ns) > 0.1 * NS_PER_S:
-                return None
-            lo, hi = pose_index, pose_index + 1
-        velocity = self.linear_velocity[lo:hi, :2]
-        return float(np.mean(np.hypot(velocity[:, 0], velocity[:, 1])))
+        t0 = np.asarray(t0_ns, dtype=np.int64).reshape(-1)
+        t1 = np.asarray(t1_ns, dtype=np.int64).reshape(-1)
+        speeds = np.full(t0.shape[0], np.nan)
+        n = self.t_ns.shape[0]
+        if n == 0 or not t0.shape[0]:
+            return speeds
+        lo = np.searchsorted(self.t_ns, t0, side='left')
+        hi = np.searchsorted(self.t_ns, t1, side='right')
+        empty = hi <= lo
+        if empty.any():
+            pose_index = np.minimum(lo[empty], n - 1)
+            near = np.abs(self.t_ns[pose_index] - t0[empty]) <= 0.1 * NS_PER_S
+            lo[empty] = np.where(near, pose_index, 0)
+            hi[empty] = np.where(near, pose_index + 1, 0)  # an empty window: no speed
+        begin, end = int(lo.min()), int(hi.max())
+        velocity = self.linear_velocity[begin:end, :2]
+        ground_speed = np.hypot(velocity[:, 0], velocity[:, 1])
+        for k, (window_lo, window_hi) in enumerate(zip(lo.tolist(), hi.tolist())):
+            if window_hi > window_lo:  # (np.mean per window: the same sums as one at a time)
+                speeds[k] = np.mean(ground_speed[window_lo - begin:window_hi - begin])
+        return speeds

@@ -11,25 +11,28 @@ Pipeline per IMU sample (streaming, filter state kept between calls):
 4. optionally ISO 2631-1 Wk frequency weighting on top (vertical whole-body vibration).
 
 `shock(t0, t1)` then gives peak |a|, RMS, or Wk-weighted RMS (m/s^2) over [t0, t1].
+
+Steps 1-3 run per sample in plain Python floats as samples arrive (~3 us each). The labeler
+asks for a shock about every second odometry message, ~10 new samples each time; filtering
+those in numpy/scipy calls cost ~100 us of call overhead per query, 10x the arithmetic.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
 from scipy import signal
 
-# The compiled loops behind scipy.signal.sosfilt and lfilter. The labeler filters a few IMU
-# samples per call (every label needs the signal up to its window's end), and the public
-# functions' argument handling (~60 us per call) cost more than the filtering; calling the
-# loops they call gives the same numbers. Private to SciPy, so the public functions are the
-# fallback if they move.
+# The compiled loop behind scipy.signal.sosfilt (for the Wk weighting, run on backlogs): the
+# public function's argument handling (~60 us per call) cost more than the filtering; calling
+# the loop it calls gives the same numbers. Private to SciPy, so the public function is the
+# fallback if it moves.
 try:
-    from scipy.signal._sigtools import _linear_filter as _lfilter_loop
     from scipy.signal._sosfilt import _sosfilt as _sosfilt_loop
 except ImportError:  # pragma: no cover - another SciPy layout
-    _lfilter_loop = _sosfilt_loop = None
+    _sosfilt_loop = None
 
 
 def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple:
@@ -41,22 +44,25 @@ def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple:
     _sosfilt_loop(sos, y, state)
     return y.reshape(-1), state.reshape(np.shape(zi))
 
-
-def _lfilter_axis0(b: np.ndarray, a: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple:
-    """signal.lfilter(b, a, x, axis=0, zi=zi) for float64 b, a (a[0] == 1), x and zi: (y, zf)."""
-    if _lfilter_loop is None:
-        return signal.lfilter(b, a, x, axis=0, zi=zi)
-    return _lfilter_loop(b, a, np.asarray(x, dtype=np.float64), 0,
-                         np.asarray(zi, dtype=np.float64))
-
 NS_PER_S = 1_000_000_000
 SHOCK_MEASURES = ('peak', 'rms', 'wk_rms')
 GRAVITY_SOURCES = ('auto', 'orientation', 'estimate')
 
 # Samples used to measure the IMU rate before the filters are designed.
 _RATE_SAMPLES = 20
-_MAX_QUEUED_SAMPLES = 2000  # filter at least this often even when nobody asks (memory)
-_NO_QUAT = (np.nan,) * 4
+_MAX_QUEUED_SAMPLES = 2000  # move filtered samples to the history at least this often (memory)
+
+
+def _up_from_orientation(quat_xyzw) -> Optional[tuple]:
+    """World up in the sensor frame (third row of the sensor -> world rotation) from an
+    orientation quaternion x, y, z, w (normalised here), or None if it is zero or not finite."""
+    qx, qy, qz, qw = (float(quat_xyzw[0]), float(quat_xyzw[1]), float(quat_xyzw[2]),
+                      float(quat_xyzw[3]))
+    norm = math.sqrt(qx * qx + qy * qy + qz * qz + qw * qw)
+    if not 0.0 < norm < math.inf:
+        return None
+    qx, qy, qz, qw = qx / norm, qy / norm, qz / norm, qw / norm
+    return 2 * (qx * qz - qy * qw), 2 * (qy * qz + qx * qw), 1 - 2 * (qx * qx + qy * qy)
 
 
 def wk_weighting_sos(fs_hz: float) -> np.ndarray:
@@ -198,14 +204,20 @@ class VibrationFilter:
         self._wk_backlog: list = []
         self._wk_backlog_samples = 0
         self._wk_zi = None
-        self._raw: list = []  # samples waiting to be filtered (and for the rate estimate)
+        self._raw: list = []  # samples before the rate is known (they decide the filters)
+        # Filtered samples not in the history yet: stamps, band-passed values, warm-up over,
+        # and the indices at which the filters restarted (a gap).
+        self._new_t: list = []
+        self._new_band: list = []
+        self._new_valid: list = []
+        self._new_restarts: list = []
         self._last_added_ns: Optional[int] = None
         self._band_sos = self._wk_sos = None
         self._restart_filters()
 
     def _restart_filters(self) -> None:
         # (The Wk filter restarts where its backlog says so: see _weigh_backlog.)
-        self._band_zi = self._gravity_state = None
+        self._band_state = self._gravity_state = None
         self._started_ns: Optional[int] = None
         self._last_ns: Optional[int] = None
 
@@ -219,18 +231,19 @@ class VibrationFilter:
         """One IMU sample: stamp (ns), specific force (3,) m/s^2, orientation (4,) or None.
 
         Stamps must increase and values be finite (the caller filters and counts bad input).
-        Samples are queued and filtered in batches when a shock is asked for: a scipy filter
-        call per 200 Hz sample would cost more than everything else the labeler does.
+        Once the IMU rate is known, each sample is filtered as it arrives.
         """
         t_ns = int(t_ns)
         if self._last_added_ns is not None and t_ns - self._last_added_ns > self.max_gap_ns:
             self._gaps += 1
         self._last_added_ns = t_ns
-        self._raw.append((t_ns, accel, quat_xyzw))
         if self.rate_hz is None:
+            self._raw.append((t_ns, accel, quat_xyzw))
             if len(self._raw) >= _RATE_SAMPLES:
                 self._design_from_raw()
-        elif len(self._raw) >= _MAX_QUEUED_SAMPLES:
+            return
+        self._filter_sample(t_ns, accel, quat_xyzw)
+        if len(self._new_t) >= _MAX_QUEUED_SAMPLES:
             self._flush()
 
     def _design_from_raw(self) -> None:
@@ -246,61 +259,70 @@ class VibrationFilter:
         self._band_sos = signal.butter(self.band_order, [low, high], btype='bandpass',
                                        fs=self.rate_hz, output='sos')
         self._wk_sos = wk_weighting_sos(self.rate_hz)
+        # Per-sample filtering in Python floats: coefficients as tuples, one per section
+        # (b0, b1, b2, a1, a2; a0 is 1), and the steady-state start per unit input.
+        self._band_sections = tuple((float(b0), float(b1), float(b2), float(a1), float(a2))
+                                    for b0, b1, b2, _, a1, a2 in self._band_sos)
+        self._band_zi_per_unit = signal.sosfilt_zi(self._band_sos)
         # First-order low-pass of the specific force: its direction is "up" (gravity dominates
         # the average; vibration and manoeuvres average out over gravity_tau_s).
+        # y[n] = alpha x[n] + (1 - alpha) y[n - 1], started in steady state on the first sample.
         dt_s = 1.0 / self.rate_hz
         alpha = dt_s / (self.gravity_tau_s + dt_s)
-        self._gravity_ba = (np.array([alpha]), np.array([1.0, alpha - 1.0]))
-
-    def _process_queue(self) -> None:
-        """Filter every queued sample, one vectorised pass per gap-free segment."""
+        self._gravity_alpha = float(alpha)
+        self._gravity_a1 = float(alpha - 1.0)  # denominator 1 + a1 z^-1
+        self._gravity_zi_per_unit = float(
+            signal.lfilter_zi(np.array([alpha]), np.array([1.0, alpha - 1.0]))[0])
+        self._warmup_ns = self.warmup_s * NS_PER_S
         raw, self._raw = self._raw, []
-        t = np.fromiter((sample[0] for sample in raw), dtype=np.int64, count=len(raw))
-        accel = np.array([sample[1] for sample in raw], dtype=float).reshape(-1, 3)
-        if self.gravity_source != 'estimate':  # one array call, not a row assignment each
-            quat = np.array([_NO_QUAT if sample[2] is None else sample[2] for sample in raw],
-                            dtype=float).reshape(-1, 4)
-        else:
-            quat = np.full((len(raw), 4), np.nan)
-        previous = np.concatenate([[self._last_ns if self._last_ns is not None else t[0]],
-                                   t[:-1]])
-        breaks = np.flatnonzero(t - previous > self.max_gap_ns)
-        bounds = sorted({0, len(raw), *breaks.tolist()})
-        gap_starts = set(breaks.tolist())
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            if lo in gap_starts:  # counted in add(); here the filters restart
-                self._restart_filters()
-            if hi > lo:
-                self._process_segment(t[lo:hi], accel[lo:hi], quat[lo:hi])
+        for t_ns, accel, quat_xyzw in raw:
+            self._filter_sample(t_ns, accel, quat_xyzw)
 
-    def _process_segment(self, t: np.ndarray, accel: np.ndarray, quat: np.ndarray) -> None:
-        b, a = self._gravity_ba
-        if self._gravity_state is None:  # (1, 3): filter state per axis
-            self._gravity_state = signal.lfilter_zi(b, a)[:, None] * accel[0][None, :]
-        # All three axes in one call (per-call overhead dominates the ~10-sample batches).
-        gravity, self._gravity_state = _lfilter_axis0(b, a, accel,
-                                                     zi=self._gravity_state)
-        norm = np.linalg.norm(gravity, axis=1)
-        up = np.where(norm[:, None] > 1e-6, gravity / np.maximum(norm, 1e-6)[:, None],
-                      np.array([0.0, 0.0, 1.0]))
-        has_quat = np.isfinite(quat).all(axis=1)
-        if has_quat.any():
-            q = quat[has_quat] / np.linalg.norm(quat[has_quat], axis=1)[:, None]
-            x, y, z, w = q.T
-            up[has_quat] = np.column_stack([2 * (x * z - y * w), 2 * (y * z + x * w),
-                                            1 - 2 * (x * x + y * y)])
-        vertical = np.einsum('ij,ij->i', accel, up)
-        starting = self._band_zi is None
-        if starting:
-            # Start the filters in steady state on this sample, so there is no start-up step.
-            self._band_zi = signal.sosfilt_zi(self._band_sos) * vertical[0]
-            self._started_ns = int(t[0])
-        band, self._band_zi = _sosfilt(self._band_sos, vertical, self._band_zi)
-        self._wk_backlog.append((band, starting))
-        self._wk_backlog_samples += band.shape[0]
-        valid = t - self._started_ns >= self.warmup_s * NS_PER_S
-        self._history.append(t, band, None, valid)
-        self._last_ns = int(t[-1])
+    def _filter_sample(self, t_ns: int, accel, quat_xyzw) -> None:
+        """Steps 1-3 of the module docstring for one sample; the result waits in self._new_*.
+
+        The arithmetic is that of scipy's lfilter / sosfilt loops (direct form II transposed),
+        operation for operation, so the values are the same as filtering the whole stream with
+        them: bit for bit, and independent of how often the history is asked for.
+        """
+        if self._last_ns is not None and t_ns - self._last_ns > self.max_gap_ns:
+            self._restart_filters()  # a gap (counted in add()): start again, warm up again
+        ax, ay, az = float(accel[0]), float(accel[1]), float(accel[2])
+        gravity = self._gravity_state
+        if gravity is None:  # steady state on this sample: no start-up transient
+            unit = self._gravity_zi_per_unit
+            gravity = self._gravity_state = [unit * ax, unit * ay, unit * az]
+        alpha, a1 = self._gravity_alpha, self._gravity_a1
+        gx = gravity[0] + alpha * ax
+        gy = gravity[1] + alpha * ay
+        gz = gravity[2] + alpha * az
+        gravity[0], gravity[1], gravity[2] = -a1 * gx, -a1 * gy, -a1 * gz
+        up = None
+        if quat_xyzw is not None and self.gravity_source != 'estimate':
+            up = _up_from_orientation(quat_xyzw)
+        if up is None:  # no usable orientation: up is the direction of the low-passed force
+            norm = math.sqrt(gx * gx + gy * gy + gz * gz)
+            up = (gx / norm, gy / norm, gz / norm) if norm > 1e-6 else (0.0, 0.0, 1.0)
+        ux, uy, uz = up
+        # (x, z first, then y: the order in which np.einsum summed this dot product when the
+        # samples were filtered in numpy batches, so labels stay bit for bit what they were.)
+        vertical = (ax * ux + az * uz) + ay * uy
+        state = self._band_state
+        if state is None:  # steady state on this sample
+            state = self._band_state = [[float(unit * vertical) for unit in section]
+                                        for section in self._band_zi_per_unit]
+            self._started_ns = t_ns
+            self._new_restarts.append(len(self._new_t))
+        value = vertical
+        for (b0, b1, b2, a1, a2), z in zip(self._band_sections, state):
+            out = b0 * value + z[0]
+            z[0] = b1 * value - a1 * out + z[1]
+            z[1] = b2 * value - a2 * out
+            value = out
+        self._new_t.append(t_ns)
+        self._new_band.append(value)
+        self._new_valid.append(t_ns - self._started_ns >= self._warmup_ns)
+        self._last_ns = t_ns
 
     def _weigh_backlog(self) -> None:
         """Wk-weight the band-passed samples of the backlog, in order, into the history.
@@ -330,13 +352,23 @@ class VibrationFilter:
                 self._history.wk[-live:] = weighted[-live:]
 
     def _flush(self) -> None:
-        if not (self._raw and self.rate_hz is not None):
+        """Move the filtered samples into the history (and the Wk backlog); drop old history."""
+        if not self._new_t:
             return
-        self._process_queue()
+        t = np.array(self._new_t, dtype=np.int64)
+        band = np.array(self._new_band, dtype=np.float64)
+        self._history.append(t, band, None, np.array(self._new_valid, dtype=bool))
+        bounds = self._new_restarts + [t.shape[0]]
+        if bounds[0] != 0:
+            bounds.insert(0, 0)
+        restarts = set(self._new_restarts)
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            self._wk_backlog.append((band[lo:hi], lo in restarts))
+        self._wk_backlog_samples += t.shape[0]
+        self._new_t, self._new_band, self._new_valid, self._new_restarts = [], [], [], []
         if self._wk_backlog_samples >= _MAX_QUEUED_SAMPLES:  # bounded memory
             self._weigh_backlog()
-        if len(self._history):
-            self._history.drop_before(int(self._history.t[-1]) - self.history_ns)
+        self._history.drop_before(int(self._history.t[-1]) - self.history_ns)
 
     def signal_between(self, t0_ns: int, t1_ns: int) -> tuple:
         """(t_ns, band-passed vertical m/s^2, Wk-weighted m/s^2) for stamps in [t0, t1]."""
@@ -353,27 +385,56 @@ class VibrationFilter:
         reason is '' on success, 'pending' when the IMU has not reached t1 yet (ask again later),
         otherwise why there is no value: 'imu_missing', 'imu_gap', 'imu_warmup'.
         """
+        values, reasons = self.shocks([t0_ns], [t1_ns], measure)
+        return (None if reasons[0] else float(values[0])), reasons[0]
+
+    def shocks(self, t0_ns, t1_ns, measure: str = 'rms') -> tuple:
+        """`shock` over many windows [t0_ns[k], t1_ns[k]] at once (the labeler asks for every
+        crossing that completed): (values (K,) m/s^2, NaN where none; reasons, list of K str)."""
         if measure not in SHOCK_MEASURES:
             raise ValueError(f'shock measure must be one of {SHOCK_MEASURES}, got {measure!r}')
+        t0 = np.asarray(t0_ns, dtype=np.int64).reshape(-1)
+        t1 = np.asarray(t1_ns, dtype=np.int64).reshape(-1)
         self._flush()
         if measure == 'wk_rms':
             self._weigh_backlog()
         history = self._history
         t = history.t
-        if t.shape[0] == 0 or t[-1] < t1_ns:
-            return None, 'pending'
-        lo = int(np.searchsorted(t, t0_ns, side='left'))
-        hi = int(np.searchsorted(t, t1_ns, side='right'))
-        if hi - lo < 2 or lo == 0 and t[0] > t0_ns:
-            return None, 'imu_missing'
-        # The window must be covered: no step between samples (edges included) larger than a gap.
-        first, last = lo - 1 if lo > 0 else lo, min(hi, t.shape[0] - 1)
-        span = t[first:last + 1]
-        if (np.diff(span) > self.max_gap_ns).any():
-            return None, 'imu_gap'
-        if not history.valid[lo:hi].all():
-            return None, 'imu_warmup'
-        if measure == 'peak':
-            return float(np.max(np.abs(history.band[lo:hi]))), ''
-        values = history.band[lo:hi] if measure == 'rms' else history.wk[lo:hi]
-        return float(np.sqrt(np.mean(values * values))), ''
+        values = np.full(t0.shape[0], np.nan)
+        if t.shape[0] == 0 or not t0.shape[0]:
+            return values, ['pending'] * t0.shape[0]
+        lo = np.searchsorted(t, t0, side='left')
+        hi = np.searchsorted(t, t1, side='right')
+        # The window must be covered: no step between samples (edges included, samples first
+        # .. last) larger than a gap, and no sample in it still warming up. Both counted with
+        # running totals over the part of the history the windows touch.
+        first = np.maximum(lo - 1, 0)
+        last = np.minimum(hi, t.shape[0] - 1)
+        begin, end = int(first.min()), int(last.max()) + 1
+        # gaps_before[i]: steps longer than a gap between samples begin .. begin + i;
+        # warming_before[i]: samples still warming up among begin .. begin + i - 1.
+        gaps_before = np.concatenate([[0], np.cumsum(np.diff(t[begin:end]) > self.max_gap_ns)])
+        warming_before = np.concatenate([[0], np.cumsum(~history.valid[begin:end])])
+        pending = t[-1] < t1
+        missing = (hi - lo < 2) | ((lo == 0) & (t[0] > t0))
+        gap = gaps_before[last - begin] > gaps_before[first - begin]
+        warmup = warming_before[hi - begin] > warming_before[lo - begin]
+        reasons = []
+        signal_values = history.band if measure != 'wk_rms' else history.wk
+        for k, (window_lo, window_hi) in enumerate(zip(lo.tolist(), hi.tolist())):
+            if pending[k]:
+                reasons.append('pending')
+            elif missing[k]:
+                reasons.append('imu_missing')
+            elif gap[k]:
+                reasons.append('imu_gap')
+            elif warmup[k]:
+                reasons.append('imu_warmup')
+            else:
+                reasons.append('')
+                window = signal_values[window_lo:window_hi]
+                if measure == 'peak':
+                    values[k] = float(np.max(np.abs(window)))
+                else:
+                    values[k] = float(np.sqrt(np.mean(window * window)))
+        return values, reasons

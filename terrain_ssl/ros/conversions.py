@@ -22,6 +22,7 @@ __all__ = [
     'structured_columns',
     'array_to_pointcloud2',
     'xyz_fields_to_pointcloud2',
+    'float_matrix_to_pointcloud2',
     'imu_to_arrays',
     'odometry_to_arrays',
 ]
@@ -46,7 +47,7 @@ _NS_PER_S = 1_000_000_000
 # patch cloud's data; replay converts ~10,000 clouds. Bounded: cleared when full.
 _MAX_CACHED_LAYOUTS = 64
 _dtype_by_fields: dict = {}  # (fields as tuples, point_step, is_bigendian) -> np.dtype
-_fields_by_dtype: dict = {}  # np.dtype -> (field tuples, big endian, all-float view dtype or None)
+_fields_by_dtype: dict = {}  # np.dtype -> (PointFields, big endian, all-float view dtype or None)
 _float32_dtypes: dict = {}  # column names -> packed float32 dtype
 
 
@@ -187,21 +188,23 @@ def pointcloud2_to_xyz(msg: PointCloud2, skip_nans: bool = True) -> np.ndarray:
 
 
 def _fields_from_dtype(dtype: np.dtype) -> tuple[list[PointField], bool]:
+    """The PointFields of a layout, as a new list of the PointField objects made for its first
+    cloud: constructing 16-21 of them per patch cloud cost more than the cloud's data. Clouds
+    of one layout share them, so they are read-only (as every reader treats them)."""
     layout = _fields_by_dtype.get(dtype)
     if layout is None:
         layout = _remember(_fields_by_dtype, dtype, _layout_of(dtype))
-    specs, big_endian, _ = layout
-    return [PointField(name=name, offset=offset, datatype=datatype, count=count)
-            for name, offset, datatype, count in specs], big_endian
+    fields, big_endian, _ = layout
+    return list(fields), big_endian
 
 
 def _layout_of(dtype: np.dtype) -> tuple:
-    """(field tuples, big endian, float_view): float_view is the one float type every byte of a
+    """(PointFields, big endian, float_view): float_view is the one float type every byte of a
     point belongs to (e.g. all float32, packed), so NaN checks can run on one flat view."""
     fields, big_endian = _point_fields(dtype)
-    specs = tuple((field.name, field.offset, field.datatype, field.count) for field in fields)
+    fields = tuple(fields)
     if not dtype.names:
-        return specs, big_endian, None
+        return fields, big_endian, None
     bases = {dtype.fields[name][0].base for name in dtype.names}
     covered = sorted((dtype.fields[name][1], dtype.fields[name][0].itemsize)
                      for name in dtype.names)
@@ -210,7 +213,7 @@ def _layout_of(dtype: np.dtype) -> tuple:
         and covered[-1][0] + covered[-1][1] == dtype.itemsize
     base = next(iter(bases))
     float_view = base if len(bases) == 1 and base.kind == 'f' and packed else None
-    return specs, big_endian, float_view
+    return fields, big_endian, float_view
 
 
 def _point_fields(dtype: np.dtype) -> tuple[list[PointField], bool]:
@@ -274,14 +277,27 @@ def xyz_fields_to_pointcloud2(columns: dict, frame_id: str, stamp_ns: int) -> Po
     if len(set(lengths.values())) != 1:
         raise ValueError(f'columns differ in length: {lengths}')
     n_points = next(iter(lengths.values()))
-    names = tuple(columns)
+    matrix = np.empty((n_points, len(columns)), dtype=np.float32)
+    for index, values in enumerate(columns.values()):
+        matrix[:, index] = values
+    return float_matrix_to_pointcloud2(tuple(columns), matrix, frame_id, stamp_ns)
+
+
+def float_matrix_to_pointcloud2(names, values: np.ndarray, frame_id: str,
+                                stamp_ns: int) -> PointCloud2:
+    """(N, len(names)) numbers -> unorganised PointCloud2 with one float32 field per column.
+
+    The float32 matrix is the cloud's data as it is (packed float32 fields, in column order):
+    no per-field copies, which cost more than the data for the small patch clouds."""
+    names = tuple(names)
+    values = np.asarray(values)
+    if values.ndim != 2 or values.shape[1] != len(names):
+        raise ValueError(f'values have shape {values.shape}, expected (N, {len(names)})')
     dtype = _float32_dtypes.get(names)
     if dtype is None:
         dtype = _remember(_float32_dtypes, names, np.dtype([(name, '<f4') for name in names]))
-    points = np.empty(n_points, dtype=dtype)
-    for name, values in columns.items():
-        points[name] = values
-    return array_to_pointcloud2(points, frame_id, stamp_ns)
+    matrix = np.ascontiguousarray(values, dtype=np.float32)
+    return array_to_pointcloud2(matrix.view(dtype).reshape(-1), frame_id, stamp_ns)
 
 
 def imu_to_arrays(msg):

@@ -30,11 +30,14 @@ from terrain_ssl.ros.common import LABELS_QOS
 from terrain_ssl.ros.common import (DIAG_OK, DIAG_WARN, HIGH_RATE_SENSOR_QOS, RELIABLE_QOS,
                                     SENSOR_QOS, DiagnosticsPublisher, LiveParameters, Outlet, ParamSpec,
                                     RejectCounter, run_node)
-from terrain_ssl.ros.conversions import (MalformedCloudError, odometry_to_arrays,
-                                         pointcloud2_to_xyz, stamp_to_ns,
-                                         xyz_fields_to_pointcloud2)
+from terrain_ssl.ros.conversions import (MalformedCloudError, float_matrix_to_pointcloud2,
+                                         pointcloud2_to_xyz, stamp_to_ns)
 
 _DEFAULT = LabelerConfig()
+# Fields of the output clouds, in order (all float32).
+LOOKAHEAD_FIELDS = ('x', 'y', 'z') + FEATURE_NAMES
+LABELED_FIELDS = LOOKAHEAD_FIELDS + ('roughness', 'roughness_class', 'shock', 'speed',
+                                     'seen_to_cross_s')
 _RATE_STREAMS = ('imu', 'odometry', 'scans', 'labels')
 
 
@@ -165,10 +168,14 @@ class RoughnessLabelerNode(Node):
             self._publish_labels()
 
     def on_odometry(self, msg: Odometry) -> None:
-        t_ns, position, quat, linear, angular = odometry_to_arrays(msg)
+        # Plain tuples, as for the IMU: add_odometry works on floats (odometry_to_arrays' numpy
+        # arrays would be taken apart again).
+        pose, twist = msg.pose.pose, msg.twist.twist
+        p, q, v, w = pose.position, pose.orientation, twist.linear, twist.angular
         if msg.header.frame_id:
             self.odom_frame = msg.header.frame_id
-        self.labeler.add_odometry(t_ns, position, quat, linear, angular)
+        self.labeler.add_odometry(stamp_to_ns(msg.header.stamp), (p.x, p.y, p.z),
+                                  (q.x, q.y, q.z, q.w), (v.x, v.y, v.z), (w.x, w.y, w.z))
         if self.labeler.has_labels:
             self._publish_labels()
 
@@ -184,25 +191,19 @@ class RoughnessLabelerNode(Node):
         patches = self.labeler.add_scan(t_ns, points)
         if patches is None or not len(patches) or not self.params.values['publish_lookahead']:
             return
-        columns = {'x': patches.centres[:, 0], 'y': patches.centres[:, 1],
-                   'z': patches.centres[:, 2]}
-        for index, name in enumerate(FEATURE_NAMES):
-            columns[name] = patches.features[:, index]
-        self.lookahead_outlet.publish(xyz_fields_to_pointcloud2(columns, self.odom_frame, t_ns))
+        self.lookahead_outlet.publish(float_matrix_to_pointcloud2(
+            LOOKAHEAD_FIELDS, np.hstack([patches.centres, patches.features]), self.odom_frame,
+            t_ns))
 
     def _publish_labels(self) -> None:
         labels = self.labeler.pop_labels()
         if labels is None:
             return
-        columns = {'x': labels.centres[:, 0], 'y': labels.centres[:, 1],
-                   'z': labels.centres[:, 2]}
-        for index, name in enumerate(FEATURE_NAMES):
-            columns[name] = labels.features[:, index]
-        columns.update(roughness=labels.roughness, roughness_class=labels.roughness_class,
-                       shock=labels.shock, speed=labels.speed,
-                       seen_to_cross_s=labels.seen_to_cross_s)
+        values = np.column_stack([labels.centres, labels.features, labels.roughness,
+                                  labels.roughness_class, labels.shock, labels.speed,
+                                  labels.seen_to_cross_s])
         self.labeled_outlet.publish(
-            xyz_fields_to_pointcloud2(columns, self.odom_frame, labels.t_ns))
+            float_matrix_to_pointcloud2(LABELED_FIELDS, values, self.odom_frame, labels.t_ns))
 
     # -- diagnostics ---------------------------------------------------------------------------
 
