@@ -13,18 +13,14 @@ the bag-time driver).
 --quick simulates and replays 30 s instead of 120 s.
 """
 
+import argparse
 import os
-
-os.environ.setdefault('OMP_NUM_THREADS', '1')  # one core: the replay is single-threaded
-os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
-
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / 'config' / 'terrain_ssl.yaml'

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -60,8 +61,31 @@ def _node_by_name(nodes, name):
     return next(node for node in nodes if node.get_name() == name)
 
 
+@contextmanager
+def single_threaded_math():
+    """BLAS / OpenMP pools limited to one thread while the replay runs.
+
+    The nodes' linear algebra works on small matrices (a 3x3 eigh per cell, 128 random
+    features): a second BLAS thread cannot speed that up, but its hand-offs and spin-waits cost
+    2-3x the replay's whole run time on a shared 2-core machine. One thread also gives the
+    same sums in the same order whatever the machine.
+    """
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield
+
+
 def run_replay(options: ReplayOptions) -> ReplayRecord:
     """Replay `options.bag`; returns everything the report needs. Raises BagError/ReplayError."""
+    with single_threaded_math():
+        return _run_replay(options)
+
+
+def _run_replay(options: ReplayOptions) -> ReplayRecord:
     import rclpy
     from rclpy.context import Context
 
