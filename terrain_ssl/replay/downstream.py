@@ -21,11 +21,16 @@ and costs wall time on a machine whose cores are busy with other work.
 
 from __future__ import annotations
 
+import os
 import pickle
 import queue
+import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
+from multiprocessing.connection import Connection
 from typing import Optional
 
 import numpy as np
@@ -183,16 +188,24 @@ class DownstreamProcess:
         self.input_topics: list = []
 
     def start(self) -> None:
-        import multiprocessing
+        """Start `python -m terrain_ssl.replay.downstream FD` on one end of a socket pair.
 
-        # spawn, not fork: the caller may already run rclpy / DDS threads (a fork copies their
-        # locks in whatever state they are in).
-        spawn = multiprocessing.get_context('spawn')
-        self._connection, child_end = spawn.Pipe(duplex=True)
-        self._process = spawn.Process(target=_downstream_main, args=(child_end, self.options),
-                                      name='terrain_ssl-replay-downstream', daemon=True)
-        self._process.start()
-        child_end.close()
+        A fresh interpreter rather than a fork (the caller may already run rclpy / DDS
+        threads, whose locks a fork copies in whatever state they are in) and rather than
+        multiprocessing's spawn (which re-imports the caller's __main__: a script without a
+        __main__ guard would run again in the child). The caller's sys.path goes along, so
+        the child imports the same terrain_ssl.
+        """
+        parent_end, child_end = socket.socketpair()
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, '-m', 'terrain_ssl.replay.downstream', str(child_end.fileno())],
+                pass_fds=(child_end.fileno(),), env=environment, stdin=subprocess.DEVNULL)
+        finally:
+            child_end.close()
+        self._connection = Connection(parent_end.detach())
+        self._connection.send(self.options)
 
     def connect(self, upstream_topics) -> None:
         """Tell the stage which topics the labeler feeds; wait until its nodes are ready."""
@@ -225,10 +238,11 @@ class DownstreamProcess:
     def close(self) -> None:
         """Wait for the process to exit (stop it after an error) and release the pipe."""
         if self._process is not None:
-            self._process.join(timeout=10.0 if self._finished else 0.5)
-            if self._process.is_alive():
+            try:
+                self._process.wait(timeout=10.0 if self._finished else 0.5)
+            except subprocess.TimeoutExpired:
                 self._process.kill()
-                self._process.join()
+                self._process.wait()
         if self._sender is not None and self._sender.is_alive():
             try:
                 self._queue.put_nowait(None)  # a sender waiting for the next batch
@@ -291,12 +305,26 @@ class DownstreamProcess:
         return payload
 
     def _exit_detail(self) -> str:
-        self._process.join(timeout=2.0)
-        return f'exit code {self._process.exitcode}'
+        try:
+            return f'exit code {self._process.wait(timeout=2.0)}'
+        except subprocess.TimeoutExpired:
+            return 'still running'
 
 
-def _downstream_main(connection, options) -> None:
-    """Entry point of the downstream process: build the stage, apply events until finish."""
+def main(argv=None) -> int:
+    """`python -m terrain_ssl.replay.downstream FD`: the downstream process, on socket FD."""
+    argv = sys.argv[1:] if argv is None else argv
+    connection = Connection(int(argv[0]))
+    try:
+        options = connection.recv()
+    except EOFError:  # the replay stopped before it started
+        return 1
+    _run_downstream(connection, options)
+    return 0
+
+
+def _run_downstream(connection, options) -> None:
+    """Build the stage, apply events until finish; any failure is sent back with its trace."""
     import rclpy
     from rclpy.context import Context
     from rclpy.serialization import deserialize_message
@@ -346,3 +374,7 @@ def _downstream_main(connection, options) -> None:
             stage.destroy()
         context.try_shutdown()
         connection.close()
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
