@@ -1,14 +1,18 @@
 """Deterministic offline replay: a bag through the real nodes, in bag time, as fast as the CPU allows.
 
 The three nodes are the same classes that run on the robot. Bag messages are handed to their
-subscription callbacks in recording order, node outputs reach the next node through in-process
-links, and timers fire at bag-time intervals, so two replays of the same bag give the same result.
+subscription callbacks in recording order, node outputs reach the next node in the order they are
+published, and timers fire at bag-time intervals, so two replays of the same bag give the same
+result. With `processes=2` the learner and the advisor run in a second process, fed by the
+labeler's (terrain_ssl.replay.downstream): the same calls in the same order, on two cores.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -21,7 +25,6 @@ from terrain_ssl.replay.report import ReplayRecord
 # Where the nodes listen for each input role (default names; replay calls the callbacks directly,
 # so a bag's own topic names need no remapping).
 ROLE_TOPICS = {'imu': '/imu/data', 'points': '/points', 'odom': '/odom'}
-LABELED_TOPIC = '/terrain_ssl/labeled_patches'
 MAP_TOPIC = '/terrain_ssl/roughness_map'
 SPEED_TOPIC = '/terrain_ssl/speed_limit'
 
@@ -38,6 +41,9 @@ class ReplayOptions:
     model_out: Optional[str] = None                   # save the learned model here
     progress: bool = True
     node_timing: bool = False                         # time each node's callbacks (bench)
+    # 1: all nodes in this process. 2: the learner and the advisor in a second one, fed by
+    # this one (same results, two cores: faster only when a core is free; see downstream.py).
+    processes: int = 1
 
 
 class ReplayError(RuntimeError):
@@ -56,49 +62,75 @@ def _ros_arguments(options: ReplayOptions) -> list:
     return args
 
 
-def _node_by_name(nodes, name):
-    return next(node for node in nodes if node.get_name() == name)
+@contextmanager
+def single_threaded_math():
+    """BLAS / OpenMP pools limited to one thread while the replay runs.
+
+    The nodes' linear algebra works on small matrices (a 3x3 eigh per cell, 128 random
+    features): a second BLAS thread cannot speed that up, but its hand-offs and spin-waits cost
+    2-3x the replay's whole run time on a shared 2-core machine. One thread also gives the
+    same sums in the same order whatever the machine.
+    """
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield
 
 
 def run_replay(options: ReplayOptions) -> ReplayRecord:
     """Replay `options.bag`; returns everything the report needs. Raises BagError/ReplayError."""
+    with single_threaded_math():
+        return _run_replay(options)
+
+
+def _run_replay(options: ReplayOptions) -> ReplayRecord:
     import rclpy
     from rclpy.context import Context
 
-    from terrain_ssl.ros.pipeline import create_nodes
-    from terrain_ssl.ros.wiring import (BagTimeDriver, link_in_process, outlets_of,
-                                        subscription_callbacks)
+    from terrain_ssl.replay.downstream import (DownstreamError, DownstreamProcess,
+                                               DownstreamStage)
+    from terrain_ssl.ros.pipeline import NODE_MODULES, create_nodes, node_class
+    from terrain_ssl.ros.wiring import BagTimeDriver, outlets_of, subscription_callbacks
 
     bag_path = Path(options.bag)
+    node_clock = _NodeClock() if options.node_timing else None
+    if options.processes not in (1, 2):
+        raise ReplayError(f'processes must be 1 or 2, not {options.processes}')
+    downstream_process = None
     context = Context()
-    rclpy.init(args=_ros_arguments(options), context=context)
     record = ReplayRecord()
+    nodes: list = []
     try:
-        nodes = create_nodes(context=context)
-        labeler, learner, advisor = nodes
-        node_clock = _NodeClock(nodes) if options.node_timing else None
-        if options.model_in:
-            from terrain_ssl.core.learner import OnlineRoughnessRegressor
-            learner.model = OnlineRoughnessRegressor.load(options.model_in)
-
-        samples = _SampleRecorder()
-        learner.add_prequential_listener(samples.add)
-        link_in_process(nodes)
-        driver = BagTimeDriver(nodes)
-        inputs = subscription_callbacks(nodes)
-
-        speed_rows: list = []
-        latest_odom = {}
-        for outlet in [o for node in nodes for o in outlets_of(node)]:
-            if outlet.topic_name == SPEED_TOPIC:
-                record_speed = lambda msg: speed_rows.append(  # noqa: E731
-                    (driver.now_ns, msg.data, latest_odom.get('x', np.nan),
-                     latest_odom.get('y', np.nan), latest_odom.get('v', np.nan)))
-                outlet.connect(_timed(node_clock, 'replay_recording', record_speed))
-        route_map = _RouteMapAccumulator()
-        for outlet in outlets_of(learner):
-            if outlet.topic_name == MAP_TOPIC:
-                outlet.connect(_timed(node_clock, 'replay_recording', route_map.add))
+        if options.processes == 2:  # started first: it imports while this side builds nodes
+            downstream_process = DownstreamProcess(options)
+            downstream_process.start()
+        rclpy.init(args=_ros_arguments(options), context=context)
+        if downstream_process is not None:
+            nodes = [node_class(NODE_MODULES[0])(context=context)]
+        else:
+            nodes = create_nodes(context=context)
+        labeler = nodes[0]
+        if node_clock is not None:
+            node_clock.add_nodes([labeler])
+        labeler_outputs = [outlet.topic_name for outlet in outlets_of(labeler)]
+        if downstream_process is not None:
+            downstream_process.connect(labeler_outputs)
+            downstream = downstream_process
+            downstream_topics = downstream_process.input_topics
+        else:
+            downstream = DownstreamStage(context, options, labeler_outputs, node_clock,
+                                         nodes=nodes[1:])
+            downstream_topics = downstream.input_topics()
+        # The labeler's outputs go to the learner (in this process: as objects, like
+        # link_in_process; otherwise serialised, like DDS).
+        for outlet in outlets_of(labeler):
+            if outlet.topic_name in downstream_topics:
+                outlet.connect(functools.partial(downstream.deliver, outlet.topic_name))
+        driver = BagTimeDriver([labeler])
+        labeler_inputs = subscription_callbacks([labeler])
         advance_to = _timed(node_clock, 'bag_time_driver', driver.advance_to)
 
         counts = ReadCounts()
@@ -107,71 +139,78 @@ def run_replay(options: ReplayOptions) -> ReplayRecord:
             roles = bag.resolve_inputs(options.topics)
             topic_to_callbacks = {}
             for role, bag_topic in roles.items():
-                callbacks = inputs.get(ROLE_TOPICS[role], [])
+                node_topic = ROLE_TOPICS[role]
+                # In node order (labeler, then learner and advisor), as one driver would call
+                # the subscribers of one topic.
+                callbacks = list(labeler_inputs.get(node_topic, []))
+                if node_topic in downstream_topics:
+                    callbacks.append(functools.partial(downstream.deliver, node_topic))
                 if not callbacks:
-                    raise ReplayError(f'no node subscribes {ROLE_TOPICS[role]} ({role})')
+                    raise ReplayError(f'no node subscribes {node_topic} ({role})')
                 topic_to_callbacks[bag_topic] = callbacks
             start_ns = bag.start_ns + int(options.start_s * 1e9) if options.start_s else None
             end_ns = None
             if options.duration_s is not None:
                 end_ns = (start_ns or bag.start_ns) + int(options.duration_s * 1e9)
-            odom_topic = roles['odom']
             total_s = (bag.end_ns - bag.start_ns) / 1e9
             first_ns = None
             n_messages = 0
             messages = bag.messages(topic_to_callbacks, counts, start_ns, end_ns)
             if node_clock is not None:
                 messages = node_clock.timed_iteration('bag_read_deserialise', messages)
+            advance_downstream = downstream.advance
             for message in messages:
-                first_ns = message.stamp_ns if first_ns is None else first_ns
-                advance_to(message.stamp_ns)
-                if message.topic == odom_topic:
-                    pose = message.message.pose.pose.position
-                    latest_odom.update(x=pose.x, y=pose.y,
-                                       v=message.message.twist.twist.linear.x)
+                stamp_ns = message.stamp_ns
+                if first_ns is None:
+                    first_ns = stamp_ns
+                advance_to(stamp_ns)
+                advance_downstream(stamp_ns)
                 for callback in topic_to_callbacks[message.topic]:
                     callback(message.message)
                 n_messages += 1
                 if options.progress and n_messages % 2000 == 0:
-                    _progress(n_messages, message.stamp_ns - first_ns, total_s,
+                    _progress(n_messages, stamp_ns - first_ns, total_s,
                               time.perf_counter() - wall_start)
+            mismatches = counts.mismatches()
+            if mismatches:
+                detail = ', '.join(f'{t}: bag has {e}, read {r}'
+                                   for t, (e, r) in mismatches.items())
+                raise ReplayError(f'messages lost while reading {bag_path}: {detail}')
+            # Flushes training and saves the model (downstream: after its last event).
+            downstream_result = downstream.finish(first_ns)
             if options.progress and n_messages:
                 _progress(n_messages, (driver.now_ns or 0) - (first_ns or 0), total_s,
                           time.perf_counter() - wall_start)
                 print(file=sys.stderr)
         wall_s = time.perf_counter() - wall_start
-        mismatches = counts.mismatches()
-        if mismatches:
-            detail = ', '.join(f'{t}: bag has {e}, read {r}' for t, (e, r) in mismatches.items())
-            raise ReplayError(f'messages lost while reading {bag_path}: {detail}')
-
-        learner.flush_training()
-        if options.model_out and learner.model.is_fitted:
-            learner.model.save(options.model_out)
 
         bag_s = ((driver.now_ns or 0) - (first_ns or 0)) / 1e9
+        rejected = {labeler.get_name(): dict(labeler.rejects.counts)}
+        rejected.update(downstream_result['rejected'])
         record.info = {
             'bag': str(bag_path), 'topics': roles, 'messages_read': dict(counts.read),
             'messages_undecodable': dict(counts.undecodable), 'bag_duration_s': bag_s,
-            'rejected': {node.get_name(): dict(getattr(node, 'rejects').counts)
-                         for node in nodes if hasattr(node, 'rejects')},
+            'rejected': rejected,
         }
         record.timing = {'wall_s': wall_s, 'bag_duration_s': bag_s,
                          'realtime_factor': bag_s / wall_s if wall_s > 0 else None,
-                         'messages_per_s': n_messages / wall_s if wall_s > 0 else None}
+                         'messages_per_s': n_messages / wall_s if wall_s > 0 else None,
+                         'processes': 2 if downstream_process is not None else 1}
         if node_clock is not None:
             record.timing['node_s'] = dict(node_clock.seconds)
-        record.samples = samples.arrays(first_ns or 0)
+        if 'process' in downstream_result:
+            record.timing['downstream_process'] = downstream_result['process']
+        record.samples = downstream_result['samples']
         _add_ground_truth(record, bag_path)
-        if speed_rows:
-            rows = np.array(speed_rows, dtype=float)
-            record.speed = {'t_s': (rows[:, 0] - (first_ns or 0)) / 1e9,
-                            'speed_limit': rows[:, 1], 'x': rows[:, 2], 'y': rows[:, 3],
-                            'speed': rows[:, 4]}
-        record.final_map = route_map.result()
+        record.speed = downstream_result['speed']
+        record.final_map = downstream_result['final_map']
+    except DownstreamError as error:
+        raise ReplayError(str(error)) from error
+    finally:
+        if downstream_process is not None:
+            downstream_process.close()
         for node in nodes:
             node.destroy_node()
-    finally:
         context.try_shutdown()
     return record
 
@@ -186,11 +225,15 @@ class _NodeClock:
     replay's own parts, each exclusive of what it calls into (an in-process publish runs the
     downstream nodes), so the split adds up."""
 
-    def __init__(self, nodes):
-        self.seconds = {node.get_name(): 0.0 for node in nodes}
+    def __init__(self):
+        self.seconds: dict = {}
         self._stack: list = []  # [start, time spent in nested callbacks] per active callback
-        # Wrapped before linking, so in-process links and the bag-time driver call the wrappers.
+
+    def add_nodes(self, nodes) -> None:
+        """Time these nodes' callbacks. Call before linking, so in-process links and the
+        bag-time driver call the wrappers."""
         for node in nodes:
+            self.seconds.setdefault(node.get_name(), 0.0)
             for entity in list(node.subscriptions) + list(node.timers):
                 entity.callback = self.timed(node.get_name(), entity.callback)
 
