@@ -13,7 +13,8 @@ and in the downstream process the time spent waiting for input (idle).
                                                         [--processes 1|2]
 
 --quick simulates and replays 30 s instead of 120 s. --processes 2 runs the learner and the
-advisor in a second process (`terrain-ssl replay --processes 2`); default 1, all in one.
+advisor in a second process (`terrain-ssl replay --processes 2`); 1 keeps all in one; the
+default is the replay command's (2 when two or more CPUs are available).
 """
 
 import argparse
@@ -65,9 +66,13 @@ def main(argv=None) -> int:
     parser.add_argument('--bag', type=Path, help='replay this bag instead of simulating one')
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--quick', action='store_true', help='30 s drive instead of 120 s')
-    parser.add_argument('--processes', type=int, choices=(1, 2), default=1,
-                        help='1: all nodes in one process; 2: learner and advisor in a second')
+    parser.add_argument('--processes', type=int, choices=(1, 2), default=None,
+                        help='1: all nodes in one process; 2: learner and advisor in a second '
+                             '(default: as `terrain-ssl replay`, 2 with two or more CPUs)')
     args = parser.parse_args(argv)
+    if args.processes is None:
+        from terrain_ssl.replay.runner import default_processes
+        args.processes = default_processes()
 
     with tempfile.TemporaryDirectory(prefix='bench_replay_') as scratch:
         bag = args.bag

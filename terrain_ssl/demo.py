@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from terrain_ssl.replay.report import summary_lines, write_report
-    from terrain_ssl.replay.runner import ReplayOptions, run_replay
+    from terrain_ssl.replay.runner import ReplayOptions, default_processes, run_replay
     from terrain_ssl.ros.bringup import default_config_path
     from terrain_ssl.sim.bag import simulate_bag
 
@@ -54,7 +54,8 @@ def run(args) -> int:
     print('2/2 replaying it through roughness_labeler -> roughness_learner -> speed_advisor '
           '(cold start, predict then learn)', flush=True)
     record = run_replay(ReplayOptions(bag=str(bag_dir), config=default_config_path(),
-                                      model_out=str(out / 'model.npz')))
+                                      model_out=str(out / 'model.npz'),
+                                      processes=default_processes()))
     metrics = write_report(record, out)
     print('\n'.join(summary_lines(metrics, record.timing)))
     print(f'\nreport: {(out / "report.md").resolve()}')

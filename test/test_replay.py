@@ -134,3 +134,19 @@ def test_a_failing_downstream_process_is_reported(sim_bag, tmp_path):
     with pytest.raises(ReplayError, match='downstream process failed'):
         run_replay(ReplayOptions(bag=str(sim_bag), model_in=str(broken), progress=False,
                                  processes=2))
+
+
+def test_downstream_event_batches_round_trip_and_refuse_malformed_bytes():
+    """The two-process replay's event stream is plain bytes, decoded exactly, never unpickled."""
+    from terrain_ssl.replay.downstream import (_ADVANCE, _DELIVER, _FINISH, decode_events,
+                                               encode_events)
+
+    events = [(_ADVANCE, 1_700_000_000_123_456_789), (_DELIVER, '/odom', b'\x00\x01cdr\xff'),
+              (_DELIVER, '/terrain_ssl/labeled_patches', b''), (_ADVANCE, -5),
+              (_FINISH, None), (_FINISH, 42)]
+    payload = encode_events(events)
+    assert decode_events(payload) == events
+    with pytest.raises(ValueError, match='truncated'):
+        decode_events(payload[:12])
+    with pytest.raises(ValueError, match='unknown event kind'):
+        decode_events(b'\x07' + payload)

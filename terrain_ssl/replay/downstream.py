@@ -22,9 +22,9 @@ and costs wall time on a machine whose cores are busy with other work.
 from __future__ import annotations
 
 import os
-import pickle
 import queue
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -38,10 +38,69 @@ import numpy as np
 LEARNER_MODULE = 'terrain_ssl.ros.learner_node'
 ADVISOR_MODULE = 'terrain_ssl.ros.advisor_node'
 
-# Event kinds on the pipe, in batches (lists of tuples).
+# Event kinds on the pipe, as decoded tuples.
 _ADVANCE = 0   # (_ADVANCE, stamp_ns)
 _DELIVER = 1   # (_DELIVER, topic, CDR bytes)
-_FINISH = 2    # (_FINISH, first_stamp_ns)
+_FINISH = 2    # (_FINISH, first_stamp_ns or None)
+# Wire format of one event in a batch (little endian): kind (uint8), then
+#   _ADVANCE: stamp_ns (int64);  _FINISH: has_stamp (uint8), stamp_ns (int64);
+#   _DELIVER: topic length (uint16), CDR length (uint32), topic (UTF-8), CDR bytes.
+# Plain bytes for the bulk stream (no pickle). The few control messages (options, topics,
+# results) go through multiprocessing's Connection, which pickles, but only between the replay and
+# the child it started, over a private socketpair: nothing is unpickled from disk or from others.
+_KIND = struct.Struct('<B')
+_STAMP = struct.Struct('<q')
+_FINISH_STAMP = struct.Struct('<Bq')
+_DELIVER_HEADER = struct.Struct('<HI')
+
+
+def encode_events(events) -> bytes:
+    """A batch of event tuples -> bytes (the wire format above)."""
+    parts = []
+    for event in events:
+        kind = event[0]
+        parts.append(_KIND.pack(kind))
+        if kind == _ADVANCE:
+            parts.append(_STAMP.pack(event[1]))
+        elif kind == _DELIVER:
+            topic = event[1].encode('utf-8')
+            parts += [_DELIVER_HEADER.pack(len(topic), len(event[2])), topic, event[2]]
+        elif kind == _FINISH:
+            parts.append(_FINISH_STAMP.pack(event[1] is not None, event[1] or 0))
+        else:
+            raise ValueError(f'unknown event kind {kind}')
+    return b''.join(parts)
+
+
+def decode_events(payload: bytes) -> list:
+    """bytes from `encode_events` -> the event tuples; ValueError on a malformed batch."""
+    events, offset, view = [], 0, memoryview(payload)
+    try:
+        while offset < len(payload):
+            kind = payload[offset]
+            offset += 1
+            if kind == _ADVANCE:
+                events.append((_ADVANCE, _STAMP.unpack_from(payload, offset)[0]))
+                offset += _STAMP.size
+            elif kind == _DELIVER:
+                topic_length, cdr_length = _DELIVER_HEADER.unpack_from(payload, offset)
+                offset += _DELIVER_HEADER.size
+                topic = bytes(view[offset:offset + topic_length]).decode('utf-8')
+                offset += topic_length
+                cdr = bytes(view[offset:offset + cdr_length])
+                if len(cdr) != cdr_length:
+                    raise ValueError('truncated message')
+                offset += cdr_length
+                events.append((_DELIVER, topic, cdr))
+            elif kind == _FINISH:
+                has_stamp, stamp = _FINISH_STAMP.unpack_from(payload, offset)
+                offset += _FINISH_STAMP.size
+                events.append((_FINISH, stamp if has_stamp else None))
+            else:
+                raise ValueError(f'unknown event kind {kind} at byte {offset - 1}')
+    except struct.error as error:
+        raise ValueError(f'truncated event batch: {error}') from error
+    return events
 
 
 class DownstreamError(RuntimeError):
@@ -259,7 +318,7 @@ class DownstreamProcess:
     def _flush(self) -> None:
         if not self._batch:
             return
-        self._put(pickle.dumps(self._batch, protocol=pickle.HIGHEST_PROTOCOL))
+        self._put(encode_events(self._batch))
         self._batch = []
 
     def _put(self, payload) -> None:
@@ -348,7 +407,7 @@ def _run_downstream(connection, options) -> None:
                 wait_start = time.perf_counter()
                 payload = connection.recv_bytes()
                 waiting_s += time.perf_counter() - wait_start
-                events = pickle.loads(payload)
+                events = decode_events(payload)
                 for event in events:
                     kind = event[0]
                     if kind == _ADVANCE:

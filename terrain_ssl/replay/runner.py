@@ -10,6 +10,7 @@ labeler's (terrain_ssl.replay.downstream): the same calls in the same order, on 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -48,6 +49,16 @@ class ReplayOptions:
 
 class ReplayError(RuntimeError):
     pass
+
+
+def default_processes() -> int:
+    """2 when this process may run on two or more CPUs (the second process then has a core of
+    its own on an otherwise idle machine: 120 s drive 10.6x vs 6.6x real time here), else 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return 2 if cpus >= 2 else 1
 
 
 def _ros_arguments(options: ReplayOptions) -> list:
