@@ -159,6 +159,35 @@ def test_class_thresholds_apply_live_to_the_next_label(drive):
     assert labeler.config.label_moderate_threshold == 1e-6  # the old value stays
 
 
+def test_label_batches_carry_the_same_labels_in_fewer_messages(drive):
+    at_once = run(Labeler(replace(LabelerConfig(), label_batch_s=0.0)), drive)
+    labeler = Labeler(replace(LabelerConfig(), label_batch_s=0.3))
+    batched = run(labeler, drive)
+    # The last batch waits for IMU samples that never come ...
+    assert sum(map(len, batched)) < sum(map(len, at_once))
+    labeler.flush_labels()  # ... until the end of the recording releases it
+    batched.append(labeler.pop_labels())
+    assert len(batched) < 0.5 * len(at_once)
+    first, second = collect(at_once), collect(batched)
+    assert np.array_equal(first['keys'], second['keys'])
+    assert second['features'] == pytest.approx(first['features'], rel=1e-12)
+    # The same IMU windows (the speed may use odometry that arrived while the batch waited).
+    assert second['shock'] == pytest.approx(first['shock'], rel=1e-9)
+    assert second['roughness'] == pytest.approx(first['roughness'], rel=1e-3)
+
+
+def test_reset_keeps_the_labels_already_covered(drive):
+    complete = sum(map(len, run(Labeler(replace(LabelerConfig(), label_batch_s=0.0)), drive)))
+    labeler = Labeler(replace(LabelerConfig(), label_batch_s=0.3))
+    popped = sum(map(len, run(labeler, drive)))
+    assert popped < complete  # a batch is waiting
+    _, t_ns, *payload = next(event for event in drive if event[0] == 'imu')
+    labeler.add_imu(t_ns, *payload)  # back by the drive's length: a looping bag
+    assert labeler.stats['resets'] == 1
+    kept = labeler.pop_labels()
+    assert kept is not None and popped + len(kept) == complete
+
+
 def test_cell_size_change_restarts_the_map(drive):
     labeler = Labeler()
     run(labeler, drive[: len(drive) // 3])

@@ -126,7 +126,7 @@ def test_over_dds_labels_flow_and_class_thresholds_change_live(ros_context):
                 assert spin_until(executor, lambda: received['n'] >= target, 5.0), topic
 
         drive = synthetic_drive(duration_s=10.0, start_s=22.0)  # crosses the rough stretch
-        play([e for e in drive if e[1] < 106 * S])
+        play([e for e in drive if e[1] < 107 * S])  # into the smooth ground after it
         assert spin_until(executor, lambda: len(labeled) > 0, 5.0)
         first = pointcloud2_to_array(labeled[-1])
         assert first.dtype.names == LABELED_FIELDS
@@ -147,7 +147,7 @@ def test_over_dds_labels_flow_and_class_thresholds_change_live(ros_context):
                                  parameter('label.rough_threshold', 2e-6))
         assert all(result.successful for result in results)
         n_before = len(labeled)
-        play([e for e in drive if e[1] >= 106 * S])
+        play([e for e in drive if e[1] >= 107 * S])
         assert spin_until(executor, lambda: len(labeled) > n_before, 5.0)
         classes_after = np.concatenate(
             [pointcloud2_to_array(m)['roughness_class'] for m in labeled[n_before:]])

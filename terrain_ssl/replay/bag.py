@@ -41,6 +41,7 @@ class BagMessage:
     msgtype: str
     stamp_ns: int  # receive (recording) time
     message: object  # rclpy message instance
+    cdr: Optional[bytes] = None  # the recorded CDR payload (rosbag2 only), as `message` came from
 
 
 @dataclass
@@ -169,14 +170,16 @@ class Bag:
                 cls = classes[connection.msgtype] = message_class(connection.msgtype)
             try:
                 if self._is_ros1:
+                    cdr = None
                     message = self._ros1_to_rclpy(raw, connection, cls)
                 else:
-                    message = deserialize_message(bytes(raw), cls)
+                    cdr = bytes(raw)
+                    message = deserialize_message(cdr, cls)
             except Exception as error:  # a corrupt record: count it and go on
                 counts.undecodable[topic] = counts.undecodable.get(topic, 0) + 1
                 counts.last_error = f'{topic}: {error}'
                 continue
-            yield BagMessage(topic, connection.msgtype, int(stamp_ns), message)
+            yield BagMessage(topic, connection.msgtype, int(stamp_ns), message, cdr)
         if not in_window:  # a time window reads fewer messages than the bag holds, by design
             counts.expected = dict(counts.read)
 

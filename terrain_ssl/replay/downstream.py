@@ -200,6 +200,10 @@ class DownstreamStage:
         for callback in self.callbacks[topic]:
             callback(msg)
 
+    def deliver_bag_message(self, topic: str, bag_message) -> None:
+        """A message read from the bag (a `bag.BagMessage`), on node topic `topic`."""
+        self.deliver(topic, bag_message.message)
+
     def finish(self, first_ns: Optional[int]) -> dict:
         """Flush, save the model when asked; what the report needs from this stage."""
         self._apply_pending_time()
@@ -299,6 +303,16 @@ class DownstreamProcess:
         from rclpy.serialization import serialize_message
         self._send_pending_time()
         self._add((_DELIVER, topic, serialize_message(msg)))
+
+    def deliver_bag_message(self, topic: str, bag_message) -> None:
+        """A message read from the bag: its recorded CDR goes as it is (serialising the
+        deserialised message again cost ~30 us per odometry message, ~0.2 s per 120 s drive,
+        on the busier process); a ROS 1 message has none and is serialised."""
+        if bag_message.cdr is None:
+            self.deliver(topic, bag_message.message)
+            return
+        self._send_pending_time()
+        self._add((_DELIVER, topic, bag_message.cdr))
 
     def finish(self, first_ns: Optional[int]) -> dict:
         self._send_pending_time()

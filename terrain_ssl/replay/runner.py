@@ -149,16 +149,17 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
         with Bag(bag_path) as bag:
             roles = bag.resolve_inputs(options.topics)
             topic_to_callbacks = {}
+            # Bag topics the learner or the advisor also subscribe -> their node topic. They
+            # are delivered after the labeler's callbacks, in node order (labeler, then learner
+            # and advisor), as one driver would call the subscribers of one topic.
+            topic_to_downstream = {}
             for role, bag_topic in roles.items():
                 node_topic = ROLE_TOPICS[role]
-                # In node order (labeler, then learner and advisor), as one driver would call
-                # the subscribers of one topic.
-                callbacks = list(labeler_inputs.get(node_topic, []))
+                topic_to_callbacks[bag_topic] = list(labeler_inputs.get(node_topic, []))
                 if node_topic in downstream_topics:
-                    callbacks.append(functools.partial(downstream.deliver, node_topic))
-                if not callbacks:
+                    topic_to_downstream[bag_topic] = node_topic
+                elif not topic_to_callbacks[bag_topic]:
                     raise ReplayError(f'no node subscribes {node_topic} ({role})')
-                topic_to_callbacks[bag_topic] = callbacks
             start_ns = bag.start_ns + int(options.start_s * 1e9) if options.start_s else None
             end_ns = None
             if options.duration_s is not None:
@@ -170,6 +171,7 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
             if node_clock is not None:
                 messages = node_clock.timed_iteration('bag_read_deserialise', messages)
             advance_downstream = downstream.advance
+            deliver_downstream = downstream.deliver_bag_message
             for message in messages:
                 stamp_ns = message.stamp_ns
                 if first_ns is None:
@@ -178,6 +180,9 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
                 advance_downstream(stamp_ns)
                 for callback in topic_to_callbacks[message.topic]:
                     callback(message.message)
+                downstream_topic = topic_to_downstream.get(message.topic)
+                if downstream_topic is not None:
+                    deliver_downstream(downstream_topic, message)
                 n_messages += 1
                 if options.progress and n_messages % 2000 == 0:
                     _progress(n_messages, stamp_ns - first_ns, total_s,
@@ -187,6 +192,9 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
                 detail = ', '.join(f'{t}: bag has {e}, read {r}'
                                    for t, (e, r) in mismatches.items())
                 raise ReplayError(f'messages lost while reading {bag_path}: {detail}')
+            # The labels still waiting for their batch (label.batch_s): no later IMU sample
+            # will complete it.
+            labeler.flush_labels()
             # Flushes training and saves the model (downstream: after its last event).
             downstream_result = downstream.finish(first_ns)
             if options.progress and n_messages:

@@ -94,6 +94,9 @@ CONFIG_PARAMS = [
           min=0.0, max=3.0),
     _spec('label.min_window_s', 'Shortest shock window around a crossing (s).', min=0.005,
           max=10.0),
+    _spec('label.batch_s', 'A crossing covered by the IMU waits up to this long for the ones '
+          'completing after it, to be labeled and published together (s); 0: at once.',
+          min=0.0, max=5.0),
     _spec('label.moderate_threshold', 'Roughness ((m/s^2)/(m/s)) from which a label is '
           'moderate; applies to the next label.', min=0.0, max=1e6),
     _spec('label.rough_threshold', 'Roughness ((m/s^2)/(m/s)) from which a label is rough; '
@@ -194,6 +197,13 @@ class RoughnessLabelerNode(Node):
         self.lookahead_outlet.publish(float_matrix_to_pointcloud2(
             LOOKAHEAD_FIELDS, np.hstack([patches.centres, patches.features]), self.odom_frame,
             t_ns))
+
+    def flush_labels(self) -> None:
+        """Publish now every label whose IMU window is covered (end of a recording: the batch
+        they wait for would never complete)."""
+        self.labeler.flush_labels()
+        if self.labeler.has_labels:
+            self._publish_labels()
 
     def _publish_labels(self) -> None:
         labels = self.labeler.pop_labels()
