@@ -10,8 +10,8 @@ from sensor_msgs.msg import Imu, PointCloud2, PointField
 
 from terrain_ssl.ros.conversions import (MalformedCloudError, array_to_pointcloud2, imu_to_arrays,
                                          ns_to_stamp, odometry_to_arrays, pointcloud2_to_array,
-                                         pointcloud2_to_xyz, stamp_to_ns,
-                                         xyz_fields_to_pointcloud2)
+                                         pointcloud2_to_xyz, pointcloud2_xyz_view,
+                                         stamp_to_ns, xyz_fields_to_pointcloud2)
 
 ALL_TYPES = [('i8', '<i1'), ('u8', '<u1'), ('i16', '<i2'), ('u16', '<u2'), ('i32', '<i4'),
              ('u32', '<u4'), ('f32', '<f4'), ('f64', '<f8')]
@@ -223,3 +223,43 @@ def test_pointcloud2_round_trip_over_dds(ros_context):
     executor.shutdown()
     talker.destroy_node()
     listener.destroy_node()
+
+
+@pytest.mark.parametrize('big_endian', [False, True])
+def test_xyz_view_of_the_usual_layout_is_a_read_only_view(big_endian):
+    msg, expected = _hand_built_cloud(big_endian)  # x, y, z float32 at 0, 4, 8; rows padded
+    xyz = pointcloud2_xyz_view(msg)
+    assert xyz.shape == (20, 3) and xyz.dtype.itemsize == 4 and not xyz.flags.writeable
+    np.testing.assert_array_equal(xyz.astype(np.float64), pointcloud2_to_xyz(msg, skip_nans=False))
+    cloud = xyz_fields_to_pointcloud2({'x': [1.0, np.nan], 'y': [2.0, 0.0], 'z': [3.0, 0.0],
+                                       'intensity': [7.0, 8.0]}, 'f', 0)
+    view = pointcloud2_xyz_view(cloud)
+    assert np.shares_memory(view, np.frombuffer(cloud.data, dtype=np.uint8))  # no copy
+    np.testing.assert_array_equal(view, [[1.0, 2.0, 3.0], [np.nan, 0.0, 0.0]])
+
+
+def test_xyz_view_of_other_layouts_is_a_float64_copy():
+    for fields in ([('x', '<f8'), ('y', '<f8'), ('z', '<f8')],              # float64: a view
+                   [('z', '<f4'), ('y', '<f4'), ('x', '<f4')],              # not x, y, z order
+                   [('x', '<f4'), ('pad', '<f4'), ('y', '<f4'), ('z', '<f4')],
+                   [('x', '<i2'), ('y', '<i2'), ('z', '<i2')]):
+        points = _random_structured(np.dtype(fields), 9)
+        msg = array_to_pointcloud2(points, 'f', 0)
+        xyz = pointcloud2_xyz_view(msg)
+        np.testing.assert_array_equal(xyz, pointcloud2_to_xyz(msg, skip_nans=False))
+        assert xyz.dtype == np.float64
+    empty = xyz_fields_to_pointcloud2({'x': [], 'y': [], 'z': []}, 'f', 0)
+    assert pointcloud2_xyz_view(empty).shape == (0, 3)
+    with pytest.raises(MalformedCloudError, match='field \\(fields'):
+        pointcloud2_xyz_view(xyz_fields_to_pointcloud2({'x': [1.0], 'y': [2.0]}, 'f', 0))
+
+
+def test_array_view_of_rclpy_data_is_read_only():
+    cloud = xyz_fields_to_pointcloud2({'x': [1.0], 'y': [2.0], 'z': [3.0]}, 'f', 0)
+    received = PointCloud2()
+    received.fields, received.point_step, received.row_step = cloud.fields, 12, 12
+    received.height, received.width, received.data = 1, 1, list(bytes(cloud.data))
+    assert type(received.data).__name__ == 'array'  # rclpy keeps uint8[] as array.array('B')
+    points = pointcloud2_to_array(received)
+    assert not points.flags.writeable
+    assert points['z'][0] == 3.0

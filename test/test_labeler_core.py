@@ -276,3 +276,35 @@ def test_mean_speeds_over_many_windows_follow_the_one_window_rules():
             if inside.any() else np.nan
         assert speed == pytest.approx(expected, rel=1e-15, nan_ok=True)
         assert (poses.mean_speed(int(start), int(end)) is None) == np.isnan(expected)
+
+
+def test_float32_cloud_view_gives_what_its_float64_copy_gives(drive):
+    """The node hands add_scan a float32 (N, 3) view of the cloud: the same patches, labels and
+    counts as the float64 copy, non-finite points (NaN or Inf in any coordinate) included."""
+    rng = np.random.default_rng(2)
+    inputs = {'float64': [], 'float32 view': []}
+    for kind, t_ns, *payload in drive:
+        if kind != 'scan':
+            for events in inputs.values():
+                events.append((kind, t_ns, *payload))
+            continue
+        points32 = payload[0].astype(np.float32)
+        bad = rng.random(points32.shape) < 0.01
+        points32[bad] = rng.choice([np.nan, np.inf, -np.inf], int(bad.sum()))
+        # As the node's pointcloud2_xyz_view: x, y, z inside 16-byte records.
+        records = np.zeros((points32.shape[0], 4), dtype=np.float32)
+        records[:, :3] = points32
+        view = np.lib.stride_tricks.as_strided(records, shape=points32.shape, strides=(16, 4),
+                                               writeable=False)
+        inputs['float64'].append((kind, t_ns, points32.astype(np.float64)))
+        inputs['float32 view'].append((kind, t_ns, view))
+    labelers = {name: Labeler() for name in inputs}
+    labels = {name: collect(run(labelers[name], events)) for name, events in inputs.items()}
+    assert labelers['float64'].stats == labelers['float32 view'].stats
+    assert labelers['float64'].stats['points_nonfinite'] > 0
+    assert labels['float64'].keys() == labels['float32 view'].keys()
+    for name, values in labels['float64'].items():
+        assert np.array_equal(values, labels['float32 view'][name]), name
+    for name in ('keys', 'centres', 'features'):
+        assert np.array_equal(getattr(labelers['float64'].cells, name),
+                              getattr(labelers['float32 view'].cells, name))

@@ -1,10 +1,12 @@
 """Scan -> ground cells with geometric features, on synthetic point sets of known shape."""
 
+import math
+
 import numpy as np
 import pytest
 
 from terrain_ssl.core.patches import (FEATURE_INDEX, FEATURE_NAMES, cell_indices, cell_keys,
-                                      compute_patches, symmetric_eigen_3x3)
+                                      compute_patches, compute_patches_xyz, symmetric_eigen_3x3)
 
 SENSOR = np.array([0.0, 0.0, 1.6])
 
@@ -217,3 +219,120 @@ def test_degenerate_cells_give_features_not_errors():
     assert np.isfinite(patches.features).all()
     # (the line's residual is the round-off of its one-pass covariance: ~3e-9 m)
     assert feature(patches, 'plane_residual') == pytest.approx(0.0, abs=1e-8)
+
+
+# -- exactness of the grouped computation against a plain per-cell formulation -----------------
+
+def _reference_cells(points, sensor, cell_size, min_points, ground_band, min_range, max_range):
+    """Per-cell statistics the slow, obvious way: a Python loop over the cells, each cell's
+    points in scan order and sums accumulated from 0.0 in that order (np.bincount's order).
+    Returns {(ix, iy): (count, centre x, centre y, sums of dx dy dz dx2 dy2 dz2 dxdy dxdz dydz,
+    z_min, dz_max)} for the occupied cells."""
+    cells = {}
+    for x, y, z in points.tolist():
+        distance_sq = (x - sensor[0]) ** 2 + (y - sensor[1]) ** 2
+        if not min_range * min_range <= distance_sq <= max_range * max_range:
+            continue
+        cells.setdefault((math.floor(x / cell_size), math.floor(y / cell_size)), []).append(
+            (x, y, z))
+    result = {}
+    for (ix, iy), cell_points in cells.items():
+        z_min = min(z for _, _, z in cell_points)
+        ground = [(x, y, z - z_min) for x, y, z in cell_points if z - z_min <= ground_band]
+        if len(ground) < min_points:
+            continue
+        centre_x, centre_y = (ix + 0.5) * cell_size, (iy + 0.5) * cell_size
+        sums = [0.0] * 9
+        for x, y, dz in ground:
+            dx, dy = x - centre_x, y - centre_y
+            for k, value in enumerate((dx, dy, dz, dx * dx, dy * dy, dz * dz, dx * dy, dx * dz,
+                                       dy * dz)):
+                sums[k] += value
+        dz_max = max((dz for _, _, dz in ground), default=-math.inf)
+        result[(ix, iy)] = (len(ground), centre_x, centre_y, sums, z_min, dz_max)
+    return result
+
+
+@pytest.mark.parametrize('case', ['rough', 'negative_indices', 'big_grid', 'ground_band',
+                                  'ties', 'min_points_0'])
+def test_grouped_cells_match_a_per_cell_loop_bit_for_bit(case):
+    rng = np.random.default_rng(11)
+    kwargs = dict(cell_size=0.5, min_points=5, ground_band=0.3, min_range=2.0, max_range=30.0)
+    points = rng.normal([8.0, 0.0, 0.0], [6.0, 6.0, 0.1], (4000, 3))
+    if case == 'negative_indices':
+        points -= [300.0, 200.0, 0.0]
+    elif case == 'big_grid':  # more than 65,536 grid cells: the int64 sort key
+        points = rng.uniform([-150.0, -150.0, -0.1], [150.0, 150.0, 0.1], (30000, 3))
+        kwargs.update(max_range=300.0, min_points=2)
+    elif case == 'ground_band':  # a vegetation layer above the ground
+        points[::3, 2] += 1.0
+    elif case == 'ties':  # points on cell edges, repeated heights
+        points = np.round(points * 4.0) / 4.0
+    elif case == 'min_points_0':
+        kwargs.update(min_points=0)
+    sensor = np.array([points[:, 0].mean(), points[:, 1].mean(), 1.6])
+    patches = compute_patches(points, sensor, 0, **kwargs)
+    reference = _reference_cells(points, sensor, **kwargs)
+    ix, iy = cell_indices(patches.keys)
+    assert sorted(reference) == list(zip(ix.tolist(), iy.tolist()))
+    rows = [reference[cell] for cell in zip(ix.tolist(), iy.tolist())]
+    n = np.array([row[0] for row in rows], dtype=np.float64)
+    sums = np.array([row[3] for row in rows])
+    mean = sums[:, :3] / n[:, None]
+    cov = [sums[:, 3 + k] / n - mean[:, a] * mean[:, b]
+           for k, (a, b) in enumerate(((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)))]
+    assert np.array_equal(feature(patches, 'point_count'), n)
+    assert np.array_equal(patches.centres[:, 0], [row[1] for row in rows])
+    assert np.array_equal(patches.centres[:, 1], [row[2] for row in rows])
+    assert np.array_equal(feature(patches, 'height_std'), np.sqrt(np.maximum(cov[2], 0.0)))
+    assert np.array_equal(feature(patches, 'height_range'), [row[5] for row in rows])
+    eigenvalues, normal = symmetric_eigen_3x3(*cov)
+    assert np.array_equal(feature(patches, 'slope'),
+                          np.arccos(np.minimum(np.abs(normal[:, 2]), 1.0)))
+    # The plane height at the centre and the steps to the 8 neighbours, brute force.
+    safe_nz = np.where(normal[:, 2] < 0, -1.0, 1.0) * np.maximum(np.abs(normal[:, 2]), 0.1)
+    gradient_x, gradient_y = -normal[:, 0] / safe_nz, -normal[:, 1] / safe_nz
+    plane_z = (np.array([row[4] for row in rows]) + mean[:, 2] - gradient_x * mean[:, 0]
+               - gradient_y * mean[:, 1])
+    assert np.array_equal(patches.centres[:, 2], plane_z)
+    height_at = dict(zip(zip(ix.tolist(), iy.tolist()), plane_z.tolist()))
+    cell_size = kwargs['cell_size']
+    expected_step = []
+    for k, cell in enumerate(zip(ix.tolist(), iy.tolist())):
+        step = 0.0
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                neighbour = height_at.get((cell[0] + di, cell[1] + dj))
+                if (di or dj) and neighbour is not None:
+                    predicted = plane_z[k] + (gradient_x[k] * di + gradient_y[k] * dj) * cell_size
+                    step = max(step, abs(neighbour - predicted))
+        expected_step.append(step)
+    assert np.array_equal(feature(patches, 'max_step'), expected_step)
+
+
+def test_columns_and_point_array_give_the_same_patches():
+    points = ground_points(lambda x, y: 0.05 * np.sin(3 * x) * y)
+    by_array = compute_patches(points, SENSOR, 3)
+    by_columns = compute_patches_xyz(points[:, 0].copy(), points[:, 1].copy(),
+                                     points[:, 2].copy(), SENSOR, 3)
+    for name in ('keys', 'centres', 'features'):
+        assert np.array_equal(getattr(by_array, name), getattr(by_columns, name))
+
+
+@pytest.mark.parametrize('points', [np.zeros((0, 3)),                       # empty scan
+                                    np.array([[50.0, 0.0, 0.0]] * 10),      # all out of range
+                                    np.array([[5.0, 0.0, 0.0]] * 4)])       # too few points
+def test_scans_without_cells(points):
+    patches = compute_patches(points, SENSOR, 0)
+    assert len(patches) == 0 and patches.features.shape == (0, len(FEATURE_NAMES))
+
+
+def test_one_cell():
+    rng = np.random.default_rng(5)
+    points = np.column_stack([rng.uniform(-4.99, -4.51, 20), rng.uniform(-3.0, -2.51, 20),
+                              rng.normal(0.0, 0.01, 20)])
+    patches = compute_patches(points, SENSOR, 0)
+    assert len(patches) == 1
+    assert np.array_equal(np.stack(cell_indices(patches.keys)).ravel(), [-10, -6])
+    assert feature(patches, 'max_step')[0] == 0.0  # no neighbours
+    assert feature(patches, 'neighbourhood_height_std')[0] == feature(patches, 'height_std')[0]

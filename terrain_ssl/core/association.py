@@ -28,6 +28,17 @@ def _rows(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.take(values, index, axis=0)
 
 
+def _weighted_mean(old: np.ndarray, w_old: np.ndarray, new: np.ndarray, w_new: np.ndarray,
+                   total: np.ndarray) -> np.ndarray:
+    """(w_old old + w_new new) / total, overwriting `old` and `new` (fresh row copies): in place,
+    without three more temporaries per call."""
+    old *= w_old
+    new *= w_new
+    old += new
+    old /= total
+    return old
+
+
 @dataclass
 class Crossings:
     """Cells the footprint has finished crossing; enter/exit are the first/last covered stamps."""
@@ -241,10 +252,11 @@ class CellMap:
                 w_old = self._weight[rows][:, None]
                 w_new = weight_new[source][:, None]
                 total = w_old + w_new
-                self._features[rows] = (w_old * _rows(self._features, rows)
-                                        + w_new * _rows(patches.features, source)) / total
-                self._centres[rows] = (w_old * _rows(self._centres, rows)
-                                       + w_new * _rows(patches.centres, source)) / total
+                self._features[rows] = _weighted_mean(_rows(self._features, rows), w_old,
+                                                      _rows(patches.features, source), w_new,
+                                                      total)
+                self._centres[rows] = _weighted_mean(_rows(self._centres, rows), w_old,
+                                                     _rows(patches.centres, source), w_new, total)
                 self._weight[rows] = total[:, 0]
                 self._last_seen[rows] = t_ns
                 self._flag_if_near(rows)  # a merge moves the centre (slightly)
@@ -278,7 +290,7 @@ class CellMap:
         stale = self._alive & (self._last_seen < now_ns - self.max_age_ns) \
             & (self._enter == _NOT_YET)
         if stale.any():
-            self.aged_out += int(stale.sum())
+            self.aged_out += int(np.count_nonzero(stale))
             self._remove(np.flatnonzero(stale))
         self._compact_index()
         excess = self._index_keys.shape[0] - self.max_cells

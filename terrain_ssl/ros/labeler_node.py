@@ -31,7 +31,7 @@ from terrain_ssl.ros.common import (DIAG_OK, DIAG_WARN, HIGH_RATE_SENSOR_QOS, RE
                                     SENSOR_QOS, DiagnosticsPublisher, LiveParameters, Outlet, ParamSpec,
                                     RejectCounter, run_node)
 from terrain_ssl.ros.conversions import (MalformedCloudError, float_matrix_to_pointcloud2,
-                                         pointcloud2_to_xyz, stamp_to_ns)
+                                         pointcloud2_xyz_view, stamp_to_ns)
 
 _DEFAULT = LabelerConfig()
 # Fields of the output clouds, in order (all float32).
@@ -184,8 +184,9 @@ class RoughnessLabelerNode(Node):
 
     def on_points(self, msg: PointCloud2) -> None:
         try:
-            # Keep non-finite points: the core drops and counts them.
-            points = pointcloud2_to_xyz(msg, skip_nans=False)
+            # Keep non-finite points: the core drops and counts them (and converts to float64
+            # only the finite ones).
+            points = pointcloud2_xyz_view(msg)
         except MalformedCloudError as error:
             reason = 'missing_fields' if 'field (fields' in str(error) else 'malformed_cloud'
             self.rejects.reject(reason, str(error))
@@ -194,9 +195,12 @@ class RoughnessLabelerNode(Node):
         patches = self.labeler.add_scan(t_ns, points)
         if patches is None or not len(patches) or not self.params.values['publish_lookahead']:
             return
+        # Straight into float32, the cloud's type (np.hstack made a float64 copy first).
+        values = np.empty((len(patches), len(LOOKAHEAD_FIELDS)), dtype=np.float32)
+        values[:, :3] = patches.centres
+        values[:, 3:] = patches.features
         self.lookahead_outlet.publish(float_matrix_to_pointcloud2(
-            LOOKAHEAD_FIELDS, np.hstack([patches.centres, patches.features]), self.odom_frame,
-            t_ns))
+            LOOKAHEAD_FIELDS, values, self.odom_frame, t_ns))
 
     def flush_labels(self) -> None:
         """Publish now every label whose IMU window is covered (end of a recording: the batch
