@@ -109,9 +109,12 @@ class RoughnessMap:
         if not xy.shape[0] == roughness.shape[0] == uncertainty.shape[0]:
             raise ValueError(f'xy ({xy.shape[0]}), roughness ({roughness.shape[0]}) and '
                              f'uncertainty ({uncertainty.shape[0]}) differ in length')
-        valid = np.isfinite(xy).all(axis=1) & np.isfinite(roughness) & np.isfinite(uncertainty)
-        self.rejected = int(valid.size - np.count_nonzero(valid))
-        if self.rejected:  # (row selection of an (n, 2) array is slow: only when needed)
+        self.rejected = 0
+        if not (np.isfinite(xy).all() and np.isfinite(roughness).all()
+                and np.isfinite(uncertainty).all()):  # (row-wise checks only when needed)
+            valid = (np.isfinite(xy).all(axis=1) & np.isfinite(roughness)
+                     & np.isfinite(uncertainty))
+            self.rejected = int(valid.size - np.count_nonzero(valid))
             xy, roughness, uncertainty = xy[valid], roughness[valid], uncertainty[valid]
         self.cell_size_m = float(cell_size_m)
         if xy.shape[0]:
@@ -222,16 +225,16 @@ class RoughnessMap:
             return False  # the memory bound trims by stamp: merged_with's rule
         # Old cells that a new cell replaces (the newer map wins), or that expired.
         position = np.searchsorted(old_keys, new_keys)
-        found = position < old_keys.size
-        found[found] = old_keys[position[found]] == new_keys[found]
+        found = old_keys[np.minimum(position, old_keys.size - 1)] == new_keys
         drop = expired
         drop[position[found]] = True
         stay = np.flatnonzero(~drop)
-        kept_keys = old_keys[stay]
-        # Slots of the new cells in the merged, key-sorted arrays (keys are now disjoint), and
-        # for every slot its row in old + new values concatenated.
-        total = kept_keys.size + new_keys.size
-        new_slot = np.searchsorted(kept_keys, new_keys) + np.arange(new_keys.size)
+        # Slots of the new cells in the merged, key-sorted arrays (keys are now disjoint): the
+        # old cells before it that stay, plus the new cells before it. And for every slot its
+        # row in old + new values concatenated.
+        total = stay.size + new_keys.size
+        dropped_before = np.searchsorted(np.flatnonzero(drop), position)
+        new_slot = position - dropped_before + np.arange(new_keys.size)
         old_slot = np.ones(total, dtype=bool)
         old_slot[new_slot] = False
         source = np.empty(total, dtype=np.int64)
@@ -249,7 +252,7 @@ class RoughnessMap:
         self.stamp_ns = merge(self.stamp_ns, newer.stamp_ns)
         self.origin_xy_m = newer.origin_xy_m
         self.rejected = newer.rejected
-        if kept_keys.size:
+        if stay.size:
             self._origin_low_m, self._origin_high_m = low, high
         else:
             self._origin_low_m, self._origin_high_m = newer._origin_low_m, newer._origin_high_m
@@ -333,13 +336,22 @@ def corridor_samples(state: VehicleState, length_m: float, half_width_m: float, 
             walked = None
     if walked is None:
         heading = np.full(stations.shape, state.yaw_rad)
-        centre = np.stack([state.x_m + stations * np.cos(state.yaw_rad),
-                           state.y_m + stations * np.sin(state.yaw_rad)], axis=1)
+        centre = _columns(state.x_m + stations * np.cos(state.yaw_rad),
+                          state.y_m + stations * np.sin(state.yaw_rad))
     else:
         centre, heading, _ = walked
-    normal = np.stack([-np.sin(heading), np.cos(heading)], axis=1)
+    normal = _columns(-np.sin(heading), np.cos(heading))
     xy = centre[:, None, :] + lateral[None, :, None] * normal[:, None, :]
     return xy, stations, heading
+
+
+def _columns(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """np.stack([first, second], axis=1) for two 1-D float arrays, without its ~5 us of
+    generic handling (the advisor stacks a few per update, 20 times a second)."""
+    out = np.empty((first.shape[0], 2))
+    out[:, 0] = first
+    out[:, 1] = second
+    return out
 
 
 def _walk_path(path: np.ndarray, position: np.ndarray, stations: np.ndarray):
@@ -491,9 +503,11 @@ class SpeedAdvisor:
         target = np.where(known, target, unknown_target)
         # Distance from the front axle to the near edge of each sample's cell, along the corridor:
         # continuous in the vehicle's position, so the limit follows a smooth braking profile.
-        tangent = np.stack([np.cos(heading), np.sin(heading)], axis=1)
         offset = (centres - flat).reshape(xy.shape)
-        along = stations[:, None] + np.einsum('swk,sk->sw', offset, tangent)
+        # offset . (cos, sin) per sample; written out, it is the einsum('swk,sk->sw') it
+        # replaces to the bit (two products, one sum) at a third of the cost.
+        along = stations[:, None] + (offset[:, :, 0] * np.cos(heading)[:, None]
+                                     + offset[:, :, 1] * np.sin(heading)[:, None])
         distance = np.maximum(along - cfg.front_offset_m - 0.5 * cfg.cell_size_m, 0.0)
         per_sample = allowed_speed_now(np.minimum(target, 1e3), distance, cfg.decel_limit_mps2)
         per_sample = np.where(np.isfinite(target), per_sample, np.inf)
@@ -545,7 +559,7 @@ class SpeedAdvisor:
                 speed < self._last_speed - 2.0 * cfg.decel_limit_mps2 * dt - 0.05 and \
                 advice.reason in ('terrain', 'unknown_terrain'):
             self.late_hazards += 1
-        speed = float(np.clip(speed, cfg.v_min_mps, cfg.v_max_mps))
+        speed = min(max(speed, cfg.v_min_mps), cfg.v_max_mps)  # (floats: np.clip costs ~5 us)
         advice = replace(advice, speed_limit_mps=speed)
         self._last_speed = speed
         self._last_time_ns = now_ns

@@ -516,7 +516,8 @@ class OnlineRoughnessRegressor:
 
     def _initialise(self) -> None:
         n_features = self.n_features_in_
-        self._log_columns = np.array([name in self.log_features for name in self.feature_names])
+        self._log_columns = np.array([self.feature_names.index(name)
+                                      for name in self.log_features], dtype=np.int64)
         self._novelty_above_only = np.array([name in ROUGHER_WHEN_LARGER
                                              for name in self.feature_names])
         self.features_ = OnlineStandardizer(n_features)
@@ -558,10 +559,10 @@ class OnlineRoughnessRegressor:
 
     def _model_inputs(self, X: np.ndarray) -> np.ndarray:
         """Checked features -> what the model learns from (log of the scale features)."""
-        if self._log_columns.any():
-            # Every column logged, then the log columns picked: cheaper than logging a
-            # fancy-indexed copy and writing it back (~27 us per 800-row map).
-            X = np.where(self._log_columns, np.log(np.maximum(X, 0.0) + _FEATURE_LOG_FLOOR), X)
+        if self._log_columns.size:
+            X = X.copy()
+            X[:, self._log_columns] = np.log(np.maximum(X[:, self._log_columns], 0.0)
+                                             + _FEATURE_LOG_FLOOR)
         return X
 
     def _to_target(self, y: np.ndarray) -> np.ndarray:
