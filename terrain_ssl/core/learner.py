@@ -536,14 +536,18 @@ class OnlineRoughnessRegressor:
             self.feature_map_.fit(np.zeros((1, n_features), dtype=np.float32))
         else:
             self.feature_map_ = None
+        # Seeded generators rather than int seeds: SGDRegressor builds a RandomState from an int
+        # seed on every partial_fit (~100 us, more than the 32-sample epoch itself). Without
+        # shuffling it only draws an unused seed from it, so the weights are the same.
         self.members_ = [
             SGDRegressor(loss='squared_error', penalty='l2', alpha=self.alpha,
                          learning_rate='constant', eta0=self.learning_rate, shuffle=False,
-                         random_state=self.random_state + index)
+                         random_state=np.random.RandomState(self.random_state + index))
             for index in range(self.n_members)]
         self.residual_model_ = SGDRegressor(
             loss='squared_error', penalty='l2', alpha=self.alpha, learning_rate='constant',
-            eta0=self.learning_rate, shuffle=False, random_state=self.random_state + self.n_members)
+            eta0=self.learning_rate, shuffle=False,
+            random_state=np.random.RandomState(self.random_state + self.n_members))
 
     def _check_features(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
