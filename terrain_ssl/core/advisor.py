@@ -269,13 +269,14 @@ class RoughnessMap:
     @staticmethod
     def _keys_of_index(index: np.ndarray) -> np.ndarray:
         """int64 key per grid index row; -1 where an index is too large to key."""
-        inside = (np.abs(index) < _KEY_SPAN // 2).all(axis=1)
-        every_inside = bool(inside.all())
-        if not every_inside:  # (zeroed first: casting huge floats to int64 is undefined)
-            index = np.where(inside[:, None], index, 0)
-        index = index.astype(np.int64) + _KEY_SPAN // 2
-        keys = index[:, 0] * _KEY_SPAN + index[:, 1]
-        return keys if every_inside else np.where(inside, keys, -1)
+        within = np.abs(index) < _KEY_SPAN // 2
+        if within.all():  # the usual case; a row-wise all() costs more than the rest
+            index = index.astype(np.int64) + _KEY_SPAN // 2
+            return index[:, 0] * _KEY_SPAN + index[:, 1]
+        inside = within.all(axis=1)
+        # (zeroed first: casting huge floats to int64 is undefined)
+        index = np.where(inside[:, None], index, 0).astype(np.int64) + _KEY_SPAN // 2
+        return np.where(inside, index[:, 0] * _KEY_SPAN + index[:, 1], -1)
 
     def _centres_of_index(self, index: np.ndarray) -> np.ndarray:
         return self.origin_xy_m + index * self.cell_size_m
