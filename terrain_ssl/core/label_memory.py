@@ -52,9 +52,9 @@ class CellLabelMemory:
         self._last = np.zeros(capacity, dtype=np.int64)  # update counter, for eviction
         self._updates = 0
         # The cells sorted by key, for lookups by binary search: a dict lookup per point cost
-        # ~80 us per 800-cell lookahead, the search ~10 us. Cells created since (`_unindexed`,
-        # keys of rows len(_index_keys)...) are merged in at the next lookup; after an eviction
-        # renumbers the rows, the index is built again from `_slot`.
+        # ~80 us per 800-cell lookahead, the search ~10 us. Cells created since the index was
+        # last brought up to date (`_unindexed`, in row order) are merged in at the next lookup;
+        # after an eviction renumbers the rows, the index is built again from `_slot` (None).
         self._index_keys = np.zeros(0, dtype=np.int64)
         self._index_rows = np.zeros(0, dtype=np.int64)
         self._unindexed: list = []

@@ -76,22 +76,6 @@ def _trusted_input():
     return sklearn.config_context(assume_finite=True, skip_parameter_validation=True)
 
 
-def _sgd_step(member: SGDRegressor, phi: np.ndarray, target: np.ndarray,
-              sample_weight: np.ndarray) -> None:
-    """`member.partial_fit(phi, target, sample_weight=sample_weight)` for a member that has
-    learned before, with C-contiguous float32 inputs of matching shapes (checked by the caller).
-
-    SGDRegressor.partial_fit validates and converts its inputs on every call (~250 us of its
-    ~380 us for a 32-row batch; six calls per batch) and then runs `_fit_regressor`: that is
-    called here directly, with the arguments partial_fit passes (test_learner_core checks the
-    two give bit-identical weights). A scikit-learn without it gets the public call.
-    """
-    if not hasattr(member, 'coef_') or not hasattr(member, '_fit_regressor'):
-        member.partial_fit(phi, target, sample_weight=sample_weight)
-        return
-    member._fit_regressor(phi, target, member.alpha, member.loss, member.learning_rate,
-                          sample_weight, 1)
-
 # Residual variance forgets with this many samples' memory: recent errors describe today's terrain.
 _RESIDUAL_MEMORY_SAMPLES = 500.0
 # The residual-scale model takes over from the global residual variance over this many samples.
@@ -108,6 +92,24 @@ _MAX_LOG_SIGMA = 8.0
 _TARGET_MARGIN_STD = 3.0
 # log(x + floor) for the log features; 0.1 mm is below any lidar's height resolution.
 _FEATURE_LOG_FLOOR = 1e-4
+
+
+def _sgd_step(member: SGDRegressor, phi: np.ndarray, target: np.ndarray,
+              sample_weight: np.ndarray) -> None:
+    """`member.partial_fit(phi, target, sample_weight=sample_weight)`, for C-contiguous float32
+    inputs of matching shapes (as partial_fit builds them; the learner's already are).
+
+    SGDRegressor.partial_fit validates and converts its inputs on every call (~250 us per call
+    on a 32-row batch, six calls per batch) before it runs `_fit_regressor`; a member that has
+    learned before gets that called directly, with the arguments partial_fit passes
+    (test_learner_core checks the weights stay bit-identical). The first call, and a
+    scikit-learn without `_fit_regressor`, take the public route.
+    """
+    if not hasattr(member, 'coef_') or not hasattr(member, '_fit_regressor'):
+        member.partial_fit(phi, target, sample_weight=sample_weight)
+        return
+    member._fit_regressor(phi, target, member.alpha, member.loss, member.learning_rate,
+                          sample_weight, 1)
 
 
 class OnlineStandardizer:

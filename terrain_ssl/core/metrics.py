@@ -133,8 +133,9 @@ def isotonic_curve(x, y, weight) -> tuple:
     predict with np.interp(np.clip(x_new, x[0], x[-1]), *knots).
 
     The same numbers as sklearn's IsotonicRegression(increasing=True, out_of_bounds='clip')
-    fitted and predicted (test_metrics checks it to the bit), which the baseline refitted after
-    every training batch: its input checks cost ~0.7 ms per refit, ~60 times this arithmetic.
+    fitted and predicted (test_learner_core checks it to the bit), which the baseline refitted
+    after every training batch: its input checks made that ~0.67 ms per refit and prediction,
+    this takes ~0.07 ms.
     """
     x = np.asarray(x, dtype=np.float64)
     weight = np.asarray(weight, dtype=np.float64)
