@@ -244,3 +244,38 @@ def test_config_refuses_inconsistent_values():
         AdvisorConfig(cautious_speed_mps=10.0)
     with pytest.raises(ValueError, match='finite'):
         AdvisorConfig(shock_limit_mps2=float('nan'))
+
+
+def test_absorb_newer_gives_the_map_merged_with_would():
+    """The in-place merge (binary search + insertion) must equal the plain merge, cell for cell,
+    while cells are replaced, added and expire."""
+    rng = np.random.default_rng(4)
+    memory_ns = int(5e9)
+    merged = fast = None
+    for step in range(40):
+        now = int(step * 0.5e9)
+        centre = rng.integers(-10, 10, size=2)
+        cells = np.unique(centre + rng.integers(-6, 7, size=(rng.integers(0, 60), 2)), axis=0)
+        xy = (cells + 0.5) * CELL + rng.normal(0, 1e-7, cells.shape)  # float noise on the grid
+        new = RoughnessMap(xy, rng.random(len(xy)), rng.random(len(xy)), CELL, stamp_ns=now)
+        oldest = now - memory_ns
+        merged = new.merged_with(merged, oldest, 10_000)
+        if fast is None or not fast.absorb_newer(new, oldest, 10_000):
+            fast = new.merged_with(fast, oldest, 10_000)
+        for name in ('_keys_sorted', 'centres_xy_m', 'roughness', 'uncertainty', 'stamp_ns'):
+            assert np.array_equal(getattr(fast, name), getattr(merged, name)), (step, name)
+
+
+def test_lookup_with_centres_is_lookup_plus_cell_centres():
+    rng = np.random.default_rng(6)
+    xy = (rng.integers(-20, 20, size=(300, 2)) + 0.5) * CELL
+    rmap = RoughnessMap(xy, rng.random(300), rng.random(300), CELL)
+    query = rng.uniform(-12.0, 12.0, size=(500, 2))
+    query[0] = [1e12, 0.0]  # too far to key: unknown, as before
+    roughness, uncertainty, known, centres = rmap.lookup_with_centres(query)
+    expected = rmap.lookup(query)
+    assert np.array_equal(roughness, expected[0]) and np.array_equal(uncertainty, expected[1])
+    assert np.array_equal(known, expected[2]) and not known[0]
+    assert np.array_equal(centres, rmap.cell_centres(query))
+    empty = RoughnessMap.empty(CELL).lookup_with_centres(query)
+    assert not empty[2].any() and empty[3].shape == query.shape

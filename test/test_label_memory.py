@@ -49,3 +49,32 @@ def test_fusion_moves_from_the_prediction_to_the_labels_as_they_accumulate():
     assert spread[-1] / roughness[-1] == pytest.approx(np.expm1(0.1), rel=0.2)
     with pytest.raises(ValueError):
         CellLabelMemory(cell_size_m=0.0)
+
+
+def test_sorted_index_lookups_match_a_plain_dictionary_through_growth_and_eviction():
+    """Lookups by binary search over the cells (merged in as they appear, rebuilt after an
+    eviction) must give what per-cell dictionary lookups give; fused must equal fuse on all."""
+    rng = np.random.default_rng(2)
+    memory = CellLabelMemory(cell_size_m=0.5, max_cells=150)
+    labels: dict = {}  # cell -> log values, evictions aside
+    query_x, query_y = rng.uniform(-10, 10, 400), rng.uniform(-10, 10, 400)
+    assert memory.lookup(query_x, query_y)[0].tolist() == [0.0] * 400  # empty memory
+    for step in range(120):
+        n = rng.integers(1, 6)
+        x, y = rng.uniform(-10, 10, n), rng.uniform(-10, 10, n)
+        memory.add(x, y, rng.random(n))
+        if step % 7 == 0:
+            count, log_mean, log_variance = memory.lookup(query_x, query_y)
+            keys = memory._keys(query_x, query_y).tolist()
+            rows = np.array([memory._slot.get(key, -1) for key in keys])
+            assert np.array_equal(count > 0, rows >= 0)
+            known = rows >= 0
+            assert np.array_equal(count[known], memory._count[rows[known]])
+            assert np.array_equal(log_mean[known],
+                                  memory._sum[rows[known]] / memory._count[rows[known]])
+            roughness, uncertainty = rng.random(400), rng.random(400)
+            fused = memory.fused(query_x, query_y, roughness, uncertainty)
+            expected = fuse(roughness, uncertainty, count, log_mean, log_variance)
+            assert np.array_equal(fused[0], expected[0])
+            assert np.array_equal(fused[1], expected[1])
+    assert len(memory) <= 150  # it did evict

@@ -224,3 +224,63 @@ def test_uncertainty_follows_the_label_noise_of_each_kind_of_ground():
     for part in (noisy, ~noisy):
         covered = np.mean(y[6000:][part] <= roughness[part] + sigma[part])
         assert 0.7 < covered < 0.97
+
+
+def test_fast_sgd_steps_learn_exactly_what_partial_fit_learns():
+    """_sgd_step skips scikit-learn's input checks, and the members are seeded with RandomState
+    objects: neither may change a weight (bit for bit) against the plain public call."""
+    from sklearn.linear_model import SGDRegressor
+
+    from terrain_ssl.core.learner import _sgd_step
+
+    rng = np.random.default_rng(3)
+    settings = dict(loss='squared_error', penalty='l2', alpha=1e-5, learning_rate='constant',
+                    eta0=0.02, shuffle=False)
+    public = SGDRegressor(random_state=7, **settings)
+    fast = SGDRegressor(random_state=np.random.RandomState(7), **settings)
+    for n in (1, 32, 5, 64):
+        phi = rng.normal(size=(n, 16)).astype(np.float32)
+        target = rng.normal(size=n).astype(np.float32)
+        weights = rng.poisson(1.0, size=n).astype(np.float32)
+        weights[0] = 1.0
+        public.partial_fit(phi, target, sample_weight=weights)
+        _sgd_step(fast, phi, target, weights)
+        assert np.array_equal(public.coef_, fast.coef_)
+        assert np.array_equal(public.intercept_, fast.intercept_) and public.t_ == fast.t_
+
+
+def test_ensemble_mean_and_spread_are_numpys_to_the_bit():
+    """_predict_target computes the members' mean and std (ddof=1) from one shared sum."""
+    X, y, _ = synthetic(400, 5)
+    model = OnlineRoughnessRegressor(NAMES, random_state=2)
+    model.partial_fit(X[:200], y[:200])
+    inputs = model._model_inputs(model._check_features(X[200:]))
+    mean, spread, phi = model._predict_target(inputs)
+    coef, intercept = model._stacked_members()
+    member_z = phi @ coef + intercept
+    target_std = model.targets_.std[0]
+    margin = 3.0 * target_std
+    expected_mean = np.clip(model.targets_.mean[0]
+                            + target_std * member_z.mean(axis=1, dtype=np.float64),
+                            model.targets_.min[0] - margin, model.targets_.max[0] + margin)
+    expected_spread = target_std * member_z.std(axis=1, ddof=1, dtype=np.float64)
+    assert np.array_equal(mean, expected_mean) and np.array_equal(spread, expected_spread)
+
+
+def test_baseline_curve_is_sklearns_isotonic_regression_to_the_bit():
+    from sklearn.isotonic import IsotonicRegression
+
+    from terrain_ssl.core.metrics import isotonic_curve
+
+    rng = np.random.default_rng(11)
+    for n_knots in (1, 2, 3, 10, 60):
+        x = np.sort(rng.choice(np.linspace(-9.0, 1.0, 200), n_knots, replace=False))
+        y = np.cumsum(rng.normal(0.1, 1.0, n_knots))
+        y[rng.random(n_knots) < 0.3] = 0.5  # ties and plateaus
+        weight = rng.integers(1, 50, n_knots).astype(np.float64)
+        new_x = rng.uniform(-11.0, 3.0, 100)
+        expected = IsotonicRegression(increasing=True, out_of_bounds='clip').fit(
+            x, y, sample_weight=weight).predict(new_x)
+        knots_x, knots_y = isotonic_curve(x, y, weight)
+        got = np.interp(np.clip(new_x, knots_x[0], knots_x[-1]), knots_x, knots_y)
+        assert np.array_equal(got, expected)

@@ -51,21 +51,29 @@ class CellLabelMemory:
         self._sum_sq = np.zeros(capacity)    # of squared log values
         self._last = np.zeros(capacity, dtype=np.int64)  # update counter, for eviction
         self._updates = 0
+        # The cells sorted by key, for lookups by binary search: a dict lookup per point cost
+        # ~80 us per 800-cell lookahead, the search ~10 us. Cells created since the index was
+        # last brought up to date (`_unindexed`, in row order) are merged in at the next lookup;
+        # after an eviction renumbers the rows, the index is built again from `_slot` (None).
+        self._index_keys = np.zeros(0, dtype=np.int64)
+        self._index_rows = np.zeros(0, dtype=np.int64)
+        self._unindexed: list = []
 
     def __len__(self) -> int:
         return len(self._slot)
 
-    def _keys(self, x, y) -> list:
+    def _keys(self, x, y) -> np.ndarray:
+        """int64 cell key per point."""
         ix = np.floor(np.asarray(x, dtype=np.float64) / self.cell_size_m).astype(np.int64)
         iy = np.floor(np.asarray(y, dtype=np.float64) / self.cell_size_m).astype(np.int64)
-        return cell_keys(ix, iy).tolist()
+        return cell_keys(ix, iy)
 
     def add(self, x, y, roughness) -> None:
         """Remember labels: cell centres (m, odom) and roughness >= 0, all finite (checked by
         the caller, which counts what it rejects)."""
         log_value = np.log(np.asarray(roughness, dtype=np.float64) + self.floor)
         self._updates += 1
-        for key, value in zip(self._keys(x, y), log_value.tolist()):
+        for key, value in zip(self._keys(x, y).tolist(), log_value.tolist()):
             row = self._slot.get(key)
             if row is None:
                 row = self._new_row(key)
@@ -86,6 +94,8 @@ class CellLabelMemory:
                 new[:old.shape[0]] = old
                 setattr(self, name, new)
         self._slot[key] = row
+        if self._index_keys is not None:
+            self._unindexed.append(key)
         self._count[row] = self._sum[row] = self._sum_sq[row] = 0.0
         return row
 
@@ -100,27 +110,79 @@ class CellLabelMemory:
             values = getattr(self, name)
             values[:kept_rows.shape[0]] = values[kept_rows]
         self._slot = dict(zip(keys[keep].tolist(), range(kept_rows.shape[0])))
+        self._index_keys = self._index_rows = None  # rows renumbered: rebuilt when needed
+        self._unindexed = []
+
+    def _sorted_index(self) -> tuple:
+        """(keys ascending, their rows) of every cell."""
+        if self._index_keys is None:
+            keys = np.fromiter(self._slot.keys(), dtype=np.int64, count=len(self._slot))
+            rows = np.fromiter(self._slot.values(), dtype=np.int64, count=len(self._slot))
+            order = np.argsort(keys)
+            self._index_keys, self._index_rows = keys[order], rows[order]
+        elif self._unindexed:
+            # New cells got consecutive rows after the indexed ones; insert them in key order.
+            first_row = self._index_keys.shape[0]
+            keys = np.array(self._unindexed, dtype=np.int64)
+            order = np.argsort(keys)
+            keys = keys[order]
+            at = np.searchsorted(self._index_keys, keys)
+            self._index_keys = _insert_sorted(self._index_keys, at, keys)
+            self._index_rows = _insert_sorted(self._index_rows, at, first_row + order)
+        self._unindexed = []
+        return self._index_keys, self._index_rows
+
+    def _rows(self, x, y) -> np.ndarray:
+        """Row of each point's cell in the statistics arrays; -1 where the cell has no label."""
+        keys = self._keys(x, y)
+        index_keys, index_rows = self._sorted_index()
+        if not index_keys.shape[0]:
+            return np.full(keys.shape[0], -1, dtype=np.int64)
+        position = np.minimum(np.searchsorted(index_keys, keys), index_keys.shape[0] - 1)
+        return np.where(index_keys[position] == keys, index_rows[position], -1)
+
+    def _statistics(self, rows: np.ndarray) -> tuple:
+        """(count, log mean, log variance) of the cells at `rows` (rows >= 0)."""
+        count = self._count[rows]
+        mean = self._sum[rows] / count
+        variance = np.maximum(self._sum_sq[rows] / count - mean ** 2, 0.0)
+        return count, mean, variance
 
     def lookup(self, x, y) -> tuple:
         """(count, log mean, log variance) per query point; count 0 (and 0, 0) where no label."""
-        rows = np.array([self._slot.get(key, -1) for key in self._keys(x, y)], dtype=np.int64)
+        rows = self._rows(x, y)
         known = rows >= 0
         count = np.zeros(rows.shape[0])
         mean = np.zeros(rows.shape[0])
         variance = np.zeros(rows.shape[0])
         if known.any():
-            r = rows[known]
-            n = self._count[r]
-            mean[known] = self._sum[r] / n
-            variance[known] = np.maximum(self._sum_sq[r] / n - mean[known] ** 2, 0.0)
-            count[known] = n
+            count[known], mean[known], variance[known] = self._statistics(rows[known])
         return count, mean, variance
-
 
     def fused(self, x, y, roughness, uncertainty) -> tuple:
         """`fuse` the prediction for cells at (x, y) (m, odom) with their labels."""
-        count, log_mean, log_variance = self.lookup(x, y)
-        return fuse(roughness, uncertainty, count, log_mean, log_variance, self.floor)
+        rows = self._rows(x, y)
+        roughness = np.array(roughness, dtype=np.float64)
+        uncertainty = np.array(uncertainty, dtype=np.float64)
+        # Only the labeled cells change (few of a lookahead map's ~800): they alone are fused,
+        # the rest is copied rather than run through four transcendental functions for nothing.
+        labeled = np.flatnonzero(rows >= 0)
+        if labeled.size:
+            roughness[labeled], uncertainty[labeled] = fuse(
+                roughness[labeled], uncertainty[labeled], *self._statistics(rows[labeled]),
+                self.floor)
+        return roughness, uncertainty
+
+
+def _insert_sorted(values: np.ndarray, at: np.ndarray, new_values: np.ndarray) -> np.ndarray:
+    """np.insert(values, at, new_values) for ascending `at`, by joining slices: np.insert costs
+    ~27 us for three values into 3,000 (~200 us into 100,000), this ~7 us (~46 us)."""
+    parts, start = [], 0
+    for index, position in enumerate(at.tolist()):
+        parts += [values[start:position], new_values[index:index + 1]]
+        start = position
+    parts.append(values[start:])
+    return np.concatenate(parts)
 
 
 def fuse(roughness, uncertainty, count, log_mean, log_variance, floor: float = 1e-3):

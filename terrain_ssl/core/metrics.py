@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+from scipy.optimize import isotonic_regression
 from scipy.stats import rankdata
-from sklearn.isotonic import IsotonicRegression
 
 __all__ = ['spearman', 'PrequentialScore', 'BinnedIsotonicBaseline']
 
@@ -120,7 +120,31 @@ class BinnedIsotonicBaseline:
             centres = np.concatenate([[log_edges[0]], (log_edges[:-1] + log_edges[1:]) / 2,
                                       [log_edges[-1]]])
             used = self.counts > 0
-            self._curve = IsotonicRegression(increasing=True, out_of_bounds='clip').fit(
-                centres[used], self.sums[used] / self.counts[used], sample_weight=self.counts[used])
+            self._curve = isotonic_curve(centres[used], self.sums[used] / self.counts[used],
+                                         self.counts[used])
+        knots_x, knots_y = self._curve
         log_feature = np.log(np.clip(feature, self.edges[0], self.edges[-1]))
-        return np.maximum(np.exp(self._curve.predict(log_feature)) - self.roughness_floor, 0.0)
+        fitted = np.interp(np.clip(log_feature, knots_x[0], knots_x[-1]), knots_x, knots_y)
+        return np.maximum(np.exp(fitted) - self.roughness_floor, 0.0)
+
+
+def isotonic_curve(x, y, weight) -> tuple:
+    """Knots (x, y) of the increasing isotonic fit of y on strictly increasing x, weighted;
+    predict with np.interp(np.clip(x_new, x[0], x[-1]), *knots).
+
+    The same numbers as sklearn's IsotonicRegression(increasing=True, out_of_bounds='clip')
+    fitted and predicted (test_learner_core checks it to the bit), which the baseline refitted
+    after every training batch: its input checks made that ~0.67 ms per refit and prediction,
+    this takes ~0.07 ms.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    # IsotonicRegression averages y over equal x (weighted), which for distinct x still
+    # rounds through y * w / w.
+    y = np.asarray(y, dtype=np.float64) * weight / weight
+    fitted = np.asarray(isotonic_regression(y, weights=weight, increasing=True).x,
+                        dtype=np.float64)
+    # Interior knots equal to both neighbours add nothing to the interpolation.
+    keep = np.ones(fitted.shape[0], dtype=bool)
+    keep[1:-1] = (fitted[1:-1] != fitted[:-2]) | (fitted[1:-1] != fitted[2:])
+    return x[keep], fitted[keep]

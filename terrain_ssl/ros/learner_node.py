@@ -239,16 +239,21 @@ class RoughnessLearnerNode(Node):
         n_features = self.model.n_features_in_
         values = structured_columns(points, needed)
         X = values[:, :n_features]
+        # Finite but absurd values (corrupted bytes read as float32 reach 3e38) would overflow
+        # the running standardiser and ruin the model for good: dropped, as NaN and inf are.
+        bounds = np.full(len(needed), MAX_ABS_VALUE)
+        bounds[:n_features] = MAX_ABS_FEATURE
+        with np.errstate(invalid='ignore'):
+            within = np.abs(values) <= bounds  # false for NaN and inf as well
+        if within.all():
+            # The usual cloud: nothing to drop. One check over the whole matrix instead of two
+            # per row (row-wise all() on 13 columns costs ~20 us per 800-patch cloud).
+            return points, X, np.ones(values.shape[0], dtype=bool)
         keep = np.isfinite(values).all(axis=1)
         if not keep.all():
             self.rejects.reject('nonfinite_patch', f'{int((~keep).sum())} patches with NaN/inf '
                                 'dropped')
-        # Finite but absurd values (corrupted bytes read as float32 reach 3e38) would overflow
-        # the running standardiser and ruin the model for good: drop them too.
-        bounds = np.full(len(needed), MAX_ABS_VALUE)
-        bounds[:n_features] = MAX_ABS_FEATURE
-        with np.errstate(invalid='ignore'):
-            plausible = (np.abs(values) <= bounds).all(axis=1)
+        plausible = within.all(axis=1)
         implausible = keep & ~plausible
         if implausible.any():
             self.rejects.reject('implausible_patch', f'{int(implausible.sum())} patches with '
@@ -356,7 +361,8 @@ class RoughnessLearnerNode(Node):
         if parsed is None:
             return
         points, X, keep = parsed
-        points, X = points[keep], X[keep]
+        if not keep.all():
+            points, X = points[keep], X[keep]
         if X.shape[0]:
             roughness, uncertainty = self.model.predict(X, return_std=True)
             if self.params.values['label_memory'] and len(self.memory):
