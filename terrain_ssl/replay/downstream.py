@@ -419,13 +419,14 @@ def _run_downstream(connection, options) -> None:
     from rclpy.context import Context
     from rclpy.serialization import deserialize_message
 
-    from terrain_ssl.replay.runner import _NodeClock, _ros_arguments, single_threaded_math
+    from terrain_ssl.replay.runner import (_NodeClock, _ros_arguments, rare_garbage_collection,
+                                           single_threaded_math)
 
     cpu_start = time.process_time()
     context = Context()
     stage = None
     try:
-        with single_threaded_math():
+        with single_threaded_math(), rare_garbage_collection():
             rclpy.init(args=_ros_arguments(options), context=context)
             node_clock = _NodeClock() if options.node_timing else None
             upstream_topics = connection.recv()
