@@ -432,7 +432,8 @@ def _finite_points(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
     (float32 clouds) are tested column by column: their sum in float64 cannot overflow, so it is
     finite exactly when the three coordinates are, and this skips three conversions."""
     if x.dtype == np.float64:
-        return np.isfinite(x + y + z)
+        with np.errstate(invalid='ignore'):  # inf + -inf: NaN, rejected with the rest
+            return np.isfinite(x + y + z)
     finite = np.isfinite(x)
     finite &= np.isfinite(y)
     finite &= np.isfinite(z)

@@ -163,7 +163,10 @@ def structured_columns(points: np.ndarray, names) -> np.ndarray:
         width = dtype.itemsize // base.itemsize
         matrix = points.view(base).reshape(points.shape[0], width)
         columns = [field[1] // base.itemsize for field in fields]
-        return np.take(matrix, columns, axis=1).astype(np.float64)
+        # (A signalling NaN in the data raises the invalid flag in the cast: the caller rejects
+        # non-finite values and counts them, a RuntimeWarning would be noise.)
+        with np.errstate(invalid='ignore'):
+            return np.take(matrix, columns, axis=1).astype(np.float64)
     out = np.empty((points.shape[0], len(names)))
     for index, name in enumerate(names):
         out[:, index] = points[name]

@@ -267,7 +267,8 @@ class RoughnessLearnerNode(Node):
         if parsed is None:
             return
         points, X, keep = parsed
-        y = points['roughness'].astype(np.float64)
+        with np.errstate(invalid='ignore'):  # signalling NaNs: rejected in _features already
+            y = points['roughness'].astype(np.float64)
         negative = keep & (y < 0)
         if negative.any():
             self.rejects.reject('negative_roughness', f'{int(negative.sum())} labels dropped')
