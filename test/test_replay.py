@@ -150,3 +150,19 @@ def test_downstream_event_batches_round_trip_and_refuse_malformed_bytes():
         decode_events(payload[:12])
     with pytest.raises(ValueError, match='unknown event kind'):
         decode_events(b'\x07' + payload)
+
+
+def test_rare_garbage_collection_restores_the_collector():
+    """The replay loop's collector settings are undone afterwards, even after an error."""
+    import gc
+
+    from terrain_ssl.replay.runner import rare_garbage_collection
+
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError):
+        with rare_garbage_collection(young_threshold=12345):
+            assert gc.get_threshold() == (12345, *before[1:])
+            assert gc.get_freeze_count() > 0  # what was alive is out of the scans
+            raise RuntimeError('a replay failing half way')
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
