@@ -54,7 +54,7 @@ class ReplayError(RuntimeError):
 
 def default_processes() -> int:
     """2 when this process may run on two or more CPUs (the second process then has a core of
-    its own on an otherwise idle machine: 120 s drive 11.3x vs 6.7x real time here), else 1."""
+    its own on an otherwise idle machine: 120 s drive 16-20x vs 11-12x real time here), else 1."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
