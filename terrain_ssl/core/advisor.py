@@ -288,22 +288,26 @@ class RoughnessMap:
 
     def lookup(self, xy_m) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(roughness, uncertainty, known) per query point; unknown points read 0."""
-        return self.lookup_with_centres(xy_m)[:3]
+        xy = np.asarray(xy_m, dtype=np.float64).reshape(-1, 2)
+        return self._lookup_index(self._cell_index(xy))
 
     def lookup_with_centres(self, xy_m) -> tuple:
         """`lookup` plus `cell_centres` of the same points (the grid index is computed once)."""
         xy = np.asarray(xy_m, dtype=np.float64).reshape(-1, 2)
         index = self._cell_index(xy)
-        centres = self._centres_of_index(index)
+        return (*self._lookup_index(index), self._centres_of_index(index))
+
+    def _lookup_index(self, index: np.ndarray) -> tuple:
+        """`lookup` of points given by their grid index."""
         if self._keys_sorted.size == 0:
-            zeros = np.zeros(xy.shape[0])
-            return zeros, zeros.copy(), np.zeros(xy.shape[0], dtype=bool), centres
+            zeros = np.zeros(index.shape[0])
+            return zeros, zeros.copy(), np.zeros(index.shape[0], dtype=bool)
         keys = self._keys_of_index(index)
         position = np.searchsorted(self._keys_sorted, keys)
         position = np.minimum(position, self._keys_sorted.size - 1)
         known = (self._keys_sorted[position] == keys) & (keys >= 0)
         return (np.where(known, self.roughness[position], 0.0),
-                np.where(known, self.uncertainty[position], 0.0), known, centres)
+                np.where(known, self.uncertainty[position], 0.0), known)
 
 
 @dataclass(frozen=True)
