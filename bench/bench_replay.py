@@ -9,6 +9,12 @@ and where the time went in each process: each node's own callbacks (exclusive of
 nodes an in-process publish calls), bag reading and rclpy deserialisation, the bag-time driver,
 and in the downstream process the time spent waiting for input (idle).
 
+Before each replay it times the floor any rclpy replay of the bag pays: reading the labeler's
+input topics and deserialising them with rclpy, nothing else (the same Bag.messages the replay
+iterates). The host's speed changes from one machine to the next (2x between two sessions
+here); the ratio of the replay's wall time to this floor, measured in the same run, does not
+depend on it as much, so figures from different machines can be compared.
+
     PYTHONPATH=. .venv/bin/python bench/bench_replay.py [--bag DIR] [--repeats 3] [--quick]
                                                         [--processes 1|2]
 
@@ -55,6 +61,19 @@ def replay_once(bag: Path, processes: int = 1) -> dict:
     return timing
 
 
+def read_deserialise_floor(bag: Path) -> float:
+    """Seconds to read and rclpy-deserialise the labeler's inputs of `bag`, nothing more."""
+    from terrain_ssl.replay.bag import Bag, ReadCounts
+    from terrain_ssl.replay.runner import rare_garbage_collection
+
+    start = time.perf_counter()
+    with Bag(bag) as reader, rare_garbage_collection():
+        topics = list(reader.resolve_inputs().values())
+        for _ in reader.messages(topics, ReadCounts()):
+            pass
+    return time.perf_counter() - start
+
+
 def _split(node_s: dict, wall_s: float) -> str:
     """Seconds per part of one process; rest = its wall time not in any part."""
     parts = "  ".join(f"{name} {seconds:5.2f} s" for name, seconds in node_s.items())
@@ -83,13 +102,18 @@ def main(argv=None) -> int:
             simulate(bag, duration)
         runs = []
         for run in range(args.repeats):
+            floor_s = read_deserialise_floor(bag)
             timing = replay_once(bag, args.processes)
+            timing['floor_s'] = floor_s
             runs.append(timing)
             bag_s, wall_s, cpu_s = timing['bag_duration_s'], timing['wall_s'], timing['cpu_s']
             print(f'run {run + 1}: {bag_s:.1f} s of bag in {wall_s:.2f} s wall '
                   f'({bag_s / wall_s:5.1f}x), {cpu_s:.2f} s CPU ({bag_s / cpu_s:5.1f}x), '
                   f'{timing["processes"]} process(es); {timing["labels"]} labels; '
                   f'{os.getloadavg()[0]:.1f} load', flush=True)
+            print(f'        floor: read + rclpy deserialise only {floor_s:.2f} s '
+                  f'({bag_s / floor_s:5.1f}x); the replay took {wall_s / floor_s:.2f}x that',
+                  flush=True)
             print(f'        split: {_split(timing["node_s"], wall_s)}', flush=True)
             downstream = timing.get('downstream_process')
             if downstream:
@@ -101,11 +125,18 @@ def main(argv=None) -> int:
     wall_ratio = statistics.median(t['bag_duration_s'] / t['wall_s'] for t in runs)
     cpu_ratio = statistics.median(t['bag_duration_s'] / t['cpu_s'] for t in runs)
     best_ratio = max(t['bag_duration_s'] / t['wall_s'] for t in runs)
+    floor_ratio = statistics.median(t['wall_s'] / t['floor_s'] for t in runs)
+    floor_factor = statistics.median(t['bag_duration_s'] / t['floor_s'] for t in runs)
     print(f'median over {len(runs)} runs: {wall_ratio:.1f}x real time (wall), best '
           f'{best_ratio:.1f}x, {cpu_ratio:.1f}x on CPU time (target >= 20x)')
+    print(f'the read + deserialise floor alone runs at {floor_factor:.1f}x real time here; '
+          f'the replay takes {floor_ratio:.2f}x the floor (20x would need '
+          f'{floor_factor / 20:.2f}x)')
     print(f'RESULT replay_realtime_factor {wall_ratio:.1f} x')
     print(f'RESULT replay_realtime_factor_best {best_ratio:.1f} x')
     print(f'RESULT replay_realtime_factor_cpu {cpu_ratio:.1f} x')
+    print(f'RESULT replay_floor_realtime_factor {floor_factor:.1f} x')
+    print(f'RESULT replay_wall_vs_floor {floor_ratio:.2f} x')
     return 0
 
 

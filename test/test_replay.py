@@ -166,3 +166,36 @@ def test_rare_garbage_collection_restores_the_collector():
             raise RuntimeError('a replay failing half way')
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+def test_labeler_callbacks_never_read_the_node_clock(sim_bag, tmp_path, monkeypatch):
+    """The replay sets the labeler's clock only when its timers fire (BagTimeDriver with
+    callbacks_read_clock=False). That is right only while its input callbacks take all time
+    from message stamps: a clock read there would see a stale time."""
+    from terrain_ssl.ros.labeler_node import RoughnessLabelerNode
+
+    reads = {'inputs': 0, 'timers': 0}
+    in_callback = []
+
+    def counted_get_clock(node):
+        reads['inputs' if in_callback else 'timers'] += 1
+        return super(RoughnessLabelerNode, node).get_clock()
+
+    def flagged(method):
+        def call(node, *args):
+            in_callback.append(method.__name__)
+            try:
+                return method(node, *args)
+            finally:
+                in_callback.pop()
+        return call
+
+    monkeypatch.setattr(RoughnessLabelerNode, 'get_clock', counted_get_clock)
+    for name in ('on_imu', 'on_points', 'on_odometry', 'flush_labels'):
+        monkeypatch.setattr(RoughnessLabelerNode, name,
+                            flagged(getattr(RoughnessLabelerNode, name)))
+    assert _replay(sim_bag, tmp_path / 'out') == 0
+    assert reads['timers'] > 0  # the diagnostics read it: the hook sees reads
+    assert reads['inputs'] == 0
+    labels = _labels(tmp_path / 'out')
+    assert labels.shape[0] > 100  # the callbacks ran

@@ -162,7 +162,9 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
         for outlet in outlets_of(labeler):
             if outlet.topic_name in downstream_topics:
                 outlet.connect(functools.partial(downstream.deliver, outlet.topic_name))
-        driver = BagTimeDriver([labeler])
+        # The labeler takes all time from message stamps; its clock paces only its diagnostics
+        # timer (test_labeler_callbacks_never_read_the_node_clock).
+        driver = BagTimeDriver([labeler], callbacks_read_clock=False)
         labeler_inputs = subscription_callbacks([labeler])
         advance_to = _timed(node_clock, 'bag_time_driver', driver.advance_to)
 
@@ -217,6 +219,7 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
                 raise ReplayError(f'messages lost while reading {bag_path}: {detail}')
             # The labels still waiting for their batch (label.batch_s): no later IMU sample
             # will complete it.
+            driver.sync_clocks()
             labeler.flush_labels()
             # Flushes training and saves the model (downstream: after its last event).
             downstream_result = downstream.finish(first_ns)

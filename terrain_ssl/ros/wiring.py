@@ -55,16 +55,23 @@ class BagTimeDriver:
     """Drives nodes in bag time: sets their sim-time clocks and fires their timers when due.
 
     Nodes must be created with use_sim_time true. Deterministic: nothing depends on wall time.
+
+    `callbacks_read_clock=False` is for nodes whose subscription callbacks take all time from
+    message stamps and read their clock only in timers (the labeler): the clocks are then set
+    when a timer fires (to its due time) and by `sync_clocks()`, not on every message, which
+    saves ~10 us per message (~0.4 s per 120 s drive on the replay's busier process).
     """
 
-    def __init__(self, nodes: Iterable):
+    def __init__(self, nodes: Iterable, callbacks_read_clock: bool = True):
         self.nodes = list(nodes)
+        self.callbacks_read_clock = callbacks_read_clock
         self._timers = []  # [next_due_ns, period_ns, callback]
         for node in self.nodes:
             for timer in node.timers:
                 timer.cancel()  # executors never spin these nodes; we fire the callbacks
                 self._timers.append([None, int(timer.timer_period_ns), timer.callback])
-        self.now_ns = None
+        self.now_ns = None  # bag time
+        self._clock_ns = None  # what the nodes' clocks were last set to
         self._next_due_ns = None  # earliest timer due, once the timers are started
 
     def advance_to(self, stamp_ns: int) -> None:
@@ -79,16 +86,25 @@ class BagTimeDriver:
         # one comparison.
         while self._next_due_ns is not None and self._next_due_ns <= stamp_ns:
             entry = min(self._timers, key=lambda item: item[0])
+            self.now_ns = entry[0]  # what the timer and everything it publishes to sees
             self._set_clocks(entry[0])
             entry[2]()
             entry[0] += entry[1]
             self._next_due_ns = min(item[0] for item in self._timers)
-        self._set_clocks(stamp_ns)
+        self.now_ns = stamp_ns
+        if self.callbacks_read_clock:
+            self._set_clocks(stamp_ns)
+
+    def sync_clocks(self) -> None:
+        """Set the nodes' clocks to the current bag time (with callbacks_read_clock=False,
+        before anything outside a timer reads them)."""
+        if self.now_ns is not None:
+            self._set_clocks(self.now_ns)
 
     def _set_clocks(self, stamp_ns: int) -> None:
-        if stamp_ns == self.now_ns:
+        if stamp_ns == self._clock_ns:
             return
-        self.now_ns = stamp_ns
+        self._clock_ns = stamp_ns
         time = Time(nanoseconds=stamp_ns, clock_type=ClockType.ROS_TIME)
         for node in self.nodes:
             node.get_clock().set_ros_time_override(time)
