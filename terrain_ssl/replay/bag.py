@@ -181,6 +181,8 @@ class Bag:
             decoded = self._decode(chunk, counts)
             chunk.clear()  # the raw payloads go before the nodes see the messages
             yield from decoded
+        if not in_window:  # a time window reads fewer messages than the bag holds, by design
+            counts.expected = dict(counts.read)
 
     def _decode(self, raw_messages, counts: ReadCounts) -> list:
         """(connection, stamp, raw payload) -> BagMessages, in order; undecodable ones counted."""
@@ -207,9 +209,6 @@ class Bag:
                 continue
             decoded.append(BagMessage(topic, connection.msgtype, int(stamp_ns), message, cdr))
         return decoded
-
-        if not in_window:  # a time window reads fewer messages than the bag holds, by design
-            counts.expected = dict(counts.read)
 
     def _ros1_to_rclpy(self, raw, connection, cls):
         """ROS 1 payload -> rclpy message: rosbags decodes it, fields are copied by name
