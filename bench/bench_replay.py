@@ -18,6 +18,10 @@ depend on it as much, so figures from different machines can be compared.
     PYTHONPATH=. .venv/bin/python bench/bench_replay.py [--bag DIR] [--repeats 3] [--quick]
                                                         [--processes 1|2]
 
+--compare-read-chunk N alternates the runs (ABBA) between the default reader (256 messages
+deserialised at a time) and one reading N at a time (1: as before 2026-11-29), and prints the
+paired ratios of wall time, reading + deserialising and the labeler's own time.
+
 --quick simulates and replays 30 s instead of 120 s. --processes 2 runs the learner and the
 advisor in a second process (`terrain-ssl replay --processes 2`); 1 keeps all in one; the
 default is the replay command's (2 when two or more CPUs are available).
@@ -44,12 +48,13 @@ def simulate(out_dir: Path, duration_s: float) -> None:
     subprocess.run(command, check=True, cwd=REPO)
 
 
-def replay_once(bag: Path, processes: int = 1) -> dict:
+def replay_once(bag: Path, processes: int = 1, read_chunk_messages: int = 256) -> dict:
     from terrain_ssl.replay.runner import ReplayOptions, run_replay
 
     cpu_start = time.process_time()
     record = run_replay(ReplayOptions(bag=str(bag), config=str(CONFIG), progress=False,
-                                      node_timing=True, processes=processes))
+                                      node_timing=True, processes=processes,
+                                      read_chunk_messages=read_chunk_messages))
     timing = dict(record.timing)
     # run_replay's wall clock starts at the first message; CPU time here also covers node
     # creation and the evaluation arrays (~0.1 s), so the CPU ratio is slightly pessimistic.
@@ -88,6 +93,8 @@ def main(argv=None) -> int:
     parser.add_argument('--processes', type=int, choices=(1, 2), default=None,
                         help='1: all nodes in one process; 2: learner and advisor in a second '
                              '(default: as `terrain-ssl replay`, 2 with two or more CPUs)')
+    parser.add_argument('--compare-read-chunk', type=int, default=None, metavar='N',
+                        help='alternate with a reader deserialising N messages at a time')
     args = parser.parse_args(argv)
     if args.processes is None:
         from terrain_ssl.replay.runner import default_processes
@@ -100,11 +107,25 @@ def main(argv=None) -> int:
             duration = 30.0 if args.quick else 120.0
             print(f'simulating a {duration:.0f} s drive into {bag} ...', flush=True)
             simulate(bag, duration)
-        runs = []
+        runs, baseline_runs = [], []
         for run in range(args.repeats):
-            floor_s = read_deserialise_floor(bag)
-            timing = replay_once(bag, args.processes)
-            timing['floor_s'] = floor_s
+            if args.compare_read_chunk is not None:
+                # ABBA: the host's speed drifts within minutes; pairs cancel most of it.
+                order = ((args.compare_read_chunk, 256) if run % 2 == 0 else
+                         (256, args.compare_read_chunk))
+                for chunk in order:
+                    if chunk != 256:
+                        baseline = replay_once(bag, args.processes, chunk)
+                        baseline_runs.append(baseline)
+                        print(f'   baseline, {chunk} message(s) at a time: '
+                              f'{baseline["wall_s"]:.2f} s wall', flush=True)
+                        continue
+                    timing = replay_once(bag, args.processes)
+                timing['floor_s'] = read_deserialise_floor(bag)
+            else:
+                timing = replay_once(bag, args.processes)
+                timing['floor_s'] = read_deserialise_floor(bag)
+            floor_s = timing['floor_s']
             runs.append(timing)
             bag_s, wall_s, cpu_s = timing['bag_duration_s'], timing['wall_s'], timing['cpu_s']
             print(f'run {run + 1}: {bag_s:.1f} s of bag in {wall_s:.2f} s wall '
@@ -132,6 +153,17 @@ def main(argv=None) -> int:
     print(f'the read + deserialise floor alone runs at {floor_factor:.1f}x real time here; '
           f'the replay takes {floor_ratio:.2f}x the floor (20x would need '
           f'{floor_factor / 20:.2f}x)')
+    if baseline_runs:
+        def paired(part):
+            return statistics.median(
+                (new['node_s'][part] if part else new['wall_s'])
+                / (old['node_s'][part] if part else old['wall_s'])
+                for new, old in zip(runs, baseline_runs))
+        wall, read, labeler = (paired(None), paired('bag_read_deserialise'),
+                               paired('roughness_labeler'))
+        print(f'reading 256 at a time vs {args.compare_read_chunk}: wall x{wall:.3f}, read + '
+              f'deserialise x{read:.3f}, labeler x{labeler:.3f} (paired medians)')
+        print(f'RESULT replay_chunked_read_wall_ratio {wall:.3f} x')
     print(f'RESULT replay_realtime_factor {wall_ratio:.1f} x')
     print(f'RESULT replay_realtime_factor_best {best_ratio:.1f} x')
     print(f'RESULT replay_realtime_factor_cpu {cpu_ratio:.1f} x')

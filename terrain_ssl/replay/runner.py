@@ -46,6 +46,9 @@ class ReplayOptions:
     # 1: all nodes in this process. 2: the learner and the advisor in a second one, fed by
     # this one (same results, two cores: faster only when a core is free; see downstream.py).
     processes: int = 1
+    # Bag messages read and deserialised at a time before the nodes get them (Bag.messages):
+    # a tuning knob for the bench (1: one at a time, interleaved with the nodes' work).
+    read_chunk_messages: int = 256
 
 
 class ReplayError(RuntimeError):
@@ -191,7 +194,8 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
             total_s = (bag.end_ns - bag.start_ns) / 1e9
             first_ns = None
             n_messages = 0
-            messages = bag.messages(topic_to_callbacks, counts, start_ns, end_ns)
+            messages = bag.messages(topic_to_callbacks, counts, start_ns, end_ns,
+                                    chunk_messages=options.read_chunk_messages)
             if node_clock is not None:
                 messages = node_clock.timed_iteration('bag_read_deserialise', messages)
             advance_downstream = downstream.advance
