@@ -19,8 +19,8 @@ depend on it as much, so figures from different machines can be compared.
                                                         [--processes 1|2]
 
 --compare-read-chunk N alternates the runs (ABBA) between the default reader (256 messages
-deserialised at a time) and one reading N at a time (1: as before 2026-11-29), and prints the
-paired ratios of wall time, reading + deserialising and the labeler's own time.
+deserialised at a time) and one reading N at a time (1: one by one, as it used to), and
+prints the paired ratios of wall time, reading + deserialising and the labeler's own time.
 
 --quick simulates and replays 30 s instead of 120 s. --processes 2 runs the learner and the
 advisor in a second process (`terrain-ssl replay --processes 2`); 1 keeps all in one; the
@@ -111,21 +111,18 @@ def main(argv=None) -> int:
         for run in range(args.repeats):
             if args.compare_read_chunk is not None:
                 # ABBA: the host's speed drifts within minutes; pairs cancel most of it.
-                order = ((args.compare_read_chunk, 256) if run % 2 == 0 else
-                         (256, args.compare_read_chunk))
-                for chunk in order:
-                    if chunk != 256:
-                        baseline = replay_once(bag, args.processes, chunk)
+                order = ('baseline', 'default') if run % 2 == 0 else ('default', 'baseline')
+                for which in order:
+                    if which == 'baseline':
+                        baseline = replay_once(bag, args.processes, args.compare_read_chunk)
                         baseline_runs.append(baseline)
-                        print(f'   baseline, {chunk} message(s) at a time: '
+                        print(f'   baseline, {args.compare_read_chunk} message(s) at a time: '
                               f'{baseline["wall_s"]:.2f} s wall', flush=True)
-                        continue
-                    timing = replay_once(bag, args.processes)
-                timing['floor_s'] = read_deserialise_floor(bag)
+                    else:
+                        timing = replay_once(bag, args.processes)
             else:
                 timing = replay_once(bag, args.processes)
-                timing['floor_s'] = read_deserialise_floor(bag)
-            floor_s = timing['floor_s']
+            floor_s = timing['floor_s'] = read_deserialise_floor(bag)
             runs.append(timing)
             bag_s, wall_s, cpu_s = timing['bag_duration_s'], timing['wall_s'], timing['cpu_s']
             print(f'run {run + 1}: {bag_s:.1f} s of bag in {wall_s:.2f} s wall '

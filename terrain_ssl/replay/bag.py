@@ -158,9 +158,9 @@ class Bag:
 
         They are read and deserialised a chunk at a time (up to `chunk_messages`, or
         `chunk_bytes` of payload), then handed out one by one: interleaved with the nodes'
-        work message by message, reading and deserialising ran ~20% slower for the caches they
-        had to refill each time (and the nodes' callbacks slower too), ~20% of a replay's wall
-        time on the 120 s drive in all.
+        work message by message, reading and deserialising ran ~20% slower, their caches
+        refilled after every scan (7-10% of a replay's wall time on the 120 s drive; measured
+        by bench/bench_replay.py --compare-read-chunk 1).
         """
         wanted = [c for c in self._reader.connections if c.topic in set(topics)]
         in_window = start_ns is None and end_ns is None
