@@ -221,9 +221,9 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
                 detail = ', '.join(f'{t}: bag has {e}, read {r}'
                                    for t, (e, r) in mismatches.items())
                 raise ReplayError(f'messages lost while reading {bag_path}: {detail}')
+            driver.sync_clocks()  # the labeler's clock at the last stamp, as after a live run
             # The labels still waiting for their batch (label.batch_s): no later IMU sample
             # will complete it.
-            driver.sync_clocks()
             labeler.flush_labels()
             # Flushes training and saves the model (downstream: after its last event).
             downstream_result = downstream.finish(first_ns)
