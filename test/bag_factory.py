@@ -56,16 +56,19 @@ def make_messages(duration_s=1.0, imu_topic='/imu/data', points_topic='/points',
     return out
 
 
-def write_rosbag2(path, messages, storage='sqlite3'):
+def write_rosbag2(path, messages, storage='sqlite3', corrupt=()):
+    """`messages` into a rosbag2; the ones at the indices in `corrupt` are recorded as bytes
+    that do not deserialise (a damaged record)."""
     plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
     store = get_typestore(Stores.ROS2_HUMBLE)
     with Writer(Path(path), version=8, storage_plugin=plugin) as writer:
         connections = {}
-        for topic, stamp, msg in messages:
+        for index, (topic, stamp, msg) in enumerate(messages):
             if topic not in connections:
                 connections[topic] = writer.add_connection(topic, TYPES[type(msg)],
                                                            typestore=store)
-            writer.write(connections[topic], stamp, serialize_message(msg))
+            payload = b'\x00\x01\x00\x00damaged' if index in corrupt else serialize_message(msg)
+            writer.write(connections[topic], stamp, payload)
     return Path(path)
 
 

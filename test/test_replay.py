@@ -67,6 +67,23 @@ def test_model_out_then_in(sim_bag, tmp_path):
         == 2 * learned
 
 
+def test_damaged_records_are_skipped_counted_and_reported(sim_bag, tmp_path, capsys):
+    """A record rclpy cannot deserialise is skipped, not fatal, and not silent: counted per
+    topic in metrics.json, and named in the printed summary and in report.md."""
+    messages = messages_from_bag(sim_bag)
+    imu = [index for index, (topic, _, _) in enumerate(messages) if topic == '/imu/data']
+    damaged = write_rosbag2(tmp_path / 'damaged', messages, 'mcap', corrupt={imu[500], imu[900]})
+    assert _replay(damaged, tmp_path / 'out') == 0
+    metrics = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+    assert metrics['info']['messages_undecodable'] == {'/imu/data': 2}
+    assert metrics['info']['messages_read']['/imu/data'] == len(imu)  # read, none lost
+    assert 'failed to deserialize' in metrics['info']['last_undecodable_error']
+    assert metrics['labels'] > 100
+    printed = capsys.readouterr().out
+    assert 'warning: 2 recorded message(s) could not be deserialised' in printed
+    assert '/imu/data: 2' in (tmp_path / 'out' / 'report.md').read_text()
+
+
 def test_start_and_duration_replay_a_window_of_the_bag(sim_bag, tmp_path):
     """--start / --duration: only that part of the bag is replayed (its own message counts are
     what is expected: no 'messages lost' error), and its labels are those of that part."""

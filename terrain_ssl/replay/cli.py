@@ -100,5 +100,9 @@ def run_play_command(args) -> int:
     except BagError as error:
         print(f'error: {error}', file=sys.stderr)
         return 1
-    print(f'published {sum(counts.read.values())} messages')
+    undecodable = sum(counts.undecodable.values())
+    print(f'published {sum(counts.read.values()) - undecodable} messages')
+    if undecodable:
+        print(f'warning: {undecodable} recorded message(s) could not be deserialised and were '
+              f'not published ({counts.last_error})', file=sys.stderr)
     return 0

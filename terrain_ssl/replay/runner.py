@@ -238,7 +238,8 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
         rejected.update(downstream_result['rejected'])
         record.info = {
             'bag': str(bag_path), 'topics': roles, 'messages_read': dict(counts.read),
-            'messages_undecodable': dict(counts.undecodable), 'bag_duration_s': bag_s,
+            'messages_undecodable': dict(counts.undecodable),
+            'last_undecodable_error': counts.last_error, 'bag_duration_s': bag_s,
             'rejected': rejected,
         }
         record.timing = {'wall_s': wall_s, 'bag_duration_s': bag_s,
