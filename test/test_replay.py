@@ -50,6 +50,9 @@ def test_replay_is_deterministic_and_the_report_renders(sim_bag, tmp_path):
         assert pixels[..., :3].std() > 0.05, f'{plot}.png is blank'
         assert f'({plot}.png)' in report
     assert (tmp_path / 'a' / 'model.npz').stat().st_size > 1000
+    # The bag's other topics are named, not silently left out.
+    assert metrics['info']['topics_not_replayed'] == {'/tf_static': 'tf2_msgs/msg/TFMessage'}
+    assert '`/tf_static` (tf2_msgs/msg/TFMessage)' in report
 
 
 def test_model_out_then_in(sim_bag, tmp_path):

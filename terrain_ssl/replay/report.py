@@ -224,6 +224,13 @@ def write_report(record: ReplayRecord, out_dir) -> dict:
     skipped = undecodable_warning(info)
     if skipped:
         lines += [f'**Warning:** {skipped}', '']
+    if info.get('topics'):
+        inputs = ', '.join(f'{role} `{topic}`' for role, topic in sorted(info['topics'].items()))
+        lines += [f'Inputs: {inputs}.  ']
+        unused = info.get('topics_not_replayed') or {}
+        lines += ['Not replayed (not inputs of the pipeline): '
+                  + (', '.join(f'`{topic}` ({msgtype})' for topic, msgtype in unused.items())
+                     if unused else 'none') + '.', '']
     if 'prequential' in metrics:
         p, b = metrics['prequential'], metrics['baseline_height_spread']
         lines += ['| quality (predict, then learn) | terrain_ssl | baseline: height spread |',

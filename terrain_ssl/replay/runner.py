@@ -175,6 +175,10 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
         wall_start = time.perf_counter()
         with Bag(bag_path) as bag:
             roles = bag.resolve_inputs(options.topics)
+            # Reported, so that a topic meant as an input but not taken (another name, another
+            # type, a type not installed here) does not go unnoticed.
+            not_replayed = {name: info.msgtype for name, info in sorted(bag.topics().items())
+                            if name not in roles.values()}
             topic_to_callbacks = {}
             # Bag topics the learner or the advisor also subscribe -> their node topic. They
             # are delivered after the labeler's callbacks, in node order (labeler, then learner
@@ -237,7 +241,8 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
         rejected = {labeler.get_name(): dict(labeler.rejects.counts)}
         rejected.update(downstream_result['rejected'])
         record.info = {
-            'bag': str(bag_path), 'topics': roles, 'messages_read': dict(counts.read),
+            'bag': str(bag_path), 'topics': roles, 'topics_not_replayed': not_replayed,
+            'messages_read': dict(counts.read),
             'messages_undecodable': dict(counts.undecodable),
             'last_undecodable_error': counts.last_error, 'bag_duration_s': bag_s,
             'rejected': rejected,
