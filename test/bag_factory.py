@@ -56,12 +56,18 @@ def make_messages(duration_s=1.0, imu_topic='/imu/data', points_topic='/points',
     return out
 
 
-def write_rosbag2(path, messages, storage='sqlite3', corrupt=()):
+def write_rosbag2(path, messages, storage='sqlite3', corrupt=(), compression=None):
     """`messages` into a rosbag2; the ones at the indices in `corrupt` are recorded as bytes
-    that do not deserialise (a damaged record)."""
+    that do not deserialise (a damaged record). compression: None, 'file' or 'message' (zstd,
+    as `ros2 bag record --compression-mode M --compression-format zstd`)."""
+    from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
+
     plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
     store = get_typestore(Stores.ROS2_HUMBLE)
-    with Writer(Path(path), version=8, storage_plugin=plugin) as writer:
+    writer = Writer(Path(path), version=8, storage_plugin=plugin)
+    if compression:
+        writer.set_compression(CompressionMode[compression.upper()], CompressionFormat.ZSTD)
+    with writer:
         connections = {}
         for index, (topic, stamp, msg) in enumerate(messages):
             if topic not in connections:

@@ -69,6 +69,19 @@ def test_a_time_window_reads_its_messages_and_no_loss_is_reported(tmp_path):
     assert counts.mismatches() == {} and counts.read['/imu/data'] == 70
 
 
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+@pytest.mark.parametrize('compression', ['file', 'message'])
+def test_zstd_compressed_bags(tmp_path, storage, compression):
+    """Bags recorded with zstd compression, per file or per message, read like the others."""
+    expected = make_messages()
+    path = write_rosbag2(tmp_path / 'bag', expected, storage, compression=compression)
+    if compression == 'file':
+        assert any(name.suffix == '.zstd' for name in path.iterdir())
+    _, messages, counts = _read_all(path)
+    _check_same(messages, expected)
+    assert counts.mismatches() == {} and counts.undecodable == {}
+
+
 def test_single_file_of_a_bag(tmp_path):
     path = write_rosbag2(tmp_path / 'bag', make_messages(), 'mcap')
     (mcap_file,) = path.glob('*.mcap')
