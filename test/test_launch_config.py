@@ -153,3 +153,22 @@ def test_unparsable_ros_arguments_get_a_one_line_error(capsys):
     args.ros_args = ['--ros-args', '-p', 'model_path:=']
     assert args.func(args) == 2
     assert "name:=\"''\"" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('override, expected', [
+    ('label.batch_s:=-1.0', 'label.batch_s: Invalid parameter value (-1.0)'),  # out of range
+    ('label.batch_s:=0', 'a decimal parameter needs a decimal value'),  # an int for a float
+    ('vibration.shock_measure:=loud', "'loud' is not one of"),  # not one of the choices
+])
+def test_invalid_parameter_overrides_stop_a_node_with_one_line(capsys, override, expected):
+    """An override rclpy or the node refuses at start-up (wrong type, out of range, not a
+    choice): exit 2 with the parameter named, no traceback, no node left running."""
+    from terrain_ssl.ros.common import run_node
+    from terrain_ssl.ros.pipeline import node_class
+
+    code = run_node(node_class('terrain_ssl.ros.labeler_node'),
+                    args=['roughness_labeler', '--ros-args', '-p', override])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith('error: invalid parameter at start-up:') and expected in err, err
+    assert 'Traceback' not in err

@@ -231,3 +231,22 @@ def test_labeler_callbacks_never_read_the_node_clock(sim_bag, tmp_path, monkeypa
     assert reads['inputs'] == 0
     labels = _labels(tmp_path / 'out')
     assert labels.shape[0] > 100  # the callbacks ran
+
+
+@pytest.mark.parametrize('override, processes, expected', [
+    ('label.batch_s:=-1.0', '2', 'invalid parameter at start-up: label.batch_s'),
+    ('label.batch_s:=0', '1', 'a decimal parameter needs a decimal value'),
+    ('train_batch_size:=0', '2', 'invalid parameter at start-up: train_batch_size'),  # 2nd process
+    ('label.batchs:=0.2', '2', "no node has a parameter 'label.batchs'; did you mean "
+                               "label.batch_s"),
+    ('label.batch_s', '1', 'expected NAME:=VALUE'),
+])
+def test_invalid_parameters_stop_the_replay_with_one_line(sim_bag, tmp_path, capsys, override,
+                                                          processes, expected):
+    """A -p the nodes refuse (range, type), a misspelt name (rclpy would ignore it silently) or
+    a malformed one: exit 1 with the reason, no traceback, before any message is read."""
+    code = _replay(sim_bag, tmp_path / 'out', '-p', override, '--processes', processes)
+    err = capsys.readouterr().err
+    assert code == 1 and expected in err, err
+    assert 'Traceback' not in err
+    assert not (tmp_path / 'out' / 'metrics.json').exists()

@@ -430,7 +430,11 @@ def _run_downstream(connection, options) -> None:
             rclpy.init(args=_ros_arguments(options), context=context)
             node_clock = _NodeClock() if options.node_timing else None
             upstream_topics = connection.recv()
-            stage = DownstreamStage(context, options, upstream_topics, node_clock)
+            try:
+                stage = DownstreamStage(context, options, upstream_topics, node_clock)
+            except ValueError as error:  # an invalid parameter value: one line, no traceback
+                connection.send(('error', str(error)))
+                return
             types = stage.message_types
             startup_cpu_s = time.process_time() - cpu_start
             connection.send(('ready', stage.input_topics()))

@@ -124,6 +124,7 @@ def run_replay(options: ReplayOptions) -> ReplayRecord:
 
 def _run_replay(options: ReplayOptions) -> ReplayRecord:
     import rclpy
+    from rclpy._rclpy_pybind11 import RCLError
     from rclpy.context import Context
 
     from terrain_ssl.replay.downstream import (DownstreamError, DownstreamProcess,
@@ -140,14 +141,21 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
     record = ReplayRecord()
     nodes: list = []
     try:
+        _check_parameter_overrides(options.parameters)
         if options.processes == 2:  # started first: it imports while this side builds nodes
             downstream_process = DownstreamProcess(options)
             downstream_process.start()
-        rclpy.init(args=_ros_arguments(options), context=context)
-        if downstream_process is not None:
-            nodes = [node_class(NODE_MODULES[0])(context=context)]
-        else:
-            nodes = create_nodes(context=context)
+        try:
+            rclpy.init(args=_ros_arguments(options), context=context)
+        except RCLError as error:  # e.g. a YAML file rcl cannot parse
+            raise ReplayError(f'ROS arguments: {str(error).split(", at ")[0]}') from error
+        try:
+            if downstream_process is not None:
+                nodes = [node_class(NODE_MODULES[0])(context=context)]
+            else:
+                nodes = create_nodes(context=context)
+        except ValueError as error:  # an invalid parameter value: which one, in one line
+            raise ReplayError(str(error)) from error
         labeler = nodes[0]
         if node_clock is not None:
             node_clock.add_nodes([labeler])
@@ -268,6 +276,25 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
             node.destroy_node()
         context.try_shutdown()
     return record
+
+
+def _check_parameter_overrides(overrides) -> None:
+    """Each `-p [node:]name:=value` must name a parameter the nodes declare: rclpy would ignore
+    a misspelt one, and the replay would run with the default without a word."""
+    import difflib
+
+    from terrain_ssl.ros.pipeline import known_parameter_names
+
+    known = None
+    for override in overrides:
+        if ':=' not in override:
+            raise ReplayError(f'-p {override}: expected NAME:=VALUE')
+        name = override.split(':=', 1)[0].split(':')[-1]
+        known = known or known_parameter_names()
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            raise ReplayError(f'-p {override}: no node has a parameter {name!r}'
+                              + (f'; did you mean {", ".join(close)}?' if close else ''))
 
 
 def _timed(node_clock, name, callback):

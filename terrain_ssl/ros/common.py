@@ -8,6 +8,7 @@ from typing import Callable, Optional, Sequence
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
+from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.qos import QoSProfile, qos_profile_sensor_data, ReliabilityPolicy, HistoryPolicy
 
 # Sensor inputs: best effort, keep last 5 (drivers publish best effort; a reliable subscriber would
@@ -100,7 +101,16 @@ class LiveParameters:
         self._on_change = on_change
         values = {}
         for spec in specs:
-            parameter = node.declare_parameter(spec.name, spec.default, spec.descriptor())
+            try:
+                parameter = node.declare_parameter(spec.name, spec.default, spec.descriptor())
+            except ParameterException as error:  # an override (-p, YAML) of the wrong type or
+                # out of range: rclpy refuses it; the callers report a ValueError in one line.
+                hint = ''
+                if isinstance(error, InvalidParameterTypeException) \
+                        and isinstance(spec.default, float):
+                    hint = ' (a decimal parameter needs a decimal value: 1.0, not 1)'
+                raise ValueError(f'invalid parameter at start-up: {spec.name}: '
+                                 f'{str(error).rsplit(": ", 1)[0]}{hint}') from error
             value = parameter.value
             if isinstance(spec.default, float) and isinstance(value, int):
                 value = float(value)

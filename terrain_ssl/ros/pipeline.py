@@ -26,6 +26,21 @@ def node_class(module_name: str) -> type:
     return classes[0]
 
 
+def known_parameter_names() -> set:
+    """Every parameter name the three nodes declare (their ParamSpec lists), plus the ones every
+    rclpy node has."""
+    from terrain_ssl.ros.common import ParamSpec
+    from terrain_ssl.ros.config_file import GENERIC_PARAMETERS
+
+    names = set(GENERIC_PARAMETERS)
+    for module_name in NODE_MODULES:
+        for value in vars(importlib.import_module(module_name)).values():
+            if isinstance(value, (list, tuple)) and value \
+                    and all(isinstance(item, ParamSpec) for item in value):
+                names.update(spec.name for spec in value)
+    return names
+
+
 def create_nodes(context=None) -> list:
     """Labeler, learner and advisor, in data-flow order, in `context` (global args apply)."""
     return [node_class(name)(context=context) for name in NODE_MODULES]
