@@ -250,3 +250,12 @@ def test_invalid_parameters_stop_the_replay_with_one_line(sim_bag, tmp_path, cap
     assert code == 1 and expected in err, err
     assert 'Traceback' not in err
     assert not (tmp_path / 'out' / 'metrics.json').exists()
+
+
+def test_a_parameters_file_rcl_cannot_parse_is_a_clear_error(sim_bag, tmp_path, capsys):
+    broken = tmp_path / 'broken.yaml'
+    broken.write_text('/**/roughness_labeler:\n  ros__parameters:\n    label.batch_s: [1, 2\n')
+    assert _replay(sim_bag, tmp_path / 'out', '--config', str(broken)) == 1
+    err = capsys.readouterr().err
+    assert "error: ROS arguments: failed to initialize rcl: Couldn't parse params file" in err
+    assert 'Traceback' not in err
