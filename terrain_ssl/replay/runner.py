@@ -285,12 +285,11 @@ def _check_parameter_overrides(overrides) -> None:
 
     from terrain_ssl.ros.pipeline import known_parameter_names
 
-    known = None
+    known = known_parameter_names() if overrides else set()
     for override in overrides:
         if ':=' not in override:
             raise ReplayError(f'-p {override}: expected NAME:=VALUE')
-        name = override.split(':=', 1)[0].split(':')[-1]
-        known = known or known_parameter_names()
+        name = override.split(':=', 1)[0].split(':')[-1]  # [node_name:]name
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3)
             raise ReplayError(f'-p {override}: no node has a parameter {name!r}'
