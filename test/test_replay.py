@@ -259,3 +259,23 @@ def test_a_parameters_file_rcl_cannot_parse_is_a_clear_error(sim_bag, tmp_path, 
     err = capsys.readouterr().err
     assert "error: ROS arguments: failed to initialize rcl: Couldn't parse params file" in err
     assert 'Traceback' not in err
+
+
+@pytest.mark.parametrize('arguments, expected', [
+    (['--duration', '-1'], 'duration must be > 0 s'),
+    (['--start', '-5'], 'start must be >= 0 s'),
+    (['--start', '1000'], 'start 1000 s is past the end of the bag (16.0 s long)'),
+    (['--model-in', 'BROKEN'], '--model-in: model file'),  # a file that is not a model
+    (['--model-in', 'MISSING'], 'does not exist'),
+])
+def test_bad_window_or_model_file_is_a_clear_error(sim_bag, tmp_path, capsys, arguments,
+                                                    expected):
+    """An empty or impossible window, or a model file that does not load: exit 1 with the
+    reason (it used to be an empty report, or a traceback)."""
+    broken = tmp_path / 'broken.npz'
+    broken.write_bytes(b'not a model')
+    paths = {'BROKEN': str(broken), 'MISSING': str(tmp_path / 'missing.npz')}
+    arguments = [paths.get(argument, argument) for argument in arguments]
+    assert _replay(sim_bag, tmp_path / 'out', *arguments) == 1
+    err = capsys.readouterr().err
+    assert expected in err and 'Traceback' not in err, err

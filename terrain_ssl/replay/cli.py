@@ -58,6 +58,14 @@ def run_replay_command(args) -> int:
     from terrain_ssl.ros.bringup import default_config_path
 
     bag = Path(args.bag)
+    if args.model_in:  # a clear error now, not a traceback from the learner's process later
+        from terrain_ssl.core.learner import OnlineRoughnessRegressor
+        from terrain_ssl.core.model_store import ModelFileError
+        try:
+            OnlineRoughnessRegressor.load(args.model_in)
+        except (ModelFileError, ValueError) as error:
+            print(f'error: --model-in: {error}', file=sys.stderr)
+            return 1
     out = Path(args.out) if args.out else bag.with_name(bag.stem + '_replay')
     out.mkdir(parents=True, exist_ok=True)
     options = ReplayOptions(

@@ -142,6 +142,10 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
     nodes: list = []
     try:
         _check_parameter_overrides(options.parameters)
+        if not options.start_s >= 0.0:  # (NaN too)
+            raise ReplayError(f'start must be >= 0 s, not {options.start_s}')
+        if options.duration_s is not None and not options.duration_s > 0.0:
+            raise ReplayError(f'duration must be > 0 s, not {options.duration_s}')
         if options.processes == 2:  # started first: it imports while this side builds nodes
             downstream_process = DownstreamProcess(options)
             downstream_process.start()
@@ -204,6 +208,9 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
             if options.duration_s is not None:
                 end_ns = (start_ns or bag.start_ns) + int(options.duration_s * 1e9)
             total_s = (bag.end_ns - bag.start_ns) / 1e9
+            if start_ns is not None and start_ns > bag.end_ns:
+                raise ReplayError(f'start {options.start_s:g} s is past the end of the bag '
+                                  f'({total_s:.1f} s long)')
             first_ns = None
             n_messages = 0
             messages = bag.messages(topic_to_callbacks, counts, start_ns, end_ns,
