@@ -279,3 +279,13 @@ def test_bad_window_or_model_file_is_a_clear_error(sim_bag, tmp_path, capsys, ar
     assert _replay(sim_bag, tmp_path / 'out', *arguments) == 1
     err = capsys.readouterr().err
     assert expected in err and 'Traceback' not in err, err
+
+
+@pytest.mark.parametrize('rate', ['0', '-1', 'nan', 'inf'])
+def test_play_refuses_a_rate_that_is_not_a_positive_number(sim_bag, capsys, rate):
+    """0 divided by zero, a negative or NaN rate published the whole bag at once."""
+    assert cli_main(['play', str(sim_bag), '--rate', rate]) == 2
+    assert '--rate must be a positive number' in capsys.readouterr().err
+    from terrain_ssl.replay.player import play
+    with pytest.raises(ValueError, match='positive'):
+        play(sim_bag, rate=float(rate))

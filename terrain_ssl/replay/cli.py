@@ -103,6 +103,9 @@ def run_play_command(args) -> int:
             return 2
         source, target = item.split(':=', 1)
         remap[source] = target
+    if not 0.0 < args.rate < float('inf'):
+        print(f'error: --rate must be a positive number, not {args.rate}', file=sys.stderr)
+        return 2
     try:
         counts = play(args.bag, rate=args.rate, remap=remap)
     except BagError as error:

@@ -22,8 +22,11 @@ def play(bag_path, rate: float = 1.0, topics=None, remap=None, clock_hz: float =
          context=None, progress: bool = True, start_delay_s: float = 3.0) -> ReadCounts:
     """Publish the bag's messages at `rate` x real time; returns what was read and published.
 
-    `remap` maps bag topic -> published topic. Blocks until the bag ends.
+    `remap` maps bag topic -> published topic. Blocks until the bag ends. ValueError for a rate
+    that is not a positive number.
     """
+    if not 0.0 < rate < float('inf'):  # (NaN too) 0 would never end, < 0 would not wait at all
+        raise ValueError(f'rate must be a positive number, not {rate}')
     import rclpy
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
