@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from terrain_ssl.replay.report import summary_lines, write_report
+    from terrain_ssl.replay.report import prepare_output_folder, summary_lines, write_report
     from terrain_ssl.replay.runner import ReplayOptions, default_processes, run_replay
     from terrain_ssl.ros.bringup import default_config_path
     from terrain_ssl.sim.bag import simulate_bag
@@ -40,9 +40,12 @@ def run(args) -> int:
     out = Path(args.out)
     duration = args.duration or (45.0 if args.quick else 240.0)
     bag_dir = out / 'drive_bag'
+    problem = prepare_output_folder(out)
+    if problem:
+        print(f'error: {problem}', file=sys.stderr)
+        return 1
     if bag_dir.exists():
         shutil.rmtree(bag_dir)
-    out.mkdir(parents=True, exist_ok=True)
 
     print(f'1/2 simulating a {duration:.0f} s off-road drive (seed {args.seed}, speed '
           f'{args.speed} m/s, 16-beam lidar) -> {bag_dir}', flush=True)

@@ -289,3 +289,16 @@ def test_play_refuses_a_rate_that_is_not_a_positive_number(sim_bag, capsys, rate
     from terrain_ssl.replay.player import play
     with pytest.raises(ValueError, match='positive'):
         play(sim_bag, rate=float(rate))
+
+
+@pytest.mark.parametrize('command', ['replay', 'demo'])
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(sim_bag, tmp_path, capsys,
+                                                                command):
+    """Checked before anything runs: one line, exit 1 (it was a traceback)."""
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder')
+    arguments = ([command, str(sim_bag), '--no-progress'] if command == 'replay' else
+                 [command, '--quick'])
+    assert cli_main(arguments + ['--out', str(blocker / 'out')]) == 1
+    err = capsys.readouterr().err
+    assert f'error: cannot create the output folder {blocker / "out"}' in err, err

@@ -52,7 +52,7 @@ def _extrinsic_parameters(values) -> list:
 
 def run_replay_command(args) -> int:
     from terrain_ssl.replay.bag import BagError
-    from terrain_ssl.replay.report import write_report
+    from terrain_ssl.replay.report import prepare_output_folder, write_report
     from terrain_ssl.replay.runner import (ReplayError, ReplayOptions, default_processes,
                                            run_replay)
     from terrain_ssl.ros.bringup import default_config_path
@@ -67,7 +67,10 @@ def run_replay_command(args) -> int:
             print(f'error: --model-in: {error}', file=sys.stderr)
             return 1
     out = Path(args.out) if args.out else bag.with_name(bag.stem + '_replay')
-    out.mkdir(parents=True, exist_ok=True)
+    problem = prepare_output_folder(out)
+    if problem:
+        print(f'error: {problem}', file=sys.stderr)
+        return 1
     options = ReplayOptions(
         bag=str(bag), config=args.config or default_config_path(),
         topics={'imu': args.imu_topic, 'points': args.points_topic, 'odom': args.odom_topic},

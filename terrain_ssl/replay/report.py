@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -199,6 +201,20 @@ def _fmt(value, digits=3) -> str:
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return 'n/a'
     return f'{value:.{digits}f}' if isinstance(value, float) else str(value)
+
+
+def prepare_output_folder(out_dir) -> Optional[str]:
+    """Create `out_dir` if need be; why it cannot take the outputs, or None. Checked before a
+    replay starts: a folder that cannot be made or written to is refused in one line up front,
+    rather than after the whole run, with nothing saved."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f'cannot create the output folder {out_dir}: {error.strerror or error}'
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        return f'cannot write to the output folder {out_dir}'
+    return None
 
 
 def write_report(record: ReplayRecord, out_dir) -> dict:
