@@ -19,7 +19,7 @@ depend on it as much, so figures from different machines can be compared.
                                                         [--processes 1|2]
 
 --compare-read-chunk N alternates the runs (ABBA) between the default reader (256 messages
-deserialised at a time) and one reading N at a time (1: one by one, as it used to), and
+deserialised at a time, bag.READ_CHUNK_MESSAGES) and one reading N at a time (1: one by one, as it used to), and
 prints the paired ratios of wall time, reading + deserialising and the labeler's own time.
 
 --quick simulates and replays 30 s instead of 120 s. --processes 2 runs the learner and the
@@ -48,13 +48,16 @@ def simulate(out_dir: Path, duration_s: float) -> None:
     subprocess.run(command, check=True, cwd=REPO)
 
 
-def replay_once(bag: Path, processes: int = 1, read_chunk_messages: int = 256) -> dict:
+def replay_once(bag: Path, processes: int = 1, read_chunk_messages=None) -> dict:
+    """One replay, timed; `read_chunk_messages` None: the replay's default."""
     from terrain_ssl.replay.runner import ReplayOptions, run_replay
 
+    options = ReplayOptions(bag=str(bag), config=str(CONFIG), progress=False, node_timing=True,
+                            processes=processes)
+    if read_chunk_messages is not None:
+        options.read_chunk_messages = read_chunk_messages
     cpu_start = time.process_time()
-    record = run_replay(ReplayOptions(bag=str(bag), config=str(CONFIG), progress=False,
-                                      node_timing=True, processes=processes,
-                                      read_chunk_messages=read_chunk_messages))
+    record = run_replay(options)
     timing = dict(record.timing)
     # run_replay's wall clock starts at the first message; CPU time here also covers node
     # creation and the evaluation arrays (~0.1 s), so the CPU ratio is slightly pessimistic.
@@ -158,8 +161,10 @@ def main(argv=None) -> int:
                 for new, old in zip(runs, baseline_runs))
         wall, read, labeler = (paired(None), paired('bag_read_deserialise'),
                                paired('roughness_labeler'))
-        print(f'reading 256 at a time vs {args.compare_read_chunk}: wall x{wall:.3f}, read + '
-              f'deserialise x{read:.3f}, labeler x{labeler:.3f} (paired medians)')
+        from terrain_ssl.replay.bag import READ_CHUNK_MESSAGES
+        print(f'reading {READ_CHUNK_MESSAGES} at a time vs {args.compare_read_chunk}: wall '
+              f'x{wall:.3f}, read + deserialise x{read:.3f}, labeler x{labeler:.3f} '
+              f'(paired medians)')
         print(f'RESULT replay_chunked_read_wall_ratio {wall:.3f} x')
     print(f'RESULT replay_realtime_factor {wall_ratio:.1f} x')
     print(f'RESULT replay_realtime_factor_best {best_ratio:.1f} x')

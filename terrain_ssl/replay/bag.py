@@ -24,6 +24,10 @@ INPUT_TYPES = {
 }
 
 
+# Messages read and deserialised at a time before the nodes get them (see Bag.messages).
+READ_CHUNK_MESSAGES = 256
+
+
 class BagError(RuntimeError):
     """A bag that cannot be replayed as asked; the message says what to do."""
 
@@ -152,7 +156,7 @@ class Bag:
         return resolved
 
     def messages(self, topics, counts: ReadCounts, start_ns: Optional[int] = None,
-                 end_ns: Optional[int] = None, chunk_messages: int = 256,
+                 end_ns: Optional[int] = None, chunk_messages: int = READ_CHUNK_MESSAGES,
                  chunk_bytes: int = 32 << 20) -> Iterator[BagMessage]:
         """Messages on `topics` in recording order, deserialised by rclpy, counted in `counts`.
 

@@ -114,9 +114,10 @@ def run_play_command(args) -> int:
     except BagError as error:
         print(f'error: {error}', file=sys.stderr)
         return 1
-    undecodable = sum(counts.undecodable.values())
-    print(f'published {sum(counts.read.values()) - undecodable} messages')
-    if undecodable:
-        print(f'warning: {undecodable} recorded message(s) could not be deserialised and were '
-              f'not published ({counts.last_error})', file=sys.stderr)
+    from terrain_ssl.replay.report import undecodable_warning
+
+    print(f'published {sum(counts.read.values()) - sum(counts.undecodable.values())} messages')
+    skipped = undecodable_warning(counts.undecodable, counts.last_error)
+    if skipped:
+        print(f'warning: {skipped}', file=sys.stderr)
     return 0

@@ -237,7 +237,7 @@ def write_report(record: ReplayRecord, out_dir) -> dict:
                   f" replayed in {_fmt(record.timing.get('wall_s'), 1)} s"
                   f" ({_fmt(record.timing.get('realtime_factor'), 1)}x real time)", '']
     lines += [f"Labeled patches: **{metrics['labels']}**", '']
-    skipped = undecodable_warning(info)
+    skipped = _undecodable_in(info)
     if skipped:
         lines += [f'**Warning:** {skipped}', '']
     if info.get('topics'):
@@ -283,21 +283,26 @@ def write_report(record: ReplayRecord, out_dir) -> dict:
     return metrics
 
 
-def undecodable_warning(info: dict) -> str:
-    """What was skipped because rclpy could not deserialise it (corrupt records), or ''."""
-    undecodable = info.get('messages_undecodable') or {}
+def undecodable_warning(undecodable: dict, last_error: str = '') -> str:
+    """What was skipped because rclpy could not deserialise it (damaged records: topic ->
+    count), or ''."""
     if not undecodable:
         return ''
     per_topic = ', '.join(f'{topic}: {count}' for topic, count in sorted(undecodable.items()))
     return (f'{sum(undecodable.values())} recorded message(s) could not be deserialised and '
-            f'were skipped ({per_topic}); last error: {info.get("last_undecodable_error", "")}')
+            f'were skipped ({per_topic}); last error: {last_error}')
+
+
+def _undecodable_in(info: dict) -> str:
+    return undecodable_warning(info.get('messages_undecodable') or {},
+                               info.get('last_undecodable_error', ''))
 
 
 def summary_lines(metrics: dict, timing: dict) -> list:
     """The headline figures of a replay, as a small text table."""
     lines = [f"labeled patches: {metrics['labels']}; replay ran at "
              f"{_fmt(timing.get('realtime_factor'), 1)}x real time"]
-    skipped = undecodable_warning(metrics.get('info', {}))
+    skipped = _undecodable_in(metrics.get('info', {}))
     if skipped:
         lines.append(f'warning: {skipped}')
     if 'prequential' not in metrics:

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from terrain_ssl.replay.bag import Bag, BagError, ReadCounts
+from terrain_ssl.replay.bag import READ_CHUNK_MESSAGES, Bag, BagError, ReadCounts
 from terrain_ssl.replay.report import ReplayRecord
 
 # Where the nodes listen for each input role (default names; replay calls the callbacks directly,
@@ -48,7 +48,7 @@ class ReplayOptions:
     processes: int = 1
     # Bag messages read and deserialised at a time before the nodes get them (Bag.messages):
     # a tuning knob for the bench (1: one at a time, interleaved with the nodes' work).
-    read_chunk_messages: int = 256
+    read_chunk_messages: int = READ_CHUNK_MESSAGES
 
 
 class ReplayError(RuntimeError):
