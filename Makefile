@@ -42,7 +42,9 @@ system-deps:
 	  fi; \
 	fi
 
-$(STAMP): requirements.txt requirements-ros.txt setup.py
+# The editable install also compiles terrain_ssl/core/_patch_kernels.c (any C compiler; without
+# one it goes on, and scans take the slower numpy path).
+$(STAMP): requirements.txt requirements-ros.txt setup.py terrain_ssl/core/_patch_kernels.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-ros.txt -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .

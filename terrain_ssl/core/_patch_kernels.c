@@ -1,0 +1,625 @@
+/* Compiled kernels of terrain_ssl.core.patches: the per-point and per-neighbour loops of
+ * compute_patches_xyz, which numpy can only express as ~60 whole-array passes (sorts, gathers,
+ * bincounts) of ~10 us each on a 12,000-point scan.
+ *
+ * Each kernel does the same floating-point operations, in the same order, as the numpy code it
+ * replaces (the numpy versions stay in patches.py as the reference), so both give bit-identical
+ * results: test/test_patch_kernels.py checks that. Two things keep it so:
+ *   - sums run over the points of a cell in scan order, as np.bincount adds over points grouped
+ *     by a stable sort, and a window sum adds its terms in the order the numpy code does;
+ *   - setup.py builds with -ffp-contract=off: no fused multiply-adds (numpy rounds twice).
+ *
+ * Arrays cross as buffers (float64 / int64, C-contiguous, checked by the Python wrappers in
+ * patches.py), so no numpy headers are needed to build this.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* The 9 per-cell sums of cell_moments, in this order (rows of `sums`). */
+enum { SUM_DX, SUM_DY, SUM_DZ, SUM_DXDX, SUM_DYDY, SUM_DZDZ, SUM_DXDY, SUM_DXDZ, SUM_DYDZ,
+       N_SUMS };
+
+static int
+get_buffer(PyObject *object, Py_buffer *view, int writable, Py_ssize_t item_size,
+           Py_ssize_t min_items, const char *name)
+{
+    if (PyObject_GetBuffer(object, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0))
+            < 0) {
+        return -1;
+    }
+    if (view->itemsize != item_size || view->len / item_size < min_items) {
+        PyErr_Format(PyExc_ValueError, "%s: expected at least %zd items of %zd bytes", name,
+                     min_items, item_size);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static void
+release_all(Py_buffer *views, int count)
+{
+    for (int i = 0; i < count; i++) {
+        if (views[i].obj != NULL) {
+            PyBuffer_Release(&views[i]);
+        }
+    }
+}
+
+/* floor(v), without a libm call per point (x86-64 has no floor instruction before SSE4.1):
+   exact for |v| < 2^52, where every double with a fraction converts to int64 by truncation;
+   beyond that v has no fraction, or is not finite, and goes to floor(). */
+static inline double
+fast_floor(double v)
+{
+    if (!(v > -4503599627370496.0 && v < 4503599627370496.0)) {
+        return floor(v);
+    }
+    const double truncated = (double)(int64_t)v;
+    return truncated > v ? truncated - 1.0 : truncated;
+}
+
+/* A dense grid of rows x columns int32 slots, zeroed; NULL (MemoryError set) if too large
+   (more slots than int32 numbers: 8 GB; the numpy version needs 10x that). */
+static int32_t *
+new_index_grid(int64_t rows, int64_t columns)
+{
+    if (rows <= 0 || columns <= 0 || rows > INT32_MAX / columns) {
+        PyErr_SetString(PyExc_MemoryError, "cell grid too large");
+        return NULL;
+    }
+    int32_t *grid = calloc((size_t)(rows * columns), sizeof(int32_t));
+    if (grid == NULL) {
+        PyErr_NoMemory();
+    }
+    return grid;
+}
+
+PyDoc_STRVAR(cell_moments_doc,
+"cell_moments(x, y, z, origin_x, origin_y, cell_size, ground_band, min_range, max_range,\n"
+"             present, count, z_min, sums, dz_max) -> (cells, ix0, iy0, nx, ny)\n\n"
+"Points x, y, z (N float64 each, m) within [min_range, max_range] of the origin\n"
+"(horizontally) are binned into cell_size cells of a dense nx x ny grid starting at cell\n"
+"(ix0, iy0). For each of the `cells` cells with points, in ascending flat index\n"
+"(ix - ix0) * ny + (iy - iy0): present (that index), z_min (lowest point), count (ground\n"
+"points: within ground_band of z_min), the 9 sums (rows of `sums`, N each) of dx, dy, dz,\n"
+"dx dx, dy dy, dz dz, dx dy, dx dz, dy dz over the ground points (dx, dy from the cell centre,\n"
+"dz from z_min), and dz_max (-inf without ground points). Outputs need room for N cells.");
+
+static PyObject *
+cell_moments(PyObject *module, PyObject *args)
+{
+    PyObject *objects[8];
+    double origin_x, origin_y, cell_size, ground_band, min_range, max_range;
+    if (!PyArg_ParseTuple(args, "OOOddddddOOOOO", &objects[0], &objects[1], &objects[2],
+                          &origin_x, &origin_y, &cell_size, &ground_band, &min_range,
+                          &max_range, &objects[3], &objects[4], &objects[5], &objects[6],
+                          &objects[7])) {
+        return NULL;
+    }
+    Py_buffer views[8] = {{0}};
+    static const char *names[8] = {"x", "y", "z", "present", "count", "z_min", "sums",
+                                   "dz_max"};
+    Py_ssize_t n = -1;
+    for (int i = 0; i < 8; i++) {
+        Py_ssize_t min_items = i < 3 ? 0 : (i == 6 ? N_SUMS * n : n);
+        if (get_buffer(objects[i], &views[i], i >= 3, 8, min_items, names[i]) < 0) {
+            release_all(views, i);
+            return NULL;
+        }
+        if (i == 0) {
+            n = views[0].len / 8;
+        } else if (i < 3 && views[i].len / 8 != n) {
+            PyErr_SetString(PyExc_ValueError, "x, y and z differ in length");
+            release_all(views, i + 1);
+            return NULL;
+        }
+    }
+    const double *x = views[0].buf, *y = views[1].buf, *z = views[2].buf;
+    int64_t *present = views[3].buf, *count = views[4].buf;
+    double *z_min = views[5].buf, *sums = views[6].buf, *dz_max = views[7].buf;
+
+    int64_t cells = 0, ix0 = 0, iy0 = 0, nx = 0, ny = 0;
+    int32_t *kept = malloc((size_t)(n > 0 ? n : 1) * sizeof(int32_t));
+    int32_t *cell_of = malloc((size_t)(n > 0 ? n : 1) * sizeof(int32_t));
+    double *cell_xy = malloc((size_t)(n > 0 ? n : 1) * 2 * sizeof(double));
+    double *centre = NULL;
+    int32_t *grid = NULL;
+    int failed = 0;
+    if (kept == NULL || cell_of == NULL || cell_xy == NULL || n > INT32_MAX) {
+        PyErr_NoMemory();
+        failed = 1;
+        goto done;
+    }
+
+    /* Pass 1: the points in range (as (x - o)**2 + (y - o)**2 in patches.py) and the grid's
+       extent in whole cells (floats, as np.floor gives them). */
+    const double min_sq = min_range * min_range, max_sq = max_range * max_range;
+    Py_ssize_t n_kept = 0;
+    double fx_min = 0.0, fx_max = 0.0, fy_min = 0.0, fy_max = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double ex = x[i] - origin_x, ey = y[i] - origin_y;
+        const double distance_sq = ex * ex + ey * ey;
+        if (!(distance_sq >= min_sq && distance_sq <= max_sq)) {
+            continue;
+        }
+        const double fx = fast_floor(x[i] / cell_size), fy = fast_floor(y[i] / cell_size);
+        if (n_kept == 0) {
+            fx_min = fx_max = fx;
+            fy_min = fy_max = fy;
+        } else {
+            fx_min = fx < fx_min ? fx : fx_min;
+            fx_max = fx > fx_max ? fx : fx_max;
+            fy_min = fy < fy_min ? fy : fy_min;
+            fy_max = fy > fy_max ? fy : fy_max;
+        }
+        cell_xy[2 * n_kept] = fx;
+        cell_xy[2 * n_kept + 1] = fy;
+        kept[n_kept++] = (int32_t)i;
+    }
+    if (n_kept == 0) {
+        goto done;
+    }
+    if (!(fx_max - fx_min < 1e15 && fy_max - fy_min < 1e15)) {
+        PyErr_SetString(PyExc_MemoryError, "cell grid too large");
+        failed = 1;
+        goto done;
+    }
+    ix0 = (int64_t)fx_min;
+    iy0 = (int64_t)fy_min;
+    nx = (int64_t)(fx_max - fx_min) + 1;
+    ny = (int64_t)(fy_max - fy_min) + 1;
+    grid = new_index_grid(nx, ny);
+    if (grid == NULL) {
+        failed = 1;
+        goto done;
+    }
+
+    /* Mark the cells with points, then number them in flat-index order (grid slot: number + 1). */
+    for (Py_ssize_t k = 0; k < n_kept; k++) {
+        const int64_t flat = (int64_t)(cell_xy[2 * k] - fx_min) * ny
+                             + (int64_t)(cell_xy[2 * k + 1] - fy_min);
+        cell_of[k] = (int32_t)flat;  /* the flat index for now; < nx * ny */
+        grid[flat] = 1;
+    }
+    const int64_t grid_size = nx * ny;
+    for (int64_t flat = 0; flat < grid_size; flat++) {
+        if (grid[flat]) {
+            present[cells] = flat;
+            grid[flat] = (int32_t)(++cells);
+        }
+    }
+    for (Py_ssize_t k = 0; k < n_kept; k++) {
+        cell_of[k] = grid[cell_of[k]] - 1;
+    }
+
+    /* Lowest point per cell (NaN propagates, as in np.minimum.reduceat). */
+    for (int64_t c = 0; c < cells; c++) {
+        z_min[c] = INFINITY;
+        count[c] = 0;
+        dz_max[c] = -INFINITY;
+    }
+    for (Py_ssize_t k = 0; k < n_kept; k++) {
+        const double zk = z[kept[k]];
+        double *lowest = &z_min[cell_of[k]];
+        if (zk < *lowest || zk != zk) {
+            if (*lowest == *lowest) {
+                *lowest = zk;
+            }
+        }
+    }
+
+    /* Cell centres, then the ground points' sums in scan order. */
+    centre = malloc((size_t)(2 * cells) * sizeof(double));
+    if (centre == NULL) {
+        PyErr_NoMemory();
+        failed = 1;
+        goto done;
+    }
+    for (int64_t c = 0; c < cells; c++) {
+        centre[2 * c] = ((double)(present[c] / ny + ix0) + 0.5) * cell_size;
+        centre[2 * c + 1] = ((double)(present[c] % ny + iy0) + 0.5) * cell_size;
+    }
+    for (int s = 0; s < N_SUMS; s++) {
+        for (int64_t c = 0; c < cells; c++) {
+            sums[s * n + c] = 0.0;
+        }
+    }
+    for (Py_ssize_t k = 0; k < n_kept; k++) {
+        const Py_ssize_t i = kept[k];
+        const int64_t c = cell_of[k];
+        const double dz = z[i] - z_min[c];
+        if (!(dz <= ground_band)) {
+            continue;
+        }
+        const double dx = x[i] - centre[2 * c], dy = y[i] - centre[2 * c + 1];
+        count[c] += 1;
+        sums[SUM_DX * n + c] += dx;
+        sums[SUM_DY * n + c] += dy;
+        sums[SUM_DZ * n + c] += dz;
+        sums[SUM_DXDX * n + c] += dx * dx;
+        sums[SUM_DYDY * n + c] += dy * dy;
+        sums[SUM_DZDZ * n + c] += dz * dz;
+        sums[SUM_DXDY * n + c] += dx * dy;
+        sums[SUM_DXDZ * n + c] += dx * dz;
+        sums[SUM_DYDZ * n + c] += dy * dz;
+        dz_max[c] = dz > dz_max[c] ? dz : dz_max[c];
+    }
+
+done:
+    free(kept);
+    free(cell_of);
+    free(cell_xy);
+    free(centre);
+    free(grid);
+    release_all(views, 8);
+    if (failed) {
+        return NULL;
+    }
+    return Py_BuildValue("(LLLLL)", (long long)cells, (long long)ix0, (long long)iy0,
+                         (long long)nx, (long long)ny);
+}
+
+/* Padded grid of the occupied cells: slot (i + pad) * (ny + 2 pad) + j + pad holds the row
+   number + 1 of the cell with flat index i * ny + j, 0 where no cell is. */
+static int32_t *
+occupied_grid(const int64_t *occupied, Py_ssize_t m, int64_t nx, int64_t ny, int64_t pad)
+{
+    if (nx <= 0 || ny <= 0 || pad < 0 || nx > INT64_MAX / 4 || ny > INT64_MAX / 4) {
+        PyErr_SetString(PyExc_ValueError, "invalid grid size");
+        return NULL;
+    }
+    const int64_t width = ny + 2 * pad;
+    int32_t *grid = new_index_grid(nx + 2 * pad, width);
+    if (grid == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < m; k++) {
+        const int64_t flat = occupied[k];
+        if (flat < 0 || flat >= nx * ny) {
+            free(grid);
+            PyErr_SetString(PyExc_ValueError, "occupied cell outside the grid");
+            return NULL;
+        }
+        grid[(flat / ny + pad) * width + flat % ny + pad] = (int32_t)(k + 1);
+    }
+    return grid;
+}
+
+PyDoc_STRVAR(max_neighbour_step_doc,
+"max_neighbour_step(occupied, mean_z, gradient_x, gradient_y, nx, ny, cell_size, out)\n\n"
+"patches._max_neighbour_step: per occupied cell (M int64 flat indices of the nx x ny grid),\n"
+"the largest |neighbour mean_z - this cell's plane there| over its 8 neighbours, 0 without\n"
+"any, into out (M float64).");
+
+static PyObject *
+max_neighbour_step(PyObject *module, PyObject *args)
+{
+    PyObject *objects[5];
+    long long nx, ny;
+    double cell_size;
+    if (!PyArg_ParseTuple(args, "OOOOLLdO", &objects[0], &objects[1], &objects[2],
+                          &objects[3], &nx, &ny, &cell_size, &objects[4])) {
+        return NULL;
+    }
+    Py_buffer views[5] = {{0}};
+    static const char *names[5] = {"occupied", "mean_z", "gradient_x", "gradient_y", "out"};
+    Py_ssize_t m = -1;
+    for (int i = 0; i < 5; i++) {
+        if (get_buffer(objects[i], &views[i], i == 4, 8, i == 0 ? 0 : m, names[i]) < 0) {
+            release_all(views, i);
+            return NULL;
+        }
+        if (i == 0) {
+            m = views[0].len / 8;
+        }
+    }
+    const int64_t *occupied = views[0].buf;
+    const double *mean_z = views[1].buf, *gradient_x = views[2].buf, *gradient_y = views[3].buf;
+    double *out = views[4].buf;
+    int32_t *grid = occupied_grid(occupied, m, nx, ny, 1);
+    if (grid == NULL) {
+        release_all(views, 5);
+        return NULL;
+    }
+    /* The neighbours in the order of patches._NEIGHBOUR_DI / _NEIGHBOUR_DJ. */
+    static const int di[8] = {-1, -1, -1, 0, 0, 1, 1, 1};
+    static const int dj[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
+    const int64_t width = ny + 2;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        const int64_t at = (occupied[k] / ny + 1) * width + occupied[k] % ny + 1;
+        double largest = 0.0;
+        for (int e = 0; e < 8; e++) {
+            const int32_t neighbour = grid[at + di[e] * width + dj[e]];
+            if (neighbour == 0) {
+                continue;  /* NaN in the numpy version, which fmax skips */
+            }
+            const double predicted = mean_z[k] + ((double)di[e] * gradient_x[k]
+                                                  + (double)dj[e] * gradient_y[k]) * cell_size;
+            largest = fmax(largest, fabs(mean_z[neighbour - 1] - predicted));
+        }
+        out[k] = largest;
+    }
+    free(grid);
+    release_all(views, 5);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(neighbourhood_mean_doc,
+"neighbourhood_mean(occupied, values, channels, nx, ny, half_width, out)\n\n"
+"patches._neighbourhood_mean: per occupied cell (M int64 flat indices of the nx x ny grid),\n"
+"the mean of values (M x channels float64, row-major) over the occupied cells of the\n"
+"(2 half_width + 1)^2 window centred on it, into out (M x channels float64).");
+
+static PyObject *
+neighbourhood_mean(PyObject *module, PyObject *args)
+{
+    PyObject *objects[3];
+    long long channels, nx, ny, half_width;
+    if (!PyArg_ParseTuple(args, "OOLLLLO", &objects[0], &objects[1], &channels, &nx, &ny,
+                          &half_width, &objects[2])) {
+        return NULL;
+    }
+    if (channels <= 0 || channels > 64 || half_width < 0 || half_width > 64 || nx <= 0
+            || ny <= 0 || nx > INT32_MAX || ny > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "channels must be 1..64, half_width 0..64");
+        return NULL;
+    }
+    Py_buffer views[3] = {{0}};
+    static const char *names[3] = {"occupied", "values", "out"};
+    Py_ssize_t m = -1;
+    for (int i = 0; i < 3; i++) {
+        if (get_buffer(objects[i], &views[i], i == 2, 8, i == 0 ? 0 : m * channels,
+                       names[i]) < 0) {
+            release_all(views, i);
+            return NULL;
+        }
+        if (i == 0) {
+            m = views[0].len / 8;
+        }
+    }
+    const int64_t *occupied = views[0].buf;
+    const double *values = views[1].buf;
+    double *out = views[2].buf;
+    /* As the numpy version: a zero-padded dense grid of the values and a count channel (1 at
+       occupied cells), summed along x over rows i .. i + 2 hw of the padded grid, added in
+       that order, then those column sums along y (j .. j + 2 hw, in that order). Empty slots
+       add 0.0 as there, so the sums are bit for bit the same. The x sums are made one grid row
+       at a time, for the rows that have occupied cells. */
+    const int64_t stride = channels + 1, span = 2 * half_width + 1;
+    const int64_t width = ny + 2 * half_width, rows = nx + 2 * half_width;
+    double *grid = NULL, *along_x = NULL;
+    int failed = 0;
+    if (rows > INT32_MAX / width || rows * width > INT32_MAX / stride) {
+        PyErr_SetString(PyExc_MemoryError, "cell grid too large");
+        failed = 1;
+        goto done;
+    }
+    grid = calloc((size_t)(rows * width * stride), sizeof(double));
+    along_x = malloc((size_t)(width * stride) * sizeof(double));
+    if (grid == NULL || along_x == NULL) {
+        PyErr_NoMemory();
+        failed = 1;
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < m; k++) {
+        const int64_t flat = occupied[k];
+        if (flat < 0 || flat >= nx * ny) {
+            PyErr_SetString(PyExc_ValueError, "occupied cell outside the grid");
+            failed = 1;
+            goto done;
+        }
+        double *slot = grid + ((flat / ny + half_width) * width + flat % ny + half_width) * stride;
+        for (int64_t c = 0; c < channels; c++) {
+            slot[c] = values[k * channels + c];
+        }
+        slot[channels] = 1.0;
+    }
+    const int64_t row_length = width * stride;
+    int64_t along_x_row = -1;  /* the grid row along_x holds the x sums of */
+    for (Py_ssize_t k = 0; k < m; k++) {
+        const int64_t i = occupied[k] / ny, j = occupied[k] % ny;
+        if (i != along_x_row) {
+            const double *first = grid + i * row_length;
+            for (int64_t e = 0; e < row_length; e++) {
+                along_x[e] = first[e];
+            }
+            for (int64_t offset = 1; offset < span; offset++) {
+                const double *next = first + offset * row_length;
+                for (int64_t e = 0; e < row_length; e++) {
+                    along_x[e] += next[e];
+                }
+            }
+            along_x_row = i;
+        }
+        double window[65];
+        const double *column = along_x + j * stride;
+        for (int64_t c = 0; c < stride; c++) {
+            window[c] = column[c];
+        }
+        for (int64_t offset = 1; offset < span; offset++) {
+            const double *next = column + offset * stride;
+            for (int64_t c = 0; c < stride; c++) {
+                window[c] += next[c];
+            }
+        }
+        for (int64_t c = 0; c < channels; c++) {
+            out[k * channels + c] = window[c] / window[channels];
+        }
+    }
+
+done:
+    free(grid);
+    free(along_x);
+    release_all(views, 3);
+    if (failed) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* np.maximum: NaN if either is NaN (fmax would drop it). */
+static inline double
+nan_max(double a, double b)
+{
+    if (a != a) {
+        return a;
+    }
+    if (b != b) {
+        return b;
+    }
+    return a >= b ? a : b;
+}
+
+static inline double
+quadratic_form(double a00, double a11, double a22, double a01, double a02, double a12,
+               double x0, double x1, double x2)
+{
+    return a00 * x0 * x0 + a11 * x1 * x1 + a22 * x2 * x2
+           + 2.0 * (a01 * x0 * x1 + a02 * x0 * x2 + a12 * x1 * x2);
+}
+
+PyDoc_STRVAR(closed_form_eigen_3x3_doc,
+"closed_form_eigen_3x3(a00, a11, a22, a01, a02, a12, eigenvalues, normal, unsure)\n\n"
+"patches._closed_form_eigen_3x3 for M symmetric 3x3 matrices given by their 6 distinct\n"
+"entries (M float64 each): eigenvalues (M x 3, ascending), the unit eigenvector of the\n"
+"smallest (M x 3) and the rows to recompute with np.linalg.eigh (M bool), written into the\n"
+"last three. The same operations in the same order as the numpy version: equal results up\n"
+"to the last bit of cos and arccos, whose implementations may differ.");
+
+static PyObject *
+closed_form_eigen_3x3(PyObject *module, PyObject *args)
+{
+    PyObject *objects[9];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO", &objects[0], &objects[1], &objects[2],
+                          &objects[3], &objects[4], &objects[5], &objects[6], &objects[7],
+                          &objects[8])) {
+        return NULL;
+    }
+    Py_buffer views[9] = {{0}};
+    static const char *names[9] = {"a00", "a11", "a22", "a01", "a02", "a12", "eigenvalues",
+                                   "normal", "unsure"};
+    Py_ssize_t m = -1;
+    for (int i = 0; i < 9; i++) {
+        const Py_ssize_t min_items = i == 0 ? 0 : (i == 6 || i == 7 ? 3 * m : m);
+        if (get_buffer(objects[i], &views[i], i >= 6, i == 8 ? 1 : 8, min_items, names[i])
+                < 0) {
+            release_all(views, i);
+            return NULL;
+        }
+        if (i == 0) {
+            m = views[0].len / 8;
+        }
+    }
+    const double *A00 = views[0].buf, *A11 = views[1].buf, *A22 = views[2].buf;
+    const double *A01 = views[3].buf, *A02 = views[4].buf, *A12 = views[5].buf;
+    double *eigenvalues = views[6].buf, *normal = views[7].buf;
+    char *unsure = views[8].buf;
+    const double sqrt_3 = sqrt(3.0), close_eigenvalues = 1e-4;  /* as in patches.py */
+    for (Py_ssize_t k = 0; k < m; k++) {
+        const double a00 = A00[k], a11 = A11[k], a22 = A22[k];
+        const double a01 = A01[k], a02 = A02[k], a12 = A12[k];
+        /* 1. A = q I + p B with trace(B) = 0. */
+        const double q = (a00 + a11 + a22) / 3.0;
+        const double b00 = a00 - q, b11 = a11 - q, b22 = a22 - q;
+        const double p_sq = (b00 * b00 + b11 * b11 + b22 * b22
+                             + 2.0 * (a01 * a01 + a02 * a02 + a12 * a12)) / 6.0;
+        const double p = sqrt(p_sq);
+        const double det_b = (b00 * (b11 * b22 - a12 * a12) - a01 * (a01 * b22 - a12 * a02)
+                              + a02 * (a01 * a12 - b11 * a02));
+        const double half_det = det_b / (2.0 * p * p_sq);
+        const double clipped = half_det < -1.0 ? -1.0 : (half_det > 1.0 ? 1.0 : half_det);
+        const double cos_angle = cos(acos(clipped) / 3.0);
+        const int largest_apart = det_b >= 0.0;
+        const double apart = q + p * (largest_apart
+                                      ? 2.0 * cos_angle
+                                      : -cos_angle - sqrt_3 * sqrt(1.0 - cos_angle * cos_angle));
+        /* _null_vector of A - apart I. */
+        const double c00 = a00 - apart, c11 = a11 - apart, c22 = a22 - apart;
+        const double c01 = a01, c02 = a02, c12 = a12;
+        const double x01 = c01 * c12 - c02 * c11, y01 = c02 * c01 - c00 * c12,
+                     z01 = c00 * c11 - c01 * c01;
+        const double x02 = c01 * c22 - c02 * c12, y02 = c02 * c02 - c00 * c22,
+                     z02 = c00 * c12 - c01 * c02;
+        const double x12 = c11 * c22 - c12 * c12, y12 = c12 * c02 - c01 * c22,
+                     z12 = c01 * c12 - c11 * c02;
+        const double length_sq_01 = x01 * x01 + y01 * y01 + z01 * z01;
+        const double length_sq_02 = x02 * x02 + y02 * y02 + z02 * z02;
+        const double length_sq_12 = x12 * x12 + y12 * y12 + z12 * z12;
+        const int pick_02 = length_sq_02 > length_sq_01;
+        double vx = pick_02 ? x02 : x01, vy = pick_02 ? y02 : y01, vz = pick_02 ? z02 : z01;
+        const double length_sq = nan_max(length_sq_01, length_sq_02);
+        if (length_sq_12 > length_sq) {
+            vx = x12;
+            vy = y12;
+            vz = z12;
+        }
+        const double inverse_length = 1.0 / sqrt(nan_max(length_sq, length_sq_12));
+        const double v0 = vx * inverse_length, v1 = vy * inverse_length,
+                     v2 = vz * inverse_length;
+
+        /* 2. Basis (u, w) of the plane orthogonal to v, and A restricted to it. */
+        const int use_x = fabs(v0) > fabs(v1);
+        const double scale = 1.0 / sqrt((use_x ? v0 * v0 : v1 * v1) + v2 * v2);
+        const double u0 = use_x ? -v2 * scale : 0.0;
+        const double u1 = use_x ? 0.0 : v2 * scale;
+        const double u2 = (use_x ? v0 : -v1) * scale;
+        const double w0 = v1 * u2 - v2 * u1, w1 = v2 * u0 - v0 * u2, w2 = v0 * u1 - v1 * u0;
+        const double au0 = a00 * u0 + a01 * u1 + a02 * u2;
+        const double au1 = a01 * u0 + a11 * u1 + a12 * u2;
+        const double au2 = a02 * u0 + a12 * u1 + a22 * u2;
+        const double s00 = u0 * au0 + u1 * au1 + u2 * au2;
+        const double s01 = w0 * au0 + w1 * au1 + w2 * au2;
+        const double s11 = quadratic_form(a00, a11, a22, a01, a02, a12, w0, w1, w2);
+        const double half_difference = 0.5 * (s00 - s11);
+        const double radius = sqrt(half_difference * half_difference + s01 * s01);
+        const double mean = 0.5 * (s00 + s11);
+        const int u_larger = half_difference >= 0.0;
+        double c_u = u_larger ? s01 : -(radius - half_difference);
+        double c_w = u_larger ? -(half_difference + radius) : s01;
+        const double c_scale = 1.0 / sqrt(c_u * c_u + c_w * c_w);
+        c_u *= c_scale;
+        c_w *= c_scale;
+
+        /* 3. The smallest eigenvalue's eigenvector, and the eigenvalues. */
+        const double n0 = largest_apart ? c_u * u0 + c_w * w0 : v0;
+        const double n1 = largest_apart ? c_u * u1 + c_w * w1 : v1;
+        const double n2 = largest_apart ? c_u * u2 + c_w * w2 : v2;
+        const double e0 = quadratic_form(a00, a11, a22, a01, a02, a12, n0, n1, n2);
+        const double e1 = largest_apart ? mean + radius : mean - radius;
+        const double e2 = largest_apart ? apart : mean + radius;
+        normal[3 * k] = n0;
+        normal[3 * k + 1] = n1;
+        normal[3 * k + 2] = n2;
+        eigenvalues[3 * k] = e0;
+        eigenvalues[3 * k + 1] = e1;
+        eigenvalues[3 * k + 2] = e2;
+        unsure[k] = !(e1 - e0 > close_eigenvalues * (e2 - e0)) || !isfinite(n0 + n1 + n2);
+    }
+    release_all(views, 9);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"cell_moments", cell_moments, METH_VARARGS, cell_moments_doc},
+    {"max_neighbour_step", max_neighbour_step, METH_VARARGS, max_neighbour_step_doc},
+    {"neighbourhood_mean", neighbourhood_mean, METH_VARARGS, neighbourhood_mean_doc},
+    {"closed_form_eigen_3x3", closed_form_eigen_3x3, METH_VARARGS, closed_form_eigen_3x3_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_definition = {
+    PyModuleDef_HEAD_INIT, "_patch_kernels",
+    "Compiled loops of terrain_ssl.core.patches (bit-identical to its numpy reference).", -1,
+    methods,
+};
+
+PyMODINIT_FUNC
+PyInit__patch_kernels(void)
+{
+    return PyModule_Create(&module_definition);
+}

@@ -1,0 +1,201 @@
+"""The compiled patch kernels (terrain_ssl/core/_patch_kernels.c) against their numpy reference.
+
+Both do the same floating-point operations in the same order, so the per-cell sums, extremes,
+neighbour steps and neighbourhood means must agree bit for bit; the eigen-decomposition calls cos
+and arccos, whose implementations numpy may replace by its own, so there the test allows the
+last bits.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from terrain_ssl.core import patches
+from terrain_ssl.core.patches import compute_patches_xyz, compiled_kernels, numpy_kernels
+
+SENSOR = np.array([0.3, -0.2, 1.6])
+
+
+def rough_scan(seed: int, n_rings: int = 16, columns: int = 720, max_range: float = 35.0):
+    """A lidar-like cloud (m, odom): rings of returns on bumpy ground with steps, each ring a
+    circle around the sensor (cells crossed by one ring hold points on a line), plus bushes
+    (points well above the ground), exact duplicates (cells whose points are all in one spot)
+    and a few returns beyond the range limits."""
+    rng = np.random.default_rng(seed)
+    radii = np.geomspace(2.5, max_range, n_rings)
+    azimuth = np.linspace(-np.pi, np.pi, columns, endpoint=False)
+    r = (radii[:, None] * (1.0 + 0.01 * rng.standard_normal((n_rings, columns)))).ravel()
+    a = np.broadcast_to(azimuth, (n_rings, columns)).ravel()
+    x = SENSOR[0] + r * np.cos(a)
+    y = SENSOR[1] + r * np.sin(a)
+    z = (0.05 * np.sin(0.7 * x) * np.cos(0.4 * y) + 0.15 * (x > 12.0)
+         + 0.02 * rng.standard_normal(x.shape[0]))
+    bushes = rng.random(x.shape[0]) < 0.05
+    z[bushes] += rng.uniform(0.4, 1.5, int(bushes.sum()))
+    points = np.column_stack([x, y, z])
+    duplicated = np.repeat(points[rng.choice(points.shape[0], 20)], 6, axis=0)
+    far = np.column_stack([rng.uniform(-80, 80, (30, 2)), rng.normal(0.0, 0.1, 30)])
+    points = np.concatenate([points, duplicated, far])
+    return points[rng.permutation(points.shape[0])]
+
+
+PARAMETERS = [
+    dict(),
+    dict(cell_size=0.2, min_points=3),
+    dict(cell_size=1.7, min_points=12, ground_band=0.05),
+    dict(cell_size=0.5, min_points=1, ground_band=2.0, min_range=0.0, max_range=300.0),
+    dict(ground_band=-0.01),  # no point is ground: nothing
+]
+
+
+@pytest.mark.skipif(not compiled_kernels(), reason='compiled kernels not built: '
+                    'see test_the_compiled_kernels_are_built')
+class TestCompiledMatchesNumpy:
+
+    @pytest.mark.parametrize('seed', [0, 1, 2])
+    @pytest.mark.parametrize('parameters', PARAMETERS)
+    def test_compute_patches(self, seed, parameters):
+        points = rough_scan(seed)
+        columns = [np.ascontiguousarray(points[:, axis]) for axis in range(3)]
+        compiled = compute_patches_xyz(*columns, SENSOR, 5, **parameters)
+        with numpy_kernels():
+            reference = compute_patches_xyz(*columns, SENSOR, 5, **parameters)
+        if parameters.get('ground_band', 0.0) < 0:
+            assert len(reference) == 0
+        else:
+            assert len(reference) > 50
+        np.testing.assert_array_equal(compiled.keys, reference.keys)
+        np.testing.assert_allclose(compiled.centres, reference.centres, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(compiled.features, reference.features, rtol=1e-9,
+                                   atol=1e-12)
+
+    @pytest.mark.parametrize('parameters', PARAMETERS)
+    def test_cell_moments_bit_for_bit(self, parameters):
+        points = rough_scan(3)
+        settings = dict(dict(cell_size=0.5, ground_band=0.3, min_range=2.0, max_range=30.0),
+                        **{k: v for k, v in parameters.items() if k != 'min_points'})
+        arguments = (points[:, 0].copy(), points[:, 1].copy(), points[:, 2].copy(), SENSOR,
+                     settings['cell_size'], settings['ground_band'], settings['min_range'],
+                     settings['max_range'])
+        compiled = patches._cell_moments_compiled(*arguments)
+        reference = patches._cell_moments(*arguments)
+        for got, expected in zip(compiled, reference):
+            np.testing.assert_array_equal(got, expected)
+
+    def test_neighbour_kernels_bit_for_bit(self):
+        rng = np.random.default_rng(4)
+        nx, ny = 61, 47
+        occupied = np.sort(rng.choice(nx * ny, 900, replace=False)).astype(np.int64)
+        values = rng.lognormal(-3.0, 1.0, (900, 4))
+        means = np.empty((900, 4))
+        patches._kernels.neighbourhood_mean(occupied, values, 4, nx, ny, 2, means)
+        np.testing.assert_array_equal(
+            means, patches._neighbourhood_mean(occupied, values, nx, ny, 2))
+        mean_z, gradient_x, gradient_y = rng.normal(0.0, 0.2, (3, 900))
+        steps = np.empty(900)
+        patches._kernels.max_neighbour_step(occupied, mean_z, gradient_x, gradient_y, nx, ny,
+                                            0.5, steps)
+        np.testing.assert_array_equal(steps, patches._max_neighbour_step(
+            occupied, mean_z, gradient_x, gradient_y, nx, ny, 0.5))
+        assert steps.max() > 0.0
+
+    def test_eigen_3x3_matches_the_closed_form_and_eigh(self):
+        rng = np.random.default_rng(5)
+        factors = rng.normal(size=(2000, 3, 3)) * rng.lognormal(-4.0, 2.0, (2000, 1, 3))
+        matrices = factors @ factors.transpose(0, 2, 1)
+        matrices[:5] = np.eye(3)  # all eigenvalues equal: unsure, eigh decides
+        matrices[5:10] = np.diag([1.0, 1.0, 0.0])
+        entries = [matrices[:, 0, 0], matrices[:, 1, 1], matrices[:, 2, 2], matrices[:, 0, 1],
+                   matrices[:, 0, 2], matrices[:, 1, 2]]
+        eigenvalues, normal = patches.symmetric_eigen_3x3(*entries)
+        with numpy_kernels():
+            reference_values, reference_normal = patches.symmetric_eigen_3x3(*entries)
+        scale = np.abs(reference_values).max(axis=1, keepdims=True)
+        np.testing.assert_allclose(eigenvalues, reference_values, rtol=0,
+                                   atol=1e-13 * scale.max())
+        # Eigenvectors up to sign; as accurate as the gap to the next eigenvalue allows.
+        agreement = np.abs(np.einsum('ij,ij->i', normal, reference_normal))
+        assert np.all(agreement > 1.0 - 1e-9)
+        np.testing.assert_allclose(eigenvalues, np.linalg.eigh(matrices)[0], rtol=0,
+                                   atol=1e-12 * scale.max())
+
+
+def test_the_compiled_kernels_are_built():
+    """`pip install -e .` (make setup) builds them; without a C compiler it goes on without,
+    and everything runs on the slower numpy reference. This environment must have them."""
+    assert compiled_kernels(), ('terrain_ssl.core._patch_kernels is not built: install a C '
+                                'compiler (apt-get install build-essential), then pip install -e .')
+
+
+def test_numpy_kernels_is_restored_after_an_error():
+    before = compiled_kernels()
+    with pytest.raises(RuntimeError):
+        with numpy_kernels():
+            assert not compiled_kernels()
+            raise RuntimeError('inside')
+    assert compiled_kernels() == before
+
+
+@pytest.mark.skipif(not compiled_kernels(), reason='compiled kernels not built')
+def test_kernels_refuse_wrong_buffers_with_an_error():
+    k = patches._kernels
+    x = np.zeros(10)
+    small = np.zeros(3)
+    with pytest.raises(ValueError, match='present'):
+        k.cell_moments(x, x, x, 0.0, 0.0, 0.5, 0.3, 0.0, 30.0, small.astype(np.int64),
+                       small.astype(np.int64), small, np.zeros((9, 3)), small)
+    with pytest.raises(ValueError, match='differ in length'):
+        k.cell_moments(x, x[:5].copy(), x, 0.0, 0.0, 0.5, 0.3, 0.0, 30.0,
+                       *(np.zeros(10, np.int64),) * 2, x.copy(), np.zeros((9, 10)), x.copy())
+    with pytest.raises(ValueError):  # float32: 4-byte items
+        k.max_neighbour_step(np.zeros(2, np.int64), np.zeros(2, np.float32), np.zeros(2),
+                             np.zeros(2), 3, 3, 0.5, np.zeros(2))
+    with pytest.raises(ValueError, match='outside the grid'):
+        k.neighbourhood_mean(np.array([99], np.int64), np.zeros((1, 4)), 4, 3, 3, 2,
+                             np.zeros((1, 4)))
+    with pytest.raises(ValueError, match='read-only'):
+        readonly = np.zeros(2)
+        readonly.flags.writeable = False
+        k.max_neighbour_step(np.zeros(2, np.int64), np.zeros(2), np.zeros(2), np.zeros(2),
+                             3, 3, 0.5, readonly)
+
+
+@pytest.mark.skipif(not compiled_kernels(), reason='compiled kernels not built')
+def test_a_grid_too_large_is_a_memory_error_not_a_crash():
+    # Two points 10,000 km apart at 5 cm cells: 2e8 x 2e8 cells.
+    x = np.array([0.0, 1e7])
+    with pytest.raises(MemoryError, match='too large'):
+        compute_patches_xyz(x, x.copy(), np.zeros(2), np.zeros(3), 0, cell_size=0.05,
+                            min_points=1, min_range=0.0, max_range=1e9)
+
+
+def test_without_the_compiled_kernels_it_warns_and_computes_the_same():
+    """A source tree that was not built (the import of the extension fails): one warning that
+    says how to build it, and the numpy reference gives the same patches."""
+    script = (
+        'import sys, warnings, numpy as np\n'
+        'class Block:\n'
+        '    def find_spec(self, name, path=None, target=None):\n'
+        '        if name == "terrain_ssl.core._patch_kernels":\n'
+        '            raise ImportError("blocked for the test")\n'
+        'sys.meta_path.insert(0, Block())\n'
+        'with warnings.catch_warnings(record=True) as caught:\n'
+        '    warnings.simplefilter("always")\n'
+        '    from terrain_ssl.core import patches\n'
+        'print(patches.compiled_kernels(), [str(w.message) for w in caught])\n'
+        'points = np.random.default_rng(0).uniform(-10, 10, (20000, 3)) * [1, 1, 0.01]\n'
+        'p = patches.compute_patches(points, [0.0, 0.0, 1.6], 0)\n'
+        'print(len(p), repr(float(p.features.sum())))\n')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    built, warnings_text = result.stdout.splitlines()[0].split(' ', 1)
+    assert built == 'False'
+    assert 'not built' in warnings_text and 'pip install -e .' in warnings_text
+    points = np.random.default_rng(0).uniform(-10, 10, (20000, 3)) * [1, 1, 0.01]
+    expected = patches.compute_patches(points, [0.0, 0.0, 1.6], 0)
+    count, total = result.stdout.splitlines()[1].split()
+    assert int(count) == len(expected) > 100
+    assert float(total) == pytest.approx(float(expected.features.sum()), rel=1e-12)
