@@ -29,6 +29,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from terrain_ssl.core.labeler import Labeler  # noqa: E402
+from terrain_ssl.core.patches import compiled_kernels, numpy_kernels  # noqa: E402
 from terrain_ssl.ros.conversions import (array_to_pointcloud2,  # noqa: E402
                                          float_matrix_to_pointcloud2, pointcloud2_to_xyz)
 from terrain_ssl.ros.labeler_node import LOOKAHEAD_FIELDS  # noqa: E402
@@ -66,7 +67,7 @@ def ouster_scan(seed=0, beams=128, columns=1024, height_m=1.6):
     return points, beams
 
 
-def time_per_scan(repeats, beams=128, n_columns=1024):
+def time_per_scan(repeats, beams=128, n_columns=1024, label=''):
     points, beams = ouster_scan(beams=beams, columns=n_columns)
     labeler = Labeler()
     stage_ms = {'convert': [], 'labeler.add_scan': [], 'lookahead cloud': [], 'total': []}
@@ -92,18 +93,36 @@ def time_per_scan(repeats, beams=128, n_columns=1024):
                                                                labeled - converted),
                               ('lookahead cloud', done - labeled), ('total', done - start)):
             stage_ms[name].append(1e3 * seconds)
-    print(f'per-scan processing, {n_points} points ({beams} x {n_columns}, point_step 48), '
-          f'{statistics.median(n_patches):.0f} patches/scan, {len(labeler.cells)} cells in map, '
-          f'median of {repeats}:')
+    print(f'per-scan processing{label}, {n_points} points ({beams} x {n_columns}, point_step '
+          f'48), {statistics.median(n_patches):.0f} patches/scan, {len(labeler.cells)} cells in '
+          f'map, median of {repeats}:')
     for name, values in stage_ms.items():
         print(f'  {name:18s} median {statistics.median(values):7.2f} ms   '
               f'p90 {np.percentile(values, 90):7.2f} ms')
     total = statistics.median(stage_ms['total'])
     print(f'  => {n_points / (total / 1e3) / 1e6:.1f} million points/s'
           + (f'; target <= 25 ms per scan: {"met" if total <= 25.0 else "NOT met"}'
-             if beams == 128 else ''))
-    print(f'RESULT labeler_ms_per_scan_{beams}beams {total:.2f} ms')
-    print(f'RESULT labeler_points_per_s_{beams}beams {n_points / (total / 1e3):.0f} points/s')
+             if beams == 128 and not label else ''))
+    return xyz, total
+
+
+def time_both_kernels(repeats, beams=128, n_columns=1024):
+    """time_per_scan with the compiled patch kernels, then with their numpy reference (the
+    fallback without a C compiler); the ratio is of the same scans in the same run."""
+    xyz, compiled_ms = time_per_scan(repeats, beams, n_columns)
+    n_points = xyz.shape[0]
+    print(f'RESULT labeler_ms_per_scan_{beams}beams {compiled_ms:.2f} ms')
+    print(f'RESULT labeler_points_per_s_{beams}beams {n_points / (compiled_ms / 1e3):.0f} '
+          f'points/s')
+    if not compiled_kernels():
+        print('  (the compiled patch kernels are not built: that was the numpy reference)')
+        return xyz
+    with numpy_kernels():
+        _, numpy_ms = time_per_scan(repeats, beams, n_columns,
+                                    label=' on the numpy reference kernels')
+    print(f'  compiled patch kernels: x{compiled_ms / numpy_ms:.2f} of the numpy reference '
+          f'({compiled_ms:.2f} vs {numpy_ms:.2f} ms per scan)')
+    print(f'RESULT labeler_ms_per_scan_{beams}beams_numpy_kernels {numpy_ms:.2f} ms')
     return xyz
 
 
@@ -188,9 +207,9 @@ def main():
     args = parser.parse_args()
     repeats = 15 if args.quick else args.repeats
     # 16 beams (VLP-16: 16 x 1800), 64 and 128 beams (Ouster: x 1024 columns).
-    time_per_scan(repeats, beams=16, n_columns=1800)
-    time_per_scan(repeats, beams=64)
-    xyz = time_per_scan(repeats, beams=128)
+    time_both_kernels(repeats, beams=16, n_columns=1800)
+    time_both_kernels(repeats, beams=64)
+    xyz = time_both_kernels(repeats, beams=128)
     if args.open3d:
         time_open3d_normals(xyz)
     if args.evaluate:

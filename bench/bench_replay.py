@@ -19,8 +19,10 @@ depend on it as much, so figures from different machines can be compared.
                                                         [--processes 1|2]
 
 --compare-read-chunk N alternates the runs (ABBA) between the default reader (256 messages
-deserialised at a time, bag.READ_CHUNK_MESSAGES) and one reading N at a time (1: one by one, as it used to), and
-prints the paired ratios of wall time, reading + deserialising and the labeler's own time.
+deserialised at a time, bag.READ_CHUNK_MESSAGES) and one reading N at a time (1: one by one, as it
+used to), and prints the paired ratios of wall time, reading + deserialising and the labeler's
+own time. --compare-numpy-kernels does the same against the numpy reference of the compiled
+patch kernels (terrain_ssl/core/_patch_kernels.c; the fallback without a C compiler).
 
 --quick simulates and replays 30 s instead of 120 s. --processes 2 runs the learner and the
 advisor in a second process (`terrain-ssl replay --processes 2`); 1 keeps all in one; the
@@ -98,7 +100,22 @@ def main(argv=None) -> int:
                              '(default: as `terrain-ssl replay`, 2 with two or more CPUs)')
     parser.add_argument('--compare-read-chunk', type=int, default=None, metavar='N',
                         help='alternate with a reader deserialising N messages at a time')
+    parser.add_argument('--compare-numpy-kernels', action='store_true',
+                        help='alternate with the numpy reference of the compiled patch kernels')
     args = parser.parse_args(argv)
+    from terrain_ssl.core.patches import compiled_kernels, numpy_kernels
+    baseline_name = baseline_replay = None
+    if args.compare_read_chunk is not None:
+        baseline_name = f'{args.compare_read_chunk} message(s) read at a time'
+        baseline_replay = lambda: replay_once(bag, args.processes, args.compare_read_chunk)  # noqa: E731
+    elif args.compare_numpy_kernels:
+        if not compiled_kernels():
+            parser.error('the compiled patch kernels are not built: nothing to compare')
+        baseline_name = 'the numpy reference kernels'
+
+        def baseline_replay():
+            with numpy_kernels():  # the labeler runs in this process
+                return replay_once(bag, args.processes)
     if args.processes is None:
         from terrain_ssl.replay.runner import default_processes
         args.processes = default_processes()
@@ -112,15 +129,17 @@ def main(argv=None) -> int:
             simulate(bag, duration)
         runs, baseline_runs = [], []
         for run in range(args.repeats):
-            if args.compare_read_chunk is not None:
+            if baseline_replay is not None:
                 # ABBA: the host's speed drifts within minutes; pairs cancel most of it.
                 order = ('baseline', 'default') if run % 2 == 0 else ('default', 'baseline')
                 for which in order:
                     if which == 'baseline':
-                        baseline = replay_once(bag, args.processes, args.compare_read_chunk)
+                        baseline = baseline_replay()
                         baseline_runs.append(baseline)
-                        print(f'   baseline, {args.compare_read_chunk} message(s) at a time: '
-                              f'{baseline["wall_s"]:.2f} s wall', flush=True)
+                        print(f'   baseline, {baseline_name}: {baseline["wall_s"]:.2f} s wall '
+                              f'({baseline["bag_duration_s"] / baseline["wall_s"]:5.1f}x), '
+                              f'labeler {baseline["node_s"]["roughness_labeler"]:.2f} s',
+                              flush=True)
                     else:
                         timing = replay_once(bag, args.processes)
             else:
@@ -161,11 +180,11 @@ def main(argv=None) -> int:
                 for new, old in zip(runs, baseline_runs))
         wall, read, labeler = (paired(None), paired('bag_read_deserialise'),
                                paired('roughness_labeler'))
-        from terrain_ssl.replay.bag import READ_CHUNK_MESSAGES
-        print(f'reading {READ_CHUNK_MESSAGES} at a time vs {args.compare_read_chunk}: wall '
-              f'x{wall:.3f}, read + deserialise x{read:.3f}, labeler x{labeler:.3f} '
-              f'(paired medians)')
-        print(f'RESULT replay_chunked_read_wall_ratio {wall:.3f} x')
+        print(f'default vs {baseline_name}: wall x{wall:.3f}, read + deserialise x{read:.3f}, '
+              f'labeler x{labeler:.3f} (paired medians)')
+        name = 'chunked_read' if args.compare_read_chunk is not None else 'compiled_kernels'
+        print(f'RESULT replay_{name}_wall_ratio {wall:.3f} x')
+        print(f'RESULT replay_{name}_labeler_ratio {labeler:.3f} x')
     print(f'RESULT replay_realtime_factor {wall_ratio:.1f} x')
     print(f'RESULT replay_realtime_factor_best {best_ratio:.1f} x')
     print(f'RESULT replay_realtime_factor_cpu {cpu_ratio:.1f} x')

@@ -71,6 +71,25 @@ class TestCompiledMatchesNumpy:
         np.testing.assert_allclose(compiled.features, reference.features, rtol=1e-9,
                                    atol=1e-12)
 
+    def test_clouds_with_non_finite_and_huge_values_give_the_same_result(self):
+        """compute_patches takes finite points (the labeler drops the rest), but a NaN, an
+        infinity or 1e300 that slips through must not crash the compiled path or make it
+        differ from the reference."""
+        rng = np.random.default_rng(6)
+        for trial in range(100):
+            n = int(rng.integers(0, 3000))
+            points = rng.uniform(-30, 30, (n, 3)) * [1, 1, 0.05]
+            for _ in range(int(rng.integers(0, 5)) if n else 0):
+                points[rng.integers(0, n), rng.integers(0, 3)] = rng.choice(
+                    [np.nan, np.inf, -np.inf, 1e300, -1e300])
+            with np.errstate(all='ignore'):
+                compiled = patches.compute_patches(points, SENSOR, 0, min_points=3)
+                with numpy_kernels():
+                    reference = patches.compute_patches(points, SENSOR, 0, min_points=3)
+            np.testing.assert_array_equal(compiled.keys, reference.keys)
+            np.testing.assert_allclose(compiled.features, reference.features, rtol=1e-9,
+                                       atol=1e-12, err_msg=f'trial {trial}')
+
     @pytest.mark.parametrize('parameters', PARAMETERS)
     def test_cell_moments_bit_for_bit(self, parameters):
         points = rough_scan(3)
