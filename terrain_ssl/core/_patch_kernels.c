@@ -296,6 +296,41 @@ PyDoc_STRVAR(max_neighbour_step_doc,
 "the largest |neighbour mean_z - this cell's plane there| over its 8 neighbours, 0 without\n"
 "any, into out (M float64).");
 
+/* The neighbours in the order of patches._NEIGHBOUR_DI / _NEIGHBOUR_DJ. */
+static const int neighbour_di[8] = {-1, -1, -1, 0, 0, 1, 1, 1};
+static const int neighbour_dj[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
+
+/* max_neighbour_step on raw arrays: mean_z[k * z_stride], out[k * out_stride]. 0, or -1 with
+   an exception set. */
+static int
+max_step_core(const int64_t *occupied, Py_ssize_t m, const double *mean_z, Py_ssize_t z_stride,
+              const double *gradient_x, const double *gradient_y, int64_t nx, int64_t ny,
+              double cell_size, double *out, Py_ssize_t out_stride)
+{
+    int32_t *grid = occupied_grid(occupied, m, nx, ny, 1);
+    if (grid == NULL) {
+        return -1;
+    }
+    const int64_t width = ny + 2;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        const int64_t at = (occupied[k] / ny + 1) * width + occupied[k] % ny + 1;
+        const double z = mean_z[k * z_stride];
+        double largest = 0.0;
+        for (int e = 0; e < 8; e++) {
+            const int32_t neighbour = grid[at + neighbour_di[e] * width + neighbour_dj[e]];
+            if (neighbour == 0) {
+                continue;  /* NaN in the numpy version, which fmax skips */
+            }
+            const double predicted = z + ((double)neighbour_di[e] * gradient_x[k]
+                                          + (double)neighbour_dj[e] * gradient_y[k]) * cell_size;
+            largest = fmax(largest, fabs(mean_z[(neighbour - 1) * z_stride] - predicted));
+        }
+        out[k * out_stride] = largest;
+    }
+    free(grid);
+    return 0;
+}
+
 static PyObject *
 max_neighbour_step(PyObject *module, PyObject *args)
 {
@@ -318,34 +353,12 @@ max_neighbour_step(PyObject *module, PyObject *args)
             m = views[0].len / 8;
         }
     }
-    const int64_t *occupied = views[0].buf;
-    const double *mean_z = views[1].buf, *gradient_x = views[2].buf, *gradient_y = views[3].buf;
-    double *out = views[4].buf;
-    int32_t *grid = occupied_grid(occupied, m, nx, ny, 1);
-    if (grid == NULL) {
-        release_all(views, 5);
+    const int failed = max_step_core(views[0].buf, m, views[1].buf, 1, views[2].buf,
+                                     views[3].buf, nx, ny, cell_size, views[4].buf, 1);
+    release_all(views, 5);
+    if (failed) {
         return NULL;
     }
-    /* The neighbours in the order of patches._NEIGHBOUR_DI / _NEIGHBOUR_DJ. */
-    static const int di[8] = {-1, -1, -1, 0, 0, 1, 1, 1};
-    static const int dj[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
-    const int64_t width = ny + 2;
-    for (Py_ssize_t k = 0; k < m; k++) {
-        const int64_t at = (occupied[k] / ny + 1) * width + occupied[k] % ny + 1;
-        double largest = 0.0;
-        for (int e = 0; e < 8; e++) {
-            const int32_t neighbour = grid[at + di[e] * width + dj[e]];
-            if (neighbour == 0) {
-                continue;  /* NaN in the numpy version, which fmax skips */
-            }
-            const double predicted = mean_z[k] + ((double)di[e] * gradient_x[k]
-                                                  + (double)dj[e] * gradient_y[k]) * cell_size;
-            largest = fmax(largest, fabs(mean_z[neighbour - 1] - predicted));
-        }
-        out[k] = largest;
-    }
-    free(grid);
-    release_all(views, 5);
     Py_RETURN_NONE;
 }
 
@@ -355,52 +368,33 @@ PyDoc_STRVAR(neighbourhood_mean_doc,
 "the mean of values (M x channels float64, row-major) over the occupied cells of the\n"
 "(2 half_width + 1)^2 window centred on it, into out (M x channels float64).");
 
-static PyObject *
-neighbourhood_mean(PyObject *module, PyObject *args)
+/* neighbourhood_mean on raw arrays: channel c of cell k is values[k * values_stride +
+   columns[c]], its mean goes to out[k * out_stride + out_columns[c]]. 0, or -1 with an exception
+   set. As the numpy version: a zero-padded dense grid of the values and a count channel (1 at
+   occupied cells), summed along x over rows i .. i + 2 hw of the padded grid, added in that
+   order, then those column sums along y (j .. j + 2 hw, in that order). Empty slots add 0.0 as
+   there, so the sums are bit for bit the same. The x sums are made one grid row at a time, for
+   the rows that have occupied cells. */
+static int
+neighbourhood_core(const int64_t *occupied, Py_ssize_t m, const double *values,
+                   int64_t values_stride, const int *columns, int64_t channels, int64_t nx,
+                   int64_t ny, int64_t half_width, double *out, int64_t out_stride,
+                   const int *out_columns)
 {
-    PyObject *objects[3];
-    long long channels, nx, ny, half_width;
-    if (!PyArg_ParseTuple(args, "OOLLLLO", &objects[0], &objects[1], &channels, &nx, &ny,
-                          &half_width, &objects[2])) {
-        return NULL;
-    }
     if (channels <= 0 || channels > 64 || half_width < 0 || half_width > 64 || nx <= 0
             || ny <= 0 || nx > INT32_MAX || ny > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "channels must be 1..64, half_width 0..64");
-        return NULL;
+        return -1;
     }
-    Py_buffer views[3] = {{0}};
-    static const char *names[3] = {"occupied", "values", "out"};
-    Py_ssize_t m = -1;
-    for (int i = 0; i < 3; i++) {
-        if (get_buffer(objects[i], &views[i], i == 2, 8, i == 0 ? 0 : m * channels,
-                       names[i]) < 0) {
-            release_all(views, i);
-            return NULL;
-        }
-        if (i == 0) {
-            m = views[0].len / 8;
-        }
-    }
-    const int64_t *occupied = views[0].buf;
-    const double *values = views[1].buf;
-    double *out = views[2].buf;
-    /* As the numpy version: a zero-padded dense grid of the values and a count channel (1 at
-       occupied cells), summed along x over rows i .. i + 2 hw of the padded grid, added in
-       that order, then those column sums along y (j .. j + 2 hw, in that order). Empty slots
-       add 0.0 as there, so the sums are bit for bit the same. The x sums are made one grid row
-       at a time, for the rows that have occupied cells. */
     const int64_t stride = channels + 1, span = 2 * half_width + 1;
     const int64_t width = ny + 2 * half_width, rows = nx + 2 * half_width;
-    double *grid = NULL, *along_x = NULL;
-    int failed = 0;
     if (rows > INT32_MAX / width || rows * width > INT32_MAX / stride) {
         PyErr_SetString(PyExc_MemoryError, "cell grid too large");
-        failed = 1;
-        goto done;
+        return -1;
     }
-    grid = calloc((size_t)(rows * width * stride), sizeof(double));
-    along_x = malloc((size_t)(width * stride) * sizeof(double));
+    double *grid = calloc((size_t)(rows * width * stride), sizeof(double));
+    double *along_x = malloc((size_t)(width * stride) * sizeof(double));
+    int failed = 0;
     if (grid == NULL || along_x == NULL) {
         PyErr_NoMemory();
         failed = 1;
@@ -415,7 +409,7 @@ neighbourhood_mean(PyObject *module, PyObject *args)
         }
         double *slot = grid + ((flat / ny + half_width) * width + flat % ny + half_width) * stride;
         for (int64_t c = 0; c < channels; c++) {
-            slot[c] = values[k * channels + c];
+            slot[c] = values[k * values_stride + columns[c]];
         }
         slot[channels] = 1.0;
     }
@@ -448,13 +442,48 @@ neighbourhood_mean(PyObject *module, PyObject *args)
             }
         }
         for (int64_t c = 0; c < channels; c++) {
-            out[k * channels + c] = window[c] / window[channels];
+            out[k * out_stride + out_columns[c]] = window[c] / window[channels];
         }
     }
-
 done:
     free(grid);
     free(along_x);
+    return failed ? -1 : 0;
+}
+
+static PyObject *
+neighbourhood_mean(PyObject *module, PyObject *args)
+{
+    PyObject *objects[3];
+    long long channels, nx, ny, half_width;
+    if (!PyArg_ParseTuple(args, "OOLLLLO", &objects[0], &objects[1], &channels, &nx, &ny,
+                          &half_width, &objects[2])) {
+        return NULL;
+    }
+    if (channels <= 0 || channels > 64) {
+        PyErr_SetString(PyExc_ValueError, "channels must be 1..64, half_width 0..64");
+        return NULL;
+    }
+    Py_buffer views[3] = {{0}};
+    static const char *names[3] = {"occupied", "values", "out"};
+    Py_ssize_t m = -1;
+    for (int i = 0; i < 3; i++) {
+        if (get_buffer(objects[i], &views[i], i == 2, 8, i == 0 ? 0 : m * channels,
+                       names[i]) < 0) {
+            release_all(views, i);
+            return NULL;
+        }
+        if (i == 0) {
+            m = views[0].len / 8;
+        }
+    }
+    int identity[64];
+    for (int c = 0; c < 64; c++) {
+        identity[c] = c;
+    }
+    const int failed = neighbourhood_core(views[0].buf, m, views[1].buf, channels, identity,
+                                          channels, nx, ny, half_width, views[2].buf, channels,
+                                          identity);
     release_all(views, 3);
     if (failed) {
         return NULL;
@@ -481,6 +510,91 @@ quadratic_form(double a00, double a11, double a22, double a01, double a02, doubl
 {
     return a00 * x0 * x0 + a11 * x1 * x1 + a22 * x2 * x2
            + 2.0 * (a01 * x0 * x1 + a02 * x0 * x2 + a12 * x1 * x2);
+}
+
+/* patches._closed_form_eigen_3x3 for one matrix: eigenvalues[3] (ascending), normal[3] (unit
+   eigenvector of the smallest); returns 1 when the row is unsure (np.linalg.eigh decides). */
+static inline int
+eigen_row(double a00, double a11, double a22, double a01, double a02, double a12,
+          double *eigenvalues, double *normal)
+{
+    const double sqrt_3 = 1.7320508075688772, close_eigenvalues = 1e-4;  /* as patches.py */
+    /* 1. A = q I + p B with trace(B) = 0. */
+    const double q = (a00 + a11 + a22) / 3.0;
+    const double b00 = a00 - q, b11 = a11 - q, b22 = a22 - q;
+    const double p_sq = (b00 * b00 + b11 * b11 + b22 * b22
+                         + 2.0 * (a01 * a01 + a02 * a02 + a12 * a12)) / 6.0;
+    const double p = sqrt(p_sq);
+    const double det_b = (b00 * (b11 * b22 - a12 * a12) - a01 * (a01 * b22 - a12 * a02)
+                          + a02 * (a01 * a12 - b11 * a02));
+    const double half_det = det_b / (2.0 * p * p_sq);
+    const double clipped = half_det < -1.0 ? -1.0 : (half_det > 1.0 ? 1.0 : half_det);
+    const double cos_angle = cos(acos(clipped) / 3.0);
+    const int largest_apart = det_b >= 0.0;
+    const double apart = q + p * (largest_apart
+                                  ? 2.0 * cos_angle
+                                  : -cos_angle - sqrt_3 * sqrt(1.0 - cos_angle * cos_angle));
+    /* _null_vector of A - apart I. */
+    const double c00 = a00 - apart, c11 = a11 - apart, c22 = a22 - apart;
+    const double c01 = a01, c02 = a02, c12 = a12;
+    const double x01 = c01 * c12 - c02 * c11, y01 = c02 * c01 - c00 * c12,
+                 z01 = c00 * c11 - c01 * c01;
+    const double x02 = c01 * c22 - c02 * c12, y02 = c02 * c02 - c00 * c22,
+                 z02 = c00 * c12 - c01 * c02;
+    const double x12 = c11 * c22 - c12 * c12, y12 = c12 * c02 - c01 * c22,
+                 z12 = c01 * c12 - c11 * c02;
+    const double length_sq_01 = x01 * x01 + y01 * y01 + z01 * z01;
+    const double length_sq_02 = x02 * x02 + y02 * y02 + z02 * z02;
+    const double length_sq_12 = x12 * x12 + y12 * y12 + z12 * z12;
+    const int pick_02 = length_sq_02 > length_sq_01;
+    double vx = pick_02 ? x02 : x01, vy = pick_02 ? y02 : y01, vz = pick_02 ? z02 : z01;
+    const double length_sq = nan_max(length_sq_01, length_sq_02);
+    if (length_sq_12 > length_sq) {
+        vx = x12;
+        vy = y12;
+        vz = z12;
+    }
+    const double inverse_length = 1.0 / sqrt(nan_max(length_sq, length_sq_12));
+    const double v0 = vx * inverse_length, v1 = vy * inverse_length,
+                 v2 = vz * inverse_length;
+
+    /* 2. Basis (u, w) of the plane orthogonal to v, and A restricted to it. */
+    const int use_x = fabs(v0) > fabs(v1);
+    const double scale = 1.0 / sqrt((use_x ? v0 * v0 : v1 * v1) + v2 * v2);
+    const double u0 = use_x ? -v2 * scale : 0.0;
+    const double u1 = use_x ? 0.0 : v2 * scale;
+    const double u2 = (use_x ? v0 : -v1) * scale;
+    const double w0 = v1 * u2 - v2 * u1, w1 = v2 * u0 - v0 * u2, w2 = v0 * u1 - v1 * u0;
+    const double au0 = a00 * u0 + a01 * u1 + a02 * u2;
+    const double au1 = a01 * u0 + a11 * u1 + a12 * u2;
+    const double au2 = a02 * u0 + a12 * u1 + a22 * u2;
+    const double s00 = u0 * au0 + u1 * au1 + u2 * au2;
+    const double s01 = w0 * au0 + w1 * au1 + w2 * au2;
+    const double s11 = quadratic_form(a00, a11, a22, a01, a02, a12, w0, w1, w2);
+    const double half_difference = 0.5 * (s00 - s11);
+    const double radius = sqrt(half_difference * half_difference + s01 * s01);
+    const double mean = 0.5 * (s00 + s11);
+    const int u_larger = half_difference >= 0.0;
+    double c_u = u_larger ? s01 : -(radius - half_difference);
+    double c_w = u_larger ? -(half_difference + radius) : s01;
+    const double c_scale = 1.0 / sqrt(c_u * c_u + c_w * c_w);
+    c_u *= c_scale;
+    c_w *= c_scale;
+
+    /* 3. The smallest eigenvalue's eigenvector, and the eigenvalues. */
+    const double n0 = largest_apart ? c_u * u0 + c_w * w0 : v0;
+    const double n1 = largest_apart ? c_u * u1 + c_w * w1 : v1;
+    const double n2 = largest_apart ? c_u * u2 + c_w * w2 : v2;
+    const double e0 = quadratic_form(a00, a11, a22, a01, a02, a12, n0, n1, n2);
+    const double e1 = largest_apart ? mean + radius : mean - radius;
+    const double e2 = largest_apart ? apart : mean + radius;
+    normal[0] = n0;
+    normal[1] = n1;
+    normal[2] = n2;
+    eigenvalues[0] = e0;
+    eigenvalues[1] = e1;
+    eigenvalues[2] = e2;
+    return !(e1 - e0 > close_eigenvalues * (e2 - e0)) || !isfinite(n0 + n1 + n2);
 }
 
 PyDoc_STRVAR(closed_form_eigen_3x3_doc,
@@ -519,89 +633,233 @@ closed_form_eigen_3x3(PyObject *module, PyObject *args)
     const double *A01 = views[3].buf, *A02 = views[4].buf, *A12 = views[5].buf;
     double *eigenvalues = views[6].buf, *normal = views[7].buf;
     char *unsure = views[8].buf;
-    const double sqrt_3 = sqrt(3.0), close_eigenvalues = 1e-4;  /* as in patches.py */
     for (Py_ssize_t k = 0; k < m; k++) {
-        const double a00 = A00[k], a11 = A11[k], a22 = A22[k];
-        const double a01 = A01[k], a02 = A02[k], a12 = A12[k];
-        /* 1. A = q I + p B with trace(B) = 0. */
-        const double q = (a00 + a11 + a22) / 3.0;
-        const double b00 = a00 - q, b11 = a11 - q, b22 = a22 - q;
-        const double p_sq = (b00 * b00 + b11 * b11 + b22 * b22
-                             + 2.0 * (a01 * a01 + a02 * a02 + a12 * a12)) / 6.0;
-        const double p = sqrt(p_sq);
-        const double det_b = (b00 * (b11 * b22 - a12 * a12) - a01 * (a01 * b22 - a12 * a02)
-                              + a02 * (a01 * a12 - b11 * a02));
-        const double half_det = det_b / (2.0 * p * p_sq);
-        const double clipped = half_det < -1.0 ? -1.0 : (half_det > 1.0 ? 1.0 : half_det);
-        const double cos_angle = cos(acos(clipped) / 3.0);
-        const int largest_apart = det_b >= 0.0;
-        const double apart = q + p * (largest_apart
-                                      ? 2.0 * cos_angle
-                                      : -cos_angle - sqrt_3 * sqrt(1.0 - cos_angle * cos_angle));
-        /* _null_vector of A - apart I. */
-        const double c00 = a00 - apart, c11 = a11 - apart, c22 = a22 - apart;
-        const double c01 = a01, c02 = a02, c12 = a12;
-        const double x01 = c01 * c12 - c02 * c11, y01 = c02 * c01 - c00 * c12,
-                     z01 = c00 * c11 - c01 * c01;
-        const double x02 = c01 * c22 - c02 * c12, y02 = c02 * c02 - c00 * c22,
-                     z02 = c00 * c12 - c01 * c02;
-        const double x12 = c11 * c22 - c12 * c12, y12 = c12 * c02 - c01 * c22,
-                     z12 = c01 * c12 - c11 * c02;
-        const double length_sq_01 = x01 * x01 + y01 * y01 + z01 * z01;
-        const double length_sq_02 = x02 * x02 + y02 * y02 + z02 * z02;
-        const double length_sq_12 = x12 * x12 + y12 * y12 + z12 * z12;
-        const int pick_02 = length_sq_02 > length_sq_01;
-        double vx = pick_02 ? x02 : x01, vy = pick_02 ? y02 : y01, vz = pick_02 ? z02 : z01;
-        const double length_sq = nan_max(length_sq_01, length_sq_02);
-        if (length_sq_12 > length_sq) {
-            vx = x12;
-            vy = y12;
-            vz = z12;
-        }
-        const double inverse_length = 1.0 / sqrt(nan_max(length_sq, length_sq_12));
-        const double v0 = vx * inverse_length, v1 = vy * inverse_length,
-                     v2 = vz * inverse_length;
-
-        /* 2. Basis (u, w) of the plane orthogonal to v, and A restricted to it. */
-        const int use_x = fabs(v0) > fabs(v1);
-        const double scale = 1.0 / sqrt((use_x ? v0 * v0 : v1 * v1) + v2 * v2);
-        const double u0 = use_x ? -v2 * scale : 0.0;
-        const double u1 = use_x ? 0.0 : v2 * scale;
-        const double u2 = (use_x ? v0 : -v1) * scale;
-        const double w0 = v1 * u2 - v2 * u1, w1 = v2 * u0 - v0 * u2, w2 = v0 * u1 - v1 * u0;
-        const double au0 = a00 * u0 + a01 * u1 + a02 * u2;
-        const double au1 = a01 * u0 + a11 * u1 + a12 * u2;
-        const double au2 = a02 * u0 + a12 * u1 + a22 * u2;
-        const double s00 = u0 * au0 + u1 * au1 + u2 * au2;
-        const double s01 = w0 * au0 + w1 * au1 + w2 * au2;
-        const double s11 = quadratic_form(a00, a11, a22, a01, a02, a12, w0, w1, w2);
-        const double half_difference = 0.5 * (s00 - s11);
-        const double radius = sqrt(half_difference * half_difference + s01 * s01);
-        const double mean = 0.5 * (s00 + s11);
-        const int u_larger = half_difference >= 0.0;
-        double c_u = u_larger ? s01 : -(radius - half_difference);
-        double c_w = u_larger ? -(half_difference + radius) : s01;
-        const double c_scale = 1.0 / sqrt(c_u * c_u + c_w * c_w);
-        c_u *= c_scale;
-        c_w *= c_scale;
-
-        /* 3. The smallest eigenvalue's eigenvector, and the eigenvalues. */
-        const double n0 = largest_apart ? c_u * u0 + c_w * w0 : v0;
-        const double n1 = largest_apart ? c_u * u1 + c_w * w1 : v1;
-        const double n2 = largest_apart ? c_u * u2 + c_w * w2 : v2;
-        const double e0 = quadratic_form(a00, a11, a22, a01, a02, a12, n0, n1, n2);
-        const double e1 = largest_apart ? mean + radius : mean - radius;
-        const double e2 = largest_apart ? apart : mean + radius;
-        normal[3 * k] = n0;
-        normal[3 * k + 1] = n1;
-        normal[3 * k + 2] = n2;
-        eigenvalues[3 * k] = e0;
-        eigenvalues[3 * k + 1] = e1;
-        eigenvalues[3 * k + 2] = e2;
-        unsure[k] = !(e1 - e0 > close_eigenvalues * (e2 - e0)) || !isfinite(n0 + n1 + n2);
+        unsure[k] = (char)eigen_row(A00[k], A11[k], A22[k], A01[k], A02[k], A12[k],
+                                    eigenvalues + 3 * k, normal + 3 * k);
     }
     release_all(views, 9);
     Py_RETURN_NONE;
+}
+
+/* Acquire `count` buffers of objects[i] with item sizes sizes[i], minimum items min_items[i]
+   (negative: -k means k times the items of buffer 0), writable from index first_output on. */
+static int
+get_buffers(PyObject **objects, Py_buffer *views, int count, const Py_ssize_t *sizes,
+            const Py_ssize_t *min_items, int first_output, const char **names, Py_ssize_t *m)
+{
+    for (int i = 0; i < count; i++) {
+        Py_ssize_t wanted = min_items[i];
+        if (wanted < 0) {
+            wanted = -wanted * *m;
+        }
+        if (get_buffer(objects[i], &views[i], i >= first_output, sizes[i], wanted, names[i])
+                < 0) {
+            release_all(views, i);
+            return -1;
+        }
+        if (i == 0) {
+            *m = views[0].len / sizes[0];
+        }
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(plane_fits_doc,
+"plane_fits(present, count, z_min, sums, dz_max, min_points, occupied, n, z_min_out,\n"
+"           dz_max_out, means, covariances, eigenvalues, normal, unsure) -> cells\n\n"
+"From cell_moments' outputs for its C cells (sums: 9 x C): the cells with at least\n"
+"min_points ground points, in order, into the first `cells` rows of the outputs (room for C):\n"
+"their flat index, point count n (float64), z_min and dz_max, the means of dx, dy, dz\n"
+"(C x 3), the 6 covariance entries xx, yy, zz, xy, xz, yz (C x 6), and the closed-form\n"
+"eigen-decomposition of that covariance (closed_form_eigen_3x3).");
+
+static PyObject *
+plane_fits(PyObject *module, PyObject *args)
+{
+    PyObject *objects[14];
+    long long min_points;
+    if (!PyArg_ParseTuple(args, "OOOOOLOOOOOOOOO", &objects[0], &objects[1], &objects[2],
+                          &objects[3], &objects[4], &min_points, &objects[5], &objects[6],
+                          &objects[7], &objects[8], &objects[9], &objects[10], &objects[11],
+                          &objects[12], &objects[13])) {
+        return NULL;
+    }
+    static const char *names[14] = {"present", "count", "z_min", "sums", "dz_max", "occupied",
+                                    "n", "z_min_out", "dz_max_out", "means", "covariances",
+                                    "eigenvalues", "normal", "unsure"};
+    static const Py_ssize_t sizes[14] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 1};
+    static const Py_ssize_t min_items[14] = {0, -1, -1, -9, -1, -1, -1, -1, -1, -3, -6, -3, -3,
+                                             -1};
+    Py_buffer views[14] = {{0}};
+    Py_ssize_t cells = 0;
+    if (get_buffers(objects, views, 14, sizes, min_items, 5, names, &cells) < 0) {
+        return NULL;
+    }
+    const int64_t *present = views[0].buf, *count = views[1].buf;
+    const double *z_min = views[2].buf, *sums = views[3].buf, *dz_max = views[4].buf;
+    int64_t *occupied = views[5].buf;
+    double *n_out = views[6].buf, *z_min_out = views[7].buf, *dz_max_out = views[8].buf;
+    double *means = views[9].buf, *covariances = views[10].buf;
+    double *eigenvalues = views[11].buf, *normal = views[12].buf;
+    char *unsure = views[13].buf;
+    Py_ssize_t m = 0;
+    for (Py_ssize_t c = 0; c < cells; c++) {
+        if (count[c] < min_points) {
+            continue;
+        }
+        /* As compute_patches_xyz: sums / n, and E[ab] - E[a] E[b] (dx, dy, dz are small
+           numbers relative to the cell, so no cancellation). */
+        const double n = (double)count[c];
+        const double mean_x = sums[0 * cells + c] / n, mean_y = sums[1 * cells + c] / n,
+                     mean_z = sums[2 * cells + c] / n;
+        const double cov_xx = sums[3 * cells + c] / n - mean_x * mean_x;
+        const double cov_yy = sums[4 * cells + c] / n - mean_y * mean_y;
+        const double cov_zz = sums[5 * cells + c] / n - mean_z * mean_z;
+        const double cov_xy = sums[6 * cells + c] / n - mean_x * mean_y;
+        const double cov_xz = sums[7 * cells + c] / n - mean_x * mean_z;
+        const double cov_yz = sums[8 * cells + c] / n - mean_y * mean_z;
+        occupied[m] = present[c];
+        n_out[m] = n;
+        z_min_out[m] = z_min[c];
+        dz_max_out[m] = dz_max[c];
+        double *mean = means + 3 * m, *cov = covariances + 6 * m;
+        mean[0] = mean_x;
+        mean[1] = mean_y;
+        mean[2] = mean_z;
+        cov[0] = cov_xx;
+        cov[1] = cov_yy;
+        cov[2] = cov_zz;
+        cov[3] = cov_xy;
+        cov[4] = cov_xz;
+        cov[5] = cov_yz;
+        unsure[m] = (char)eigen_row(cov_xx, cov_yy, cov_zz, cov_xy, cov_xz, cov_yz,
+                                    eigenvalues + 3 * m, normal + 3 * m);
+        m++;
+    }
+    release_all(views, 14);
+    return PyLong_FromSsize_t(m);
+}
+
+/* Columns of features, as patches.FEATURE_NAMES (checked there at import). */
+enum { F_POINT_COUNT, F_HEIGHT_STD, F_HEIGHT_RANGE, F_PLANE_RESIDUAL, F_SLOPE, F_CURVATURE,
+       F_MAX_STEP, F_RANGE, F_GRAZING_ANGLE, F_NEIGHBOURHOOD_HEIGHT_STD,
+       F_NEIGHBOURHOOD_HEIGHT_RANGE, F_NEIGHBOURHOOD_PLANE_RESIDUAL, F_NEIGHBOURHOOD_CURVATURE,
+       N_FEATURES };
+
+static inline double
+nan_min(double a, double b)  /* np.minimum */
+{
+    if (a != a) {
+        return a;
+    }
+    if (b != b) {
+        return b;
+    }
+    return a <= b ? a : b;
+}
+
+PyDoc_STRVAR(cell_features_doc,
+"cell_features(occupied, n, z_min, dz_max, means, covariances, eigenvalues, normal, ix0, iy0,\n"
+"              nx, ny, origin_x, origin_y, origin_z, cell_size, half_width, keys, centres,\n"
+"              features) -> keys_ascending\n\n"
+"The rest of compute_patches_xyz for plane_fits' M cells (with np.linalg.eigh's results in\n"
+"the unsure rows): cell keys (M int64), centres (M x 3) and features (M x 13, in the order\n"
+"of patches.FEATURE_NAMES). Returns whether the keys ascend (else the caller sorts).");
+
+static PyObject *
+cell_features(PyObject *module, PyObject *args)
+{
+    PyObject *objects[11];
+    long long ix0, iy0, nx, ny, half_width;
+    double origin_x, origin_y, origin_z, cell_size;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOLLLLddddLOOO", &objects[0], &objects[1], &objects[2],
+                          &objects[3], &objects[4], &objects[5], &objects[6], &objects[7],
+                          &ix0, &iy0, &nx, &ny, &origin_x, &origin_y, &origin_z, &cell_size,
+                          &half_width, &objects[8], &objects[9], &objects[10])) {
+        return NULL;
+    }
+    static const char *names[11] = {"occupied", "n", "z_min", "dz_max", "means", "covariances",
+                                    "eigenvalues", "normal", "keys", "centres", "features"};
+    static const Py_ssize_t sizes[11] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8};
+    static const Py_ssize_t min_items[11] = {0, -1, -1, -1, -3, -6, -3, -3, -1, -3,
+                                             -N_FEATURES};
+    Py_buffer views[11] = {{0}};
+    Py_ssize_t m = 0;
+    if (get_buffers(objects, views, 11, sizes, min_items, 8, names, &m) < 0) {
+        return NULL;
+    }
+    const int64_t *occupied = views[0].buf;
+    const double *n = views[1].buf, *z_min = views[2].buf, *dz_max = views[3].buf;
+    const double *means = views[4].buf, *covariances = views[5].buf;
+    const double *eigenvalues = views[6].buf, *normal = views[7].buf;
+    int64_t *keys = views[8].buf;
+    double *centres = views[9].buf, *features = views[10].buf;
+    double *gradients = malloc((size_t)(2 * (m > 0 ? m : 1)) * sizeof(double));  /* x, then y */
+    int ascending = 1, failed = 0;
+    if (gradients == NULL) {
+        PyErr_NoMemory();
+        failed = 1;
+        goto done;
+    }
+    const double line_limit = (0.1 * cell_size) * (0.1 * cell_size);
+    for (Py_ssize_t k = 0; k < m; k++) {
+        const double *mean = means + 3 * k, *cov = covariances + 6 * k;
+        const double *normal_k = normal + 3 * k;
+        double *centre = centres + 3 * k, *feature = features + N_FEATURES * k;
+        const double e0 = nan_max(eigenvalues[3 * k], 0.0);
+        const double e1 = nan_max(eigenvalues[3 * k + 1], 0.0);
+        const double e2 = nan_max(eigenvalues[3 * k + 2], 0.0);
+        const double normal_z = fabs(normal_k[2]);
+        const int64_t cell_ix = occupied[k] / ny + ix0, cell_iy = occupied[k] % ny + iy0;
+        centre[0] = ((double)cell_ix + 0.5) * cell_size;
+        centre[1] = ((double)cell_iy + 0.5) * cell_size;
+        /* Plane gradient from the normal (near-vertical planes clipped). */
+        const double safe_nz = (normal_k[2] < 0 ? -1.0 : 1.0) * nan_max(normal_z, 0.1);
+        const double gradient_x = -normal_k[0] / safe_nz, gradient_y = -normal_k[1] / safe_nz;
+        gradients[k] = gradient_x;
+        gradients[m + k] = gradient_y;
+        centre[2] = z_min[k] + mean[2] - gradient_x * mean[0] - gradient_y * mean[1];
+        const double horizontal = hypot(centre[0] - origin_x, centre[1] - origin_y);
+        feature[F_POINT_COUNT] = n[k];
+        feature[F_HEIGHT_STD] = sqrt(nan_max(cov[2], 0.0));
+        feature[F_HEIGHT_RANGE] = dz_max[k];
+        const double difference = cov[0] - cov[1];
+        const double minor_xy = 0.5 * (cov[0] + cov[1])
+                                - sqrt(0.25 * (difference * difference) + cov[3] * cov[3]);
+        const double residual_var = minor_xy < line_limit ? e0 + e1 : e0;
+        feature[F_PLANE_RESIDUAL] = sqrt(residual_var);
+        feature[F_SLOPE] = acos(nan_min(normal_z, 1.0));
+        feature[F_CURVATURE] = residual_var / nan_max(e0 + e1 + e2, 1e-12);
+        feature[F_RANGE] = horizontal;
+        feature[F_GRAZING_ANGLE] = atan2(origin_z - centre[2], horizontal);
+        /* cell_keys: (ix + 2^30) * 2^31 + (iy + 2^30), wrapping as numpy's int64 does. */
+        keys[k] = (int64_t)(((uint64_t)cell_ix + (1ULL << 30)) * (1ULL << 31)
+                            + ((uint64_t)cell_iy + (1ULL << 30)));
+        if (k > 0 && !(keys[k] > keys[k - 1])) {
+            ascending = 0;
+        }
+    }
+    /* The 8-neighbour steps need every centre's height first. */
+    if (max_step_core(occupied, m, centres + 2, 3, gradients, gradients + m, nx, ny, cell_size,
+                      features + F_MAX_STEP, N_FEATURES) < 0) {
+        failed = 1;
+        goto done;
+    }
+    static const int sources[4] = {F_HEIGHT_STD, F_HEIGHT_RANGE, F_PLANE_RESIDUAL,
+                                   F_CURVATURE};
+    static const int targets[4] = {F_NEIGHBOURHOOD_HEIGHT_STD, F_NEIGHBOURHOOD_HEIGHT_RANGE,
+                                   F_NEIGHBOURHOOD_PLANE_RESIDUAL, F_NEIGHBOURHOOD_CURVATURE};
+    if (neighbourhood_core(occupied, m, features, N_FEATURES, sources, 4, nx, ny, half_width,
+                           features, N_FEATURES, targets) < 0) {
+        failed = 1;
+    }
+done:
+    free(gradients);
+    release_all(views, 11);
+    if (failed) {
+        return NULL;
+    }
+    return PyBool_FromLong(ascending);
 }
 
 static PyMethodDef methods[] = {
@@ -609,6 +867,8 @@ static PyMethodDef methods[] = {
     {"max_neighbour_step", max_neighbour_step, METH_VARARGS, max_neighbour_step_doc},
     {"neighbourhood_mean", neighbourhood_mean, METH_VARARGS, neighbourhood_mean_doc},
     {"closed_form_eigen_3x3", closed_form_eigen_3x3, METH_VARARGS, closed_form_eigen_3x3_doc},
+    {"plane_fits", plane_fits, METH_VARARGS, plane_fits_doc},
+    {"cell_features", cell_features, METH_VARARGS, cell_features_doc},
     {NULL, NULL, 0, NULL},
 };
 

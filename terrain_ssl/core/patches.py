@@ -45,6 +45,10 @@ FEATURE_NAMES = (
     'neighbourhood_curvature',        # (-)
 )
 FEATURE_INDEX = {name: index for index, name in enumerate(FEATURE_NAMES)}
+# _patch_kernels.c (cell_features) writes the columns in this order.
+assert FEATURE_NAMES[:4] == ('point_count', 'height_std', 'height_range', 'plane_residual') \
+    and FEATURE_NAMES[4:9] == ('slope', 'curvature', 'max_step', 'range', 'grazing_angle') \
+    and len(FEATURE_NAMES) == 13, 'update the F_ columns of _patch_kernels.c'
 # Features that are lengths, counts or ratios spread over decades (mm to dm): a model should see
 # their logarithm.
 SCALE_FEATURES = ('point_count', 'height_std', 'height_range', 'plane_residual', 'curvature',
@@ -129,10 +133,9 @@ def compute_patches_xyz(x: np.ndarray, y: np.ndarray, z: np.ndarray, sensor_orig
     """
     origin = np.asarray(sensor_origin, dtype=np.float64)
     if _kernels is not None:
-        moments = _cell_moments_compiled(x, y, z, origin, cell_size, ground_band, min_range,
-                                         max_range)
-    else:
-        moments = _cell_moments(x, y, z, origin, cell_size, ground_band, min_range, max_range)
+        return _compute_patches_compiled(x, y, z, origin, t_ns, cell_size, min_points,
+                                         ground_band, min_range, max_range)
+    moments = _cell_moments(x, y, z, origin, cell_size, ground_band, min_range, max_range)
     if moments is None:
         return PatchSet.empty(t_ns)
     present, count, z_min, sums, dz_max, ix0, iy0, nx, ny = moments
@@ -169,13 +172,8 @@ def compute_patches_xyz(x: np.ndarray, y: np.ndarray, z: np.ndarray, sensor_orig
     # Height of the fitted plane at the cell centre (the points' centroid is rarely there).
     centres[:, 2] = (z_min[occupied_cell] + mean_z - gradient_x * mean_x
                      - gradient_y * mean_y)
-    if _kernels is not None:
-        max_step = np.empty(occupied.shape[0])
-        _kernels.max_neighbour_step(occupied, np.ascontiguousarray(centres[:, 2]), gradient_x,
-                                    gradient_y, nx, ny, cell_size, max_step)
-    else:
-        max_step = _max_neighbour_step(occupied, centres[:, 2], gradient_x, gradient_y,
-                                       nx, ny, cell_size)
+    max_step = _max_neighbour_step(occupied, centres[:, 2], gradient_x, gradient_y,
+                                   nx, ny, cell_size)
 
     horizontal = np.hypot(centres[:, 0] - origin[0], centres[:, 1] - origin[1])
     features = np.empty((occupied.shape[0], len(FEATURE_NAMES)))
@@ -197,14 +195,8 @@ def compute_patches_xyz(x: np.ndarray, y: np.ndarray, z: np.ndarray, sensor_orig
     features[:, FEATURE_INDEX['grazing_angle']] = np.arctan2(origin[2] - centres[:, 2], horizontal)
     sources = [FEATURE_INDEX[name] for name in _NEIGHBOURHOOD_OF.values()]
     targets = [FEATURE_INDEX[name] for name in _NEIGHBOURHOOD_OF]
-    if _kernels is not None:
-        means = np.empty((occupied.shape[0], len(sources)))
-        _kernels.neighbourhood_mean(occupied, np.ascontiguousarray(features[:, sources]),
-                                    len(sources), nx, ny, NEIGHBOURHOOD_CELLS, means)
-        features[:, targets] = means
-    else:
-        features[:, targets] = _neighbourhood_mean(occupied, features[:, sources], nx, ny,
-                                                   NEIGHBOURHOOD_CELLS)
+    features[:, targets] = _neighbourhood_mean(occupied, features[:, sources], nx, ny,
+                                               NEIGHBOURHOOD_CELLS)
 
     # Ascending keys let the cell map merge with searchsorted. The occupied cells are in flat
     # index order, i.e. by (ix, iy), which is the keys' order already (unless an index is
@@ -309,6 +301,44 @@ def _cell_moments_compiled(x, y, z, origin, cell_size, ground_band, min_range, m
         return None
     return (present[:cells], count[:cells], z_min[:cells], sums[:, :cells], dz_max[:cells],
             ix0, iy0, nx, ny)
+
+
+def _compute_patches_compiled(x, y, z, origin, t_ns, cell_size, min_points, ground_band,
+                              min_range, max_range) -> PatchSet:
+    """compute_patches_xyz by the compiled kernels: the same steps, three C calls, and
+    np.linalg.eigh between the last two for the cells the closed form is unsure of."""
+    moments = _cell_moments_compiled(x, y, z, origin, cell_size, ground_band, min_range,
+                                     max_range)
+    if moments is None:
+        return PatchSet.empty(t_ns)
+    present, count, z_min, sums, dz_max, ix0, iy0, nx, ny = moments
+    cells = present.shape[0]
+    occupied, n = np.empty(cells, dtype=np.int64), np.empty(cells)
+    z_min_occupied, dz_max_occupied = np.empty(cells), np.empty(cells)
+    means, covariances = np.empty((cells, 3)), np.empty((cells, 6))
+    eigenvalues, normal = np.empty((cells, 3)), np.empty((cells, 3))
+    unsure = np.empty(cells, dtype=bool)
+    m = _kernels.plane_fits(present, count, z_min, np.ascontiguousarray(sums), dz_max,
+                            int(min_points), occupied, n, z_min_occupied, dz_max_occupied,
+                            means, covariances, eigenvalues, normal, unsure)
+    if m == 0:
+        return PatchSet.empty(t_ns)
+    if m < cells:
+        occupied, n, z_min_occupied, dz_max_occupied, means, covariances, eigenvalues, \
+            normal, unsure = (a[:m] for a in (occupied, n, z_min_occupied, dz_max_occupied,
+                                              means, covariances, eigenvalues, normal, unsure))
+    if unsure.any():
+        _eigh_rows(unsure, covariances.T, eigenvalues, normal)
+    keys, centres = np.empty(m, dtype=np.int64), np.empty((m, 3))
+    features = np.empty((m, len(FEATURE_NAMES)))
+    ascending = _kernels.cell_features(
+        occupied, n, z_min_occupied, dz_max_occupied, means, covariances, eigenvalues, normal,
+        ix0, iy0, nx, ny, float(origin[0]), float(origin[1]), float(origin[2]),
+        float(cell_size), NEIGHBOURHOOD_CELLS, keys, centres, features)
+    if not ascending:
+        order = np.argsort(keys)
+        keys, centres, features = keys[order], centres[order], features[order]
+    return PatchSet(t_ns, keys, centres, features)
 
 
 def compiled_kernels() -> bool:
@@ -421,14 +451,19 @@ def symmetric_eigen_3x3(a00, a11, a22, a01, a02, a12) -> tuple:
         with np.errstate(divide='ignore', invalid='ignore'):
             eigenvalues, normal, unsure = _closed_form_eigen_3x3(a00, a11, a22, a01, a02, a12)
     if unsure.any():
-        matrices = np.empty((int(unsure.sum()), 3, 3))
-        for (row, column), entry in (((0, 0), a00), ((1, 1), a11), ((2, 2), a22),
-                                     ((0, 1), a01), ((0, 2), a02), ((1, 2), a12)):
-            matrices[:, row, column] = matrices[:, column, row] = entry[unsure]
-        eigh_values, eigh_vectors = np.linalg.eigh(matrices)
-        eigenvalues[unsure] = eigh_values
-        normal[unsure] = eigh_vectors[:, :, 0]
+        _eigh_rows(unsure, (a00, a11, a22, a01, a02, a12), eigenvalues, normal)
     return eigenvalues, normal
+
+
+def _eigh_rows(rows, entries, eigenvalues, normal) -> None:
+    """np.linalg.eigh for the `rows` (mask) of the matrices given by their 6 distinct entries
+    (a00, a11, a22, a01, a02, a12), into eigenvalues and normal (the smallest's vector)."""
+    matrices = np.empty((int(rows.sum()), 3, 3))
+    for (row, column), entry in zip(((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)), entries):
+        matrices[:, row, column] = matrices[:, column, row] = entry[rows]
+    eigh_values, eigh_vectors = np.linalg.eigh(matrices)
+    eigenvalues[rows] = eigh_values
+    normal[rows] = eigh_vectors[:, :, 0]
 
 
 def _closed_form_eigen_3x3(a00, a11, a22, a01, a02, a12) -> tuple:
