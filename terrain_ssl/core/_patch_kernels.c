@@ -368,6 +368,22 @@ PyDoc_STRVAR(neighbourhood_mean_doc,
 "the mean of values (M x channels float64, row-major) over the occupied cells of the\n"
 "(2 half_width + 1)^2 window centred on it, into out (M x channels float64).");
 
+/* out[e] = first[e] + first[spacing + e] + ... over `count` blocks of `length` values, added in
+   that order (as numpy's a = b.copy(); a += c; a += d ...). */
+static void
+add_in_order(const double *first, int64_t spacing, int64_t count, int64_t length, double *out)
+{
+    for (int64_t e = 0; e < length; e++) {
+        out[e] = first[e];
+    }
+    for (int64_t block = 1; block < count; block++) {
+        const double *next = first + block * spacing;
+        for (int64_t e = 0; e < length; e++) {
+            out[e] += next[e];
+        }
+    }
+}
+
 /* neighbourhood_mean on raw arrays: channel c of cell k is values[k * values_stride +
    columns[c]], its mean goes to out[k * out_stride + out_columns[c]]. 0, or -1 with an exception
    set. As the numpy version: a zero-padded dense grid of the values and a count channel (1 at
@@ -418,29 +434,11 @@ neighbourhood_core(const int64_t *occupied, Py_ssize_t m, const double *values,
     for (Py_ssize_t k = 0; k < m; k++) {
         const int64_t i = occupied[k] / ny, j = occupied[k] % ny;
         if (i != along_x_row) {
-            const double *first = grid + i * row_length;
-            for (int64_t e = 0; e < row_length; e++) {
-                along_x[e] = first[e];
-            }
-            for (int64_t offset = 1; offset < span; offset++) {
-                const double *next = first + offset * row_length;
-                for (int64_t e = 0; e < row_length; e++) {
-                    along_x[e] += next[e];
-                }
-            }
+            add_in_order(grid + i * row_length, row_length, span, row_length, along_x);
             along_x_row = i;
         }
         double window[65];
-        const double *column = along_x + j * stride;
-        for (int64_t c = 0; c < stride; c++) {
-            window[c] = column[c];
-        }
-        for (int64_t offset = 1; offset < span; offset++) {
-            const double *next = column + offset * stride;
-            for (int64_t c = 0; c < stride; c++) {
-                window[c] += next[c];
-            }
-        }
+        add_in_order(along_x + j * stride, stride, span, stride, window);
         for (int64_t c = 0; c < channels; c++) {
             out[k * out_stride + out_columns[c]] = window[c] / window[channels];
         }
