@@ -90,6 +90,39 @@ class TestCompiledMatchesNumpy:
             np.testing.assert_allclose(compiled.features, reference.features, rtol=1e-9,
                                        atol=1e-12, err_msg=f'trial {trial}')
 
+    @pytest.mark.parametrize('dtype', ['<f4', '<f8', '>f4', '<i4'])
+    def test_scan_points_to_the_odom_frame_bit_for_bit(self, dtype):
+        """The labeler's first step: count the finite points of a lidar scan, then rotate and
+        translate them into odom. Points as the PointCloud2 view gives them: strided rows of
+        x, y, z inside a 32-byte record, some NaN or inf, some float64 sums that overflow."""
+        rng = np.random.default_rng(7)
+        record = np.zeros(4000, dtype=[('x', dtype), ('y', dtype), ('z', dtype),
+                                       ('intensity', '<f4'), ('pad', 'V12')])
+        for axis in 'xyz':
+            record[axis] = rng.uniform(-40, 40, 4000)
+        if dtype[1] == 'f':
+            record['x'][rng.choice(4000, 50)] = np.nan
+            record['z'][rng.choice(4000, 20)] = np.inf
+        if dtype == '<f8':
+            record['x'][:3], record['y'][:3] = 1.5e308, 1.5e308  # finite, but the sum is not
+        size = np.dtype(dtype).itemsize
+        points = np.lib.stride_tricks.as_strided(record['x'], shape=(4000, 3),
+                                                 strides=(record.itemsize, size))
+        angle = 0.3
+        rotation = np.array([[np.cos(angle), -np.sin(angle), 0.01],
+                             [np.sin(angle), np.cos(angle), -0.02], [0.0, 0.015, 1.0]])
+        translation = np.array([12.5, -3.25, 1.6])
+        count = patches.count_finite_points(points)
+        columns = patches.finite_points_to_frame(points, rotation, translation)
+        with numpy_kernels():
+            reference_count = patches.count_finite_points(points)
+            reference = patches.finite_points_to_frame(points, rotation, translation)
+        assert count == reference_count == columns[0].shape[0]
+        assert count < 4000 if dtype[1] == 'f' else count == 4000
+        for got, expected in zip(columns, reference):
+            assert got.dtype == np.float64
+            np.testing.assert_array_equal(got, expected)
+
     @pytest.mark.parametrize('parameters', PARAMETERS)
     def test_cell_moments_bit_for_bit(self, parameters):
         points = rough_scan(3)

@@ -19,7 +19,8 @@ import numpy as np
 
 from terrain_ssl.core.association import CellMap, Crossings
 from terrain_ssl.core.geometry import PoseHistory, make_transform, quat_from_rpy
-from terrain_ssl.core.patches import FEATURE_NAMES, PatchSet, compute_patches_xyz
+from terrain_ssl.core.patches import (FEATURE_NAMES, PatchSet, compute_patches_xyz,
+                                      count_finite_points, finite_points_to_frame)
 from terrain_ssl.core.vibration import GRAVITY_SOURCES, SHOCK_MEASURES, VibrationFilter
 
 NS_PER_S = 1_000_000_000
@@ -297,12 +298,10 @@ class Labeler:
         if points.shape[0] == 0:
             self._reject('empty_cloud', 'scan has no points')
             return None
-        columns = [points[:, 0], points[:, 1], points[:, 2]]
-        finite = _finite_points(*columns)
-        if not finite.all():
-            self.stats['points_nonfinite'] += finite.shape[0] - int(np.count_nonzero(finite))
-            columns = [column[finite] for column in columns]  # per column: ~5x faster than rows
-            if columns[0].shape[0] == 0:
+        finite = count_finite_points(points)
+        if finite < points.shape[0]:
+            self.stats['points_nonfinite'] += points.shape[0] - finite
+            if finite == 0:
                 self._reject('empty_cloud', 'scan has no finite points')
                 return None
         if not self._accept_stamp('scan', t_ns):
@@ -315,13 +314,7 @@ class Labeler:
         self.stats['scans'] += 1
         odom_to_lidar = make_transform(*pose) @ self._base_to_lidar
         rotation, origin = odom_to_lidar[:3, :3], odom_to_lidar[:3, 3]
-        # float64 from here on (exact for float32 input; one conversion per column is cheaper
-        # than mixed-type arithmetic), and in separate contiguous columns: column-wise
-        # multiply-adds beat an (N, 3) @ (3, 3) matmul here, and compute_patches_xyz reads them
-        # faster than the strided columns of an (N, 3) array.
-        columns = [column.astype(np.float64, copy=False) for column in columns]
-        x, y, z = (rotation[axis, 0] * columns[0] + rotation[axis, 1] * columns[1]
-                   + rotation[axis, 2] * columns[2] + origin[axis] for axis in range(3))
+        x, y, z = finite_points_to_frame(points, rotation, origin)
         c = self.config
         patches = compute_patches_xyz(x, y, z, origin, t_ns, c.patch_size, c.patch_min_points,
                                       c.patch_ground_band, c.patch_min_range, c.patch_max_range)
@@ -423,21 +416,6 @@ class Labeler:
             **{name: np.concatenate([getattr(part, name) for part in parts])
                for name in ('keys', 'centres', 'features', 'roughness', 'roughness_class',
                             'shock', 'speed', 'seen_to_cross_s', 'cross_t_ns')})
-
-
-def _finite_points(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Mask of the points whose coordinates sum to a finite number (NaN and Inf propagate).
-
-    float64 sums: one pass over the sum is cheaper than testing three columns. Narrower floats
-    (float32 clouds) are tested column by column: their sum in float64 cannot overflow, so it is
-    finite exactly when the three coordinates are, and this skips three conversions."""
-    if x.dtype == np.float64:
-        with np.errstate(invalid='ignore'):  # inf + -inf: NaN, rejected with the rest
-            return np.isfinite(x + y + z)
-    finite = np.isfinite(x)
-    finite &= np.isfinite(y)
-    finite &= np.isfinite(z)
-    return finite
 
 
 def _floats(values, size: int):

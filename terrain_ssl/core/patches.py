@@ -365,6 +365,60 @@ def numpy_kernels():
         _kernels = saved
 
 
+def count_finite_points(points: np.ndarray) -> int:
+    """Rows of (N, 3) `points` whose coordinates are all finite (see _finite_points)."""
+    if _kernels is not None and _native_float(points):
+        return _kernels.count_finite(points)
+    return int(np.count_nonzero(_finite_points(points[:, 0], points[:, 1], points[:, 2])))
+
+
+def finite_points_to_frame(points: np.ndarray, rotation, translation) -> tuple:
+    """The finite rows p of (N, 3) `points` (m), in order, as rotation @ p + translation: three
+    float64 columns x, y, z (m), ready for compute_patches_xyz.
+
+    float64 from here on (exact for float32 input), and in separate contiguous columns:
+    column-wise multiply-adds beat an (N, 3) @ (3, 3) matmul, and compute_patches_xyz reads
+    them faster than the strided columns of an (N, 3) array. The compiled kernel does the same
+    arithmetic in one pass over the points (bit-identical)."""
+    rotation = np.asarray(rotation, dtype=np.float64)
+    translation = np.asarray(translation, dtype=np.float64)
+    if _kernels is not None and _native_float(points):
+        n = points.shape[0]
+        x, y, z = np.empty(n), np.empty(n), np.empty(n)
+        count = _kernels.finite_points_to_frame(points, np.ascontiguousarray(rotation),
+                                                np.ascontiguousarray(translation), x, y, z)
+        return x[:count], y[:count], z[:count]
+    columns = [points[:, 0], points[:, 1], points[:, 2]]
+    finite = _finite_points(*columns)
+    if not finite.all():
+        columns = [column[finite] for column in columns]  # per column: ~5x faster than rows
+    # One conversion per column is cheaper than mixed-type arithmetic.
+    columns = [column.astype(np.float64, copy=False) for column in columns]
+    return tuple(rotation[axis, 0] * columns[0] + rotation[axis, 1] * columns[1]
+                 + rotation[axis, 2] * columns[2] + translation[axis] for axis in range(3))
+
+
+def _native_float(points: np.ndarray) -> bool:
+    """An (N, 3) float32 / float64 array in native byte order: what the kernels read."""
+    return (points.ndim == 2 and points.shape[1] == 3 and points.dtype.isnative
+            and points.dtype in (np.float32, np.float64))
+
+
+def _finite_points(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Mask of the points whose coordinates sum to a finite number (NaN and Inf propagate).
+
+    float64 sums: one pass over the sum is cheaper than testing three columns. Narrower floats
+    (float32 clouds) are tested column by column: their sum in float64 cannot overflow, so it is
+    finite exactly when the three coordinates are, and this skips three conversions."""
+    if x.dtype == np.float64:
+        with np.errstate(invalid='ignore', over='ignore'):  # inf - inf, 1e308 + 1e308: rejected
+            return np.isfinite(x + y + z)
+    finite = np.isfinite(x)
+    finite &= np.isfinite(y)
+    finite &= np.isfinite(z)
+    return finite
+
+
 def _neighbourhood_mean(occupied, values, nx, ny, half_width):
     """Per occupied cell: mean of `values` (M, C) over the occupied cells of the
     (2 half_width + 1)^2 window centred on it (itself included).
