@@ -41,24 +41,24 @@ system-deps:
 	    exit 1; \
 	  fi; \
 	fi
-	@# A C compiler and the Python headers build the patch kernels (terrain_ssl/core/_patch_kernels.c).
-	@# Without them everything still works, on the numpy reference (~2x slower per scan).
+	@# A C compiler and the Python headers build the compiled kernels (terrain_ssl/core/_kernels.c).
+	@# Without them everything still works, on their numpy reference (~2x slower per scan).
 	@if ! command -v cc >/dev/null || ! $(PYTHON) -c "import os, sysconfig, sys; \
 	    sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))"; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing gcc and python3-dev (for the compiled patch kernels)"; \
+	    echo "installing gcc and python3-dev (for the compiled kernels)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev python3-dev; \
 	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null && command -v apt-get >/dev/null; then \
 	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev python3-dev; \
 	  else \
-	    echo "note: no C compiler or Python headers: the patch kernels will run on numpy (slower)."; \
+	    echo "note: no C compiler or Python headers: the core will run on numpy (slower)."; \
 	    echo "  Debian/Ubuntu: sudo apt-get install gcc python3-dev; then make setup again"; \
 	  fi; \
 	fi
 
-# The editable install also compiles terrain_ssl/core/_patch_kernels.c (any C compiler; without
+# The editable install also compiles terrain_ssl/core/_kernels.c (any C compiler; without
 # one it goes on, and scans take the slower numpy path).
-$(STAMP): requirements.txt requirements-ros.txt setup.py terrain_ssl/core/_patch_kernels.c
+$(STAMP): requirements.txt requirements-ros.txt setup.py terrain_ssl/core/_kernels.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-ros.txt -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .

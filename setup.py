@@ -6,11 +6,12 @@ from setuptools import Extension, find_packages, setup
 
 package_name = 'terrain_ssl'
 
-# The per-point loops of a lidar scan (terrain_ssl/core/patches.py), in C: bit-identical to their
-# numpy reference, which runs when this could not be built (no C compiler: pip warns, and
-# terrain_ssl warns at import). No FMA contraction, so both round alike.
-patch_kernels = Extension(
-    'terrain_ssl.core._patch_kernels', ['terrain_ssl/core/_patch_kernels.c'],
+# The per-point and per-cell loops of a lidar scan (terrain_ssl/core/patches.py) and of the cell
+# map's footprint test (association.py), in C: bit-identical to their numpy reference, which runs
+# when this could not be built (no C compiler: pip warns, and terrain_ssl warns at import). No
+# FMA contraction, so both round alike.
+core_kernels = Extension(
+    'terrain_ssl.core._kernels', ['terrain_ssl/core/_kernels.c'],
     extra_compile_args=[] if sys.platform == 'win32' else ['-O3', '-ffp-contract=off'],
     optional=True)
 
@@ -18,7 +19,7 @@ setup(
     name=package_name,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*', 'bench']),
-    ext_modules=[patch_kernels],
+    ext_modules=[core_kernels],
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),

@@ -29,7 +29,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from terrain_ssl.core.labeler import Labeler  # noqa: E402
-from terrain_ssl.core.patches import compiled_kernels, numpy_kernels  # noqa: E402
+from terrain_ssl.core.kernels import compiled_kernels, numpy_kernels  # noqa: E402
 from terrain_ssl.ros.conversions import (array_to_pointcloud2,  # noqa: E402
                                          float_matrix_to_pointcloud2, pointcloud2_to_xyz)
 from terrain_ssl.ros.labeler_node import LOOKAHEAD_FIELDS  # noqa: E402
@@ -107,7 +107,7 @@ def time_per_scan(repeats, beams=128, n_columns=1024, label=''):
 
 
 def time_both_kernels(repeats, beams=128, n_columns=1024):
-    """time_per_scan with the compiled patch kernels, then with their numpy reference (the
+    """time_per_scan with the compiled kernels, then with their numpy reference (the
     fallback without a C compiler); the ratio is of the same scans in the same run."""
     xyz, compiled_ms = time_per_scan(repeats, beams, n_columns)
     n_points = xyz.shape[0]
@@ -115,12 +115,12 @@ def time_both_kernels(repeats, beams=128, n_columns=1024):
     print(f'RESULT labeler_points_per_s_{beams}beams {n_points / (compiled_ms / 1e3):.0f} '
           f'points/s')
     if not compiled_kernels():
-        print('  (the compiled patch kernels are not built: that was the numpy reference)')
+        print('  (the compiled kernels are not built: that was the numpy reference)')
         return xyz
     with numpy_kernels():
         _, numpy_ms = time_per_scan(repeats, beams, n_columns,
                                     label=' on the numpy reference kernels')
-    print(f'  compiled patch kernels: x{compiled_ms / numpy_ms:.2f} of the numpy reference '
+    print(f'  compiled kernels: x{compiled_ms / numpy_ms:.2f} of the numpy reference '
           f'({compiled_ms:.2f} vs {numpy_ms:.2f} ms per scan)')
     print(f'RESULT labeler_ms_per_scan_{beams}beams_numpy_kernels {numpy_ms:.2f} ms')
     return xyz

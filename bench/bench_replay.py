@@ -22,7 +22,7 @@ depend on it as much, so figures from different machines can be compared.
 deserialised at a time, bag.READ_CHUNK_MESSAGES) and one reading N at a time (1: one by one, as it
 used to), and prints the paired ratios of wall time, reading + deserialising and the labeler's
 own time. --compare-numpy-kernels does the same against the numpy reference of the compiled
-patch kernels (terrain_ssl/core/_patch_kernels.c; the fallback without a C compiler).
+core kernels (terrain_ssl/core/_kernels.c; the fallback without a C compiler).
 
 --quick simulates and replays 30 s instead of 120 s. --processes 2 runs the learner and the
 advisor in a second process (`terrain-ssl replay --processes 2`); 1 keeps all in one; the
@@ -101,16 +101,16 @@ def main(argv=None) -> int:
     parser.add_argument('--compare-read-chunk', type=int, default=None, metavar='N',
                         help='alternate with a reader deserialising N messages at a time')
     parser.add_argument('--compare-numpy-kernels', action='store_true',
-                        help='alternate with the numpy reference of the compiled patch kernels')
+                        help='alternate with the numpy reference of the compiled kernels')
     args = parser.parse_args(argv)
-    from terrain_ssl.core.patches import compiled_kernels, numpy_kernels
+    from terrain_ssl.core.kernels import compiled_kernels, numpy_kernels
     baseline_name = baseline_replay = None
     if args.compare_read_chunk is not None:
         baseline_name = f'{args.compare_read_chunk} message(s) read at a time'
         baseline_replay = lambda: replay_once(bag, args.processes, args.compare_read_chunk)  # noqa: E731
     elif args.compare_numpy_kernels:
         if not compiled_kernels():
-            parser.error('the compiled patch kernels are not built: nothing to compare')
+            parser.error('the compiled kernels are not built: nothing to compare')
         baseline_name = 'the numpy reference kernels'
 
         def baseline_replay():

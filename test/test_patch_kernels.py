@@ -1,4 +1,5 @@
-"""The compiled patch kernels (terrain_ssl/core/_patch_kernels.c) against their numpy reference.
+"""The compiled kernels (terrain_ssl/core/_kernels.c) against their numpy reference: the patches
+of a scan, and the cell map's footprint test.
 
 Both do the same floating-point operations in the same order, so the per-cell sums, extremes,
 neighbour steps and neighbourhood means must agree bit for bit; the eigen-decomposition calls cos
@@ -12,8 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from terrain_ssl.core import patches
-from terrain_ssl.core.patches import compute_patches_xyz, compiled_kernels, numpy_kernels
+from terrain_ssl.core import kernels, patches
+from terrain_ssl.core.kernels import compiled_kernels, numpy_kernels
+from terrain_ssl.core.patches import compute_patches_xyz
 
 SENSOR = np.array([0.3, -0.2, 1.6])
 
@@ -123,6 +125,38 @@ class TestCompiledMatchesNumpy:
             assert got.dtype == np.float64
             np.testing.assert_array_equal(got, expected)
 
+    def test_footprint_crossings_are_the_same(self):
+        """A winding drive over a map of scanned cells, odometry at 50 Hz: the crossings that
+        come out, and every cell's enter and exit stamps, agree with the numpy steps."""
+        from terrain_ssl.core.association import CellMap
+
+        def drive():
+            cells = CellMap(max_cells=5000, max_age_s=4.0)
+            crossings = []
+            for step in range(1500):
+                t_ns = step * 20_000_000
+                yaw = 0.4 * np.sin(step / 150.0)
+                position = (0.1 * step, 6.0 * np.sin(step / 300.0), 0.0)
+                if step % 5 == 0:  # a scan at 10 Hz, 3-15 m ahead
+                    points = rough_scan(step, n_rings=6, columns=240, max_range=15.0)
+                    points[:, :2] += position[:2]
+                    cells.observe(patches.compute_patches(points, np.add(SENSOR, position),
+                                                          t_ns, min_points=2))
+                done = cells.update_footprint(t_ns, position, yaw)
+                if len(done):
+                    crossings.append((done.keys, done.enter_ns, done.exit_ns, done.features))
+            return crossings, cells.keys, cells.enter_ns, cells.exit_ns
+
+        compiled = drive()
+        with numpy_kernels():
+            reference = drive()
+        assert len(compiled[0]) == len(reference[0]) > 20
+        for got, expected in zip(compiled[0], reference[0]):
+            for a, b in zip(got, expected):
+                np.testing.assert_array_equal(a, b)
+        for a, b in zip(compiled[1:], reference[1:]):
+            np.testing.assert_array_equal(a, b)
+
     @pytest.mark.parametrize('parameters', PARAMETERS)
     def test_cell_moments_bit_for_bit(self, parameters):
         points = rough_scan(3)
@@ -142,12 +176,12 @@ class TestCompiledMatchesNumpy:
         occupied = np.sort(rng.choice(nx * ny, 900, replace=False)).astype(np.int64)
         values = rng.lognormal(-3.0, 1.0, (900, 4))
         means = np.empty((900, 4))
-        patches._kernels.neighbourhood_mean(occupied, values, 4, nx, ny, 2, means)
+        kernels.current.neighbourhood_mean(occupied, values, 4, nx, ny, 2, means)
         np.testing.assert_array_equal(
             means, patches._neighbourhood_mean(occupied, values, nx, ny, 2))
         mean_z, gradient_x, gradient_y = rng.normal(0.0, 0.2, (3, 900))
         steps = np.empty(900)
-        patches._kernels.max_neighbour_step(occupied, mean_z, gradient_x, gradient_y, nx, ny,
+        kernels.current.max_neighbour_step(occupied, mean_z, gradient_x, gradient_y, nx, ny,
                                             0.5, steps)
         np.testing.assert_array_equal(steps, patches._max_neighbour_step(
             occupied, mean_z, gradient_x, gradient_y, nx, ny, 0.5))
@@ -177,7 +211,7 @@ class TestCompiledMatchesNumpy:
 def test_the_compiled_kernels_are_built():
     """`pip install -e .` (make setup) builds them; without a C compiler it goes on without,
     and everything runs on the slower numpy reference. This environment must have them."""
-    assert compiled_kernels(), ('terrain_ssl.core._patch_kernels is not built: install a C '
+    assert compiled_kernels(), ('terrain_ssl.core._kernels is not built: install a C '
                                 'compiler (apt-get install build-essential), then pip install -e .')
 
 
@@ -192,7 +226,7 @@ def test_numpy_kernels_is_restored_after_an_error():
 
 @pytest.mark.skipif(not compiled_kernels(), reason='compiled kernels not built')
 def test_kernels_refuse_wrong_buffers_with_an_error():
-    k = patches._kernels
+    k = kernels.current
     x = np.zeros(10)
     small = np.zeros(3)
     with pytest.raises(ValueError, match='present'):
@@ -207,6 +241,10 @@ def test_kernels_refuse_wrong_buffers_with_an_error():
     with pytest.raises(ValueError, match='outside the grid'):
         k.neighbourhood_mean(np.array([99], np.int64), np.zeros((1, 4)), 4, 3, 3, 2,
                              np.zeros((1, 4)))
+    with pytest.raises(ValueError, match='outside the cell arrays'):
+        k.footprint_update(np.zeros((4, 3)), np.full(4, -1, np.int64), np.full(4, -1, np.int64),
+                           np.array([4], np.int64), 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.7, 5,
+                           np.zeros(1, np.int64))
     with pytest.raises(ValueError, match='read-only'):
         readonly = np.zeros(2)
         readonly.flags.writeable = False
@@ -230,13 +268,13 @@ def test_without_the_compiled_kernels_it_warns_and_computes_the_same():
         'import sys, warnings, numpy as np\n'
         'class Block:\n'
         '    def find_spec(self, name, path=None, target=None):\n'
-        '        if name == "terrain_ssl.core._patch_kernels":\n'
+        '        if name == "terrain_ssl.core._kernels":\n'
         '            raise ImportError("blocked for the test")\n'
         'sys.meta_path.insert(0, Block())\n'
         'with warnings.catch_warnings(record=True) as caught:\n'
         '    warnings.simplefilter("always")\n'
-        '    from terrain_ssl.core import patches\n'
-        'print(patches.compiled_kernels(), [str(w.message) for w in caught])\n'
+        '    from terrain_ssl.core import kernels, patches\n'
+        'print(kernels.compiled_kernels(), [str(w.message) for w in caught])\n'
         'points = np.random.default_rng(0).uniform(-10, 10, (20000, 3)) * [1, 1, 0.01]\n'
         'p = patches.compute_patches(points, [0.0, 0.0, 1.6], 0)\n'
         'print(len(p), repr(float(p.features.sum())))\n')

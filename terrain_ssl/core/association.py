@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from terrain_ssl.core import kernels
 from terrain_ssl.core.patches import FEATURE_INDEX, FEATURE_NAMES, PatchSet
 
 NS_PER_S = 1_000_000_000
@@ -351,11 +352,19 @@ class CellMap:
         slots = self._candidate_slots
         # Every cell under the footprint is a candidate, and so is every cell being crossed
         # (it was under the footprint when it was entered), so testing the candidates is exact.
-        inside = self._covered_slots(slots, position, yaw)
-        crossing = self._enter[slots] != _NOT_YET  # entered before this pose
-        self._enter[slots[inside & ~crossing]] = t_ns
-        self._exit[slots[inside]] = t_ns
-        left = slots[~inside & crossing]
+        if kernels.current is not None:  # the same steps in one pass (bit-identical)
+            left = np.empty(slots.shape[0], dtype=np.int64)
+            count = kernels.current.footprint_update(
+                self._centres, self._enter, self._exit, slots, float(position[0]),
+                float(position[1]), math.cos(yaw), math.sin(yaw), float(self.footprint_offset_x),
+                0.5 * self.footprint_length, 0.5 * self.footprint_width, int(t_ns), left)
+            left = left[:count]
+        else:
+            inside = self._covered_slots(slots, position, yaw)
+            crossing = self._enter[slots] != _NOT_YET  # entered before this pose
+            self._enter[slots[inside & ~crossing]] = t_ns
+            self._exit[slots[inside]] = t_ns
+            left = slots[~inside & crossing]
         if not left.shape[0]:
             return Crossings.empty()
         left = left[np.argsort(self._key[left])]  # crossings in key order, as the map holds them

@@ -8,7 +8,7 @@ grouped runs, and the per-cell plane fits are a vectorised closed-form 3x3 eigen
 (`symmetric_eigen_3x3`; np.linalg.eigh costs ~1.3 us per cell, more than all the rest).
 
 That numpy code is the reference. Built packages run the same steps compiled
-(`_patch_kernels.c`, 2.5-3x faster per scan: ~60 whole-array numpy passes of ~10 us each become
+(`_kernels.c`, 2.5-3x faster per scan: ~60 whole-array numpy passes of ~10 us each become
 a few loops), with the same floating-point operations in the same order, so the results are bit
 for bit the same (test/test_patch_kernels.py); cells the closed form is unsure of still go to
 np.linalg.eigh in between. `numpy_kernels()` runs the reference instead.
@@ -16,19 +16,11 @@ np.linalg.eigh in between. `numpy_kernels()` runs the reference instead.
 
 from __future__ import annotations
 
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-try:  # built from _patch_kernels.c by `pip install` (setup.py)
-    from terrain_ssl.core import _patch_kernels as _kernels
-except ImportError:  # a source tree that was not built: the numpy reference, same results
-    _kernels = None
-    warnings.warn('terrain_ssl: the compiled patch kernels are not built, lidar scans take the '
-                  'numpy path (same results, ~2x slower per scan). Build them with a C '
-                  'compiler: pip install -e . (or colcon build)', RuntimeWarning, stacklevel=2)
+from terrain_ssl.core import kernels
 
 # Order of the columns of PatchSet.features (and of the patch-cloud fields after x, y, z).
 FEATURE_NAMES = (
@@ -51,10 +43,10 @@ FEATURE_NAMES = (
     'neighbourhood_curvature',        # (-)
 )
 FEATURE_INDEX = {name: index for index, name in enumerate(FEATURE_NAMES)}
-# _patch_kernels.c (cell_features) writes the columns in this order.
+# _kernels.c (cell_features) writes the columns in this order.
 assert FEATURE_NAMES[:4] == ('point_count', 'height_std', 'height_range', 'plane_residual') \
     and FEATURE_NAMES[4:9] == ('slope', 'curvature', 'max_step', 'range', 'grazing_angle') \
-    and len(FEATURE_NAMES) == 13, 'update the F_ columns of _patch_kernels.c'
+    and len(FEATURE_NAMES) == 13, 'update the F_ columns of _kernels.c'
 # Features that are lengths, counts or ratios spread over decades (mm to dm): a model should see
 # their logarithm.
 SCALE_FEATURES = ('point_count', 'height_std', 'height_range', 'plane_residual', 'curvature',
@@ -138,7 +130,7 @@ def compute_patches_xyz(x: np.ndarray, y: np.ndarray, z: np.ndarray, sensor_orig
     are read ~2x faster than the strided columns of an (N, 3) array.
     """
     origin = np.asarray(sensor_origin, dtype=np.float64)
-    if _kernels is not None:
+    if kernels.current is not None:
         return _compute_patches_compiled(x, y, z, origin, t_ns, cell_size, min_points,
                                          ground_band, min_range, max_range)
     moments = _cell_moments(x, y, z, origin, cell_size, ground_band, min_range, max_range)
@@ -300,7 +292,7 @@ def _cell_moments_compiled(x, y, z, origin, cell_size, ground_band, min_range, m
         raise ValueError(f'x, y, z differ in length: {n}, {y.shape[0]}, {z.shape[0]}')
     present, count = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     z_min, sums, dz_max = np.empty(n), np.empty((9, n)), np.empty(n)
-    cells, ix0, iy0, nx, ny = _kernels.cell_moments(
+    cells, ix0, iy0, nx, ny = kernels.current.cell_moments(
         x, y, z, float(origin[0]), float(origin[1]), float(cell_size), float(ground_band),
         float(min_range), float(max_range), present, count, z_min, sums, dz_max)
     if cells == 0:
@@ -324,7 +316,7 @@ def _compute_patches_compiled(x, y, z, origin, t_ns, cell_size, min_points, grou
     means, covariances = np.empty((cells, 3)), np.empty((cells, 6))
     eigenvalues, normal = np.empty((cells, 3)), np.empty((cells, 3))
     unsure = np.empty(cells, dtype=bool)
-    m = _kernels.plane_fits(present, count, z_min, np.ascontiguousarray(sums), dz_max,
+    m = kernels.current.plane_fits(present, count, z_min, np.ascontiguousarray(sums), dz_max,
                             int(min_points), occupied, n, z_min_occupied, dz_max_occupied,
                             means, covariances, eigenvalues, normal, unsure)
     if m == 0:
@@ -337,7 +329,7 @@ def _compute_patches_compiled(x, y, z, origin, t_ns, cell_size, min_points, grou
         _eigh_rows(unsure, covariances.T, eigenvalues, normal)
     keys, centres = np.empty(m, dtype=np.int64), np.empty((m, 3))
     features = np.empty((m, len(FEATURE_NAMES)))
-    ascending = _kernels.cell_features(
+    ascending = kernels.current.cell_features(
         occupied, n, z_min_occupied, dz_max_occupied, means, covariances, eigenvalues, normal,
         ix0, iy0, nx, ny, float(origin[0]), float(origin[1]), float(origin[2]),
         float(cell_size), NEIGHBOURHOOD_CELLS, keys, centres, features)
@@ -347,28 +339,10 @@ def _compute_patches_compiled(x, y, z, origin, t_ns, cell_size, min_points, grou
     return PatchSet(t_ns, keys, centres, features)
 
 
-def compiled_kernels() -> bool:
-    """True when compute_patches runs the compiled kernels (built by `pip install`), False
-    when it runs their numpy reference (same results, ~2x slower per scan)."""
-    return _kernels is not None
-
-
-@contextmanager
-def numpy_kernels():
-    """Run compute_patches on the numpy reference kernels inside the block (tests, benchmarks).
-    Not thread-safe: it swaps a module global."""
-    global _kernels
-    saved, _kernels = _kernels, None
-    try:
-        yield
-    finally:
-        _kernels = saved
-
-
 def count_finite_points(points: np.ndarray) -> int:
     """Rows of (N, 3) `points` whose coordinates are all finite (see _finite_points)."""
-    if _kernels is not None and _native_float(points):
-        return _kernels.count_finite(points)
+    if kernels.current is not None and _native_float(points):
+        return kernels.current.count_finite(points)
     return int(np.count_nonzero(_finite_points(points[:, 0], points[:, 1], points[:, 2])))
 
 
@@ -382,10 +356,10 @@ def finite_points_to_frame(points: np.ndarray, rotation, translation) -> tuple:
     arithmetic in one pass over the points (bit-identical)."""
     rotation = np.asarray(rotation, dtype=np.float64)
     translation = np.asarray(translation, dtype=np.float64)
-    if _kernels is not None and _native_float(points):
+    if kernels.current is not None and _native_float(points):
         n = points.shape[0]
         x, y, z = np.empty(n), np.empty(n), np.empty(n)
-        count = _kernels.finite_points_to_frame(points, np.ascontiguousarray(rotation),
+        count = kernels.current.finite_points_to_frame(points, np.ascontiguousarray(rotation),
                                                 np.ascontiguousarray(translation), x, y, z)
         return x[:count], y[:count], z[:count]
     columns = [points[:, 0], points[:, 1], points[:, 2]]
@@ -498,7 +472,7 @@ def symmetric_eigen_3x3(a00, a11, a22, a01, a02, a12) -> tuple:
     # Degenerate matrices divide by zero on the way (p = 0: all eigenvalues equal; a zero
     # cross product or 2x2 eigenvector) and give NaN: such rows are unsure and go to eigh. One
     # errstate for the lot: entering one costs ~3 us.
-    if _kernels is not None:
+    if kernels.current is not None:
         entries = [np.ascontiguousarray(a, dtype=np.float64) for a in (a00, a11, a22, a01, a02,
                                                                         a12)]
         count = entries[0].shape[0]
@@ -506,7 +480,7 @@ def symmetric_eigen_3x3(a00, a11, a22, a01, a02, a12) -> tuple:
             raise ValueError('the six entries must be 1-D arrays of one length')
         eigenvalues, normal = np.empty((count, 3)), np.empty((count, 3))
         unsure = np.empty(count, dtype=bool)
-        _kernels.closed_form_eigen_3x3(*entries, eigenvalues, normal, unsure)
+        kernels.current.closed_form_eigen_3x3(*entries, eigenvalues, normal, unsure)
     else:
         with np.errstate(divide='ignore', invalid='ignore'):
             eigenvalues, normal, unsure = _closed_form_eigen_3x3(a00, a11, a22, a01, a02, a12)

@@ -970,6 +970,70 @@ finite_points_to_frame(PyObject *module, PyObject *args)
     return PyLong_FromSsize_t(written);
 }
 
+PyDoc_STRVAR(footprint_update_doc,
+"footprint_update(centres, enter, exit, slots, x, y, cos_yaw, sin_yaw, offset_x, half_length,\n"
+"                 half_width, t_ns, left) -> count\n\n"
+"CellMap.update_footprint's pass over its candidate slots (M int64) of the cell arrays\n"
+"centres (C x 3 float64), enter and exit (C int64, -1: not yet), with base_link at (x, y) and\n"
+"heading yaw: a cell whose centre is inside the footprint (half_length / half_width around\n"
+"offset_x ahead) gets exit = t_ns, and enter = t_ns if not entered yet; an entered cell that\n"
+"is no longer inside goes to `left` (room for M, in slot order); returns how many did.");
+
+static PyObject *
+footprint_update(PyObject *module, PyObject *args)
+{
+    PyObject *objects[5];
+    double x, y, cos_yaw, sin_yaw, offset_x, half_length, half_width;
+    long long t_ns;
+    if (!PyArg_ParseTuple(args, "OOOOdddddddLO", &objects[0], &objects[1], &objects[2],
+                          &objects[3], &x, &y, &cos_yaw, &sin_yaw, &offset_x, &half_length,
+                          &half_width, &t_ns, &objects[4])) {
+        return NULL;
+    }
+    static const char *names[5] = {"centres", "enter", "exit", "slots", "left"};
+    Py_buffer views[5] = {{0}};
+    for (int i = 0; i < 5; i++) {
+        const int writable = i == 1 || i == 2 || i == 4;
+        const Py_ssize_t min_items = i == 4 ? views[3].len / 8 : 0;
+        if (get_buffer(objects[i], &views[i], writable, 8, min_items, names[i]) < 0) {
+            release_all(views, i);
+            return NULL;
+        }
+    }
+    const Py_ssize_t capacity = views[0].len / 24, m = views[3].len / 8;
+    if (views[1].len / 8 < capacity || views[2].len / 8 < capacity) {
+        PyErr_SetString(PyExc_ValueError, "enter and exit need a slot per centre");
+        release_all(views, 5);
+        return NULL;
+    }
+    const double *centres = views[0].buf;
+    int64_t *enter = views[1].buf, *exit_ns = views[2].buf, *left = views[4].buf;
+    const int64_t *slots = views[3].buf;
+    Py_ssize_t count = 0;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        const int64_t slot = slots[k];
+        if (slot < 0 || slot >= capacity) {
+            PyErr_SetString(PyExc_ValueError, "slot outside the cell arrays");
+            release_all(views, 5);
+            return NULL;
+        }
+        /* As CellMap._covered_slots. */
+        const double dx = centres[3 * slot] - x, dy = centres[3 * slot + 1] - y;
+        const double forward = cos_yaw * dx + sin_yaw * dy - offset_x;
+        const double lateral = -sin_yaw * dx + cos_yaw * dy;
+        if (fabs(forward) <= half_length && fabs(lateral) <= half_width) {
+            if (enter[slot] == -1) {
+                enter[slot] = t_ns;
+            }
+            exit_ns[slot] = t_ns;
+        } else if (enter[slot] != -1) {
+            left[count++] = slot;
+        }
+    }
+    release_all(views, 5);
+    return PyLong_FromSsize_t(count);
+}
+
 static PyMethodDef methods[] = {
     {"cell_moments", cell_moments, METH_VARARGS, cell_moments_doc},
     {"max_neighbour_step", max_neighbour_step, METH_VARARGS, max_neighbour_step_doc},
@@ -977,6 +1041,7 @@ static PyMethodDef methods[] = {
     {"closed_form_eigen_3x3", closed_form_eigen_3x3, METH_VARARGS, closed_form_eigen_3x3_doc},
     {"plane_fits", plane_fits, METH_VARARGS, plane_fits_doc},
     {"count_finite", count_finite, METH_O, count_finite_doc},
+    {"footprint_update", footprint_update, METH_VARARGS, footprint_update_doc},
     {"finite_points_to_frame", finite_points_to_frame, METH_VARARGS,
      finite_points_to_frame_doc},
     {"cell_features", cell_features, METH_VARARGS, cell_features_doc},
@@ -984,13 +1049,13 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module_definition = {
-    PyModuleDef_HEAD_INIT, "_patch_kernels",
+    PyModuleDef_HEAD_INIT, "_kernels",
     "Compiled loops of terrain_ssl.core.patches (bit-identical to its numpy reference).", -1,
     methods,
 };
 
 PyMODINIT_FUNC
-PyInit__patch_kernels(void)
+PyInit__kernels(void)
 {
     return PyModule_Create(&module_definition);
 }
