@@ -125,9 +125,10 @@ class TestCompiledMatchesNumpy:
             assert got.dtype == np.float64
             np.testing.assert_array_equal(got, expected)
 
-    def test_footprint_crossings_are_the_same(self):
+    def test_the_cell_map_evolves_the_same(self):
         """A winding drive over a map of scanned cells, odometry at 50 Hz: the crossings that
-        come out, and every cell's enter and exit stamps, agree with the numpy steps."""
+        come out, and every cell's merged features, centre, weight, enter and exit stamps, agree
+        with the numpy steps (merges of repeated sightings, footprint tests, ageing out)."""
         from terrain_ssl.core.association import CellMap
 
         def drive():
@@ -145,7 +146,9 @@ class TestCompiledMatchesNumpy:
                 done = cells.update_footprint(t_ns, position, yaw)
                 if len(done):
                     crossings.append((done.keys, done.enter_ns, done.exit_ns, done.features))
-            return crossings, cells.keys, cells.enter_ns, cells.exit_ns
+            assert cells.aged_out > 0
+            return (crossings, cells.keys, cells.enter_ns, cells.exit_ns, cells.features,
+                    cells.centres, cells.weight)
 
         compiled = drive()
         with numpy_kernels():

@@ -1034,6 +1034,115 @@ footprint_update(PyObject *module, PyObject *args)
     return PyLong_FromSsize_t(count);
 }
 
+PyDoc_STRVAR(merge_sightings_doc,
+"merge_sightings(features, centres, weight, last_seen, rows, new_features, new_centres,\n"
+"                new_weight, source, t_ns)\n\n"
+"CellMap.observe's merge of a scan's cells into known ones: for each k, row r = rows[k] of\n"
+"the cell arrays (features C x F, centres C x 3, weight, last_seen) and row s = source[k] of\n"
+"the scan's (new_features M x F, new_centres M x 3, new_weight): every value becomes\n"
+"(old w_old + new w_new) / (w_old + w_new), the weight the sum, last_seen t_ns.");
+
+static PyObject *
+merge_sightings(PyObject *module, PyObject *args)
+{
+    PyObject *objects[9];
+    long long t_ns;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOL", &objects[0], &objects[1], &objects[2],
+                          &objects[3], &objects[4], &objects[5], &objects[6], &objects[7],
+                          &objects[8], &t_ns)) {
+        return NULL;
+    }
+    static const char *names[9] = {"features", "centres", "weight", "last_seen", "rows",
+                                   "new_features", "new_centres", "new_weight", "source"};
+    Py_buffer views[9] = {{0}};
+    for (int i = 0; i < 9; i++) {
+        if (get_buffer(objects[i], &views[i], i < 4, 8, 0, names[i]) < 0) {
+            release_all(views, i);
+            return NULL;
+        }
+    }
+    const Py_ssize_t capacity = views[2].len / 8, scan = views[7].len / 8;
+    const Py_ssize_t k_count = views[4].len / 8;
+    const Py_ssize_t n_features = capacity ? views[0].len / 8 / capacity : 0;
+    if (views[0].len != capacity * n_features * 8 || views[1].len != capacity * 24
+            || views[3].len != capacity * 8 || views[5].len != scan * n_features * 8
+            || views[6].len != scan * 24 || views[8].len != views[4].len) {
+        PyErr_SetString(PyExc_ValueError, "merge_sightings: array sizes do not match");
+        release_all(views, 9);
+        return NULL;
+    }
+    double *features = views[0].buf, *centres = views[1].buf, *weight = views[2].buf;
+    int64_t *last_seen = views[3].buf;
+    const int64_t *rows = views[4].buf, *source = views[8].buf;
+    const double *new_features = views[5].buf, *new_centres = views[6].buf,
+                 *new_weight = views[7].buf;
+    for (Py_ssize_t k = 0; k < k_count; k++) {
+        const int64_t r = rows[k], s = source[k];
+        if (r < 0 || r >= capacity || s < 0 || s >= scan) {
+            PyErr_SetString(PyExc_ValueError, "merge_sightings: row outside the arrays");
+            release_all(views, 9);
+            return NULL;
+        }
+        /* As association._weighted_mean: old *= w_old; new *= w_new; old += new; old /= total */
+        const double w_old = weight[r], w_new = new_weight[s], total = w_old + w_new;
+        for (Py_ssize_t f = 0; f < n_features; f++) {
+            double *value = &features[r * n_features + f];
+            *value = (*value * w_old + new_features[s * n_features + f] * w_new) / total;
+        }
+        for (int axis = 0; axis < 3; axis++) {
+            double *value = &centres[r * 3 + axis];
+            *value = (*value * w_old + new_centres[s * 3 + axis] * w_new) / total;
+        }
+        weight[r] = total;
+        last_seen[r] = t_ns;
+    }
+    release_all(views, 9);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(stale_slots_doc,
+"stale_slots(alive, last_seen, enter, before_ns, out) -> count\n\n"
+"CellMap.age_out's test: the slots (into out, ascending) of live cells last seen before\n"
+"before_ns and not being crossed (enter -1).");
+
+static PyObject *
+stale_slots(PyObject *module, PyObject *args)
+{
+    PyObject *objects[4];
+    long long before_ns;
+    PyObject *alive_object;
+    if (!PyArg_ParseTuple(args, "OOOLO", &alive_object, &objects[0], &objects[1], &before_ns,
+                          &objects[2])) {
+        return NULL;
+    }
+    Py_buffer alive_view;
+    if (get_buffer(alive_object, &alive_view, 0, 1, 0, "alive") < 0) {
+        return NULL;
+    }
+    const Py_ssize_t capacity = alive_view.len;
+    static const char *names[3] = {"last_seen", "enter", "out"};
+    Py_buffer views[3] = {{0}};
+    for (int i = 0; i < 3; i++) {
+        if (get_buffer(objects[i], &views[i], i == 2, 8, capacity, names[i]) < 0) {
+            release_all(views, i);
+            PyBuffer_Release(&alive_view);
+            return NULL;
+        }
+    }
+    const char *alive = alive_view.buf;
+    const int64_t *last_seen = views[0].buf, *enter = views[1].buf;
+    int64_t *out = views[2].buf;
+    Py_ssize_t count = 0;
+    for (Py_ssize_t slot = 0; slot < capacity; slot++) {
+        if (alive[slot] && last_seen[slot] < before_ns && enter[slot] == -1) {
+            out[count++] = slot;
+        }
+    }
+    release_all(views, 3);
+    PyBuffer_Release(&alive_view);
+    return PyLong_FromSsize_t(count);
+}
+
 static PyMethodDef methods[] = {
     {"cell_moments", cell_moments, METH_VARARGS, cell_moments_doc},
     {"max_neighbour_step", max_neighbour_step, METH_VARARGS, max_neighbour_step_doc},
@@ -1042,6 +1151,8 @@ static PyMethodDef methods[] = {
     {"plane_fits", plane_fits, METH_VARARGS, plane_fits_doc},
     {"count_finite", count_finite, METH_O, count_finite_doc},
     {"footprint_update", footprint_update, METH_VARARGS, footprint_update_doc},
+    {"merge_sightings", merge_sightings, METH_VARARGS, merge_sightings_doc},
+    {"stale_slots", stale_slots, METH_VARARGS, stale_slots_doc},
     {"finite_points_to_frame", finite_points_to_frame, METH_VARARGS,
      finite_points_to_frame_doc},
     {"cell_features", cell_features, METH_VARARGS, cell_features_doc},

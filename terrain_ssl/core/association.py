@@ -250,16 +250,24 @@ class CellMap:
             rows = rows[merge]
             source = np.flatnonzero(known)[merge]
             if rows.shape[0]:
-                w_old = self._weight[rows][:, None]
-                w_new = weight_new[source][:, None]
-                total = w_old + w_new
-                self._features[rows] = _weighted_mean(_rows(self._features, rows), w_old,
-                                                      _rows(patches.features, source), w_new,
-                                                      total)
-                self._centres[rows] = _weighted_mean(_rows(self._centres, rows), w_old,
-                                                     _rows(patches.centres, source), w_new, total)
-                self._weight[rows] = total[:, 0]
-                self._last_seen[rows] = t_ns
+                if kernels.current is not None:  # the same steps in one pass (bit-identical)
+                    kernels.current.merge_sightings(
+                        self._features, self._centres, self._weight, self._last_seen, rows,
+                        np.ascontiguousarray(patches.features, dtype=np.float64),
+                        np.ascontiguousarray(patches.centres, dtype=np.float64),
+                        np.ascontiguousarray(weight_new, dtype=np.float64), source, int(t_ns))
+                else:
+                    w_old = self._weight[rows][:, None]
+                    w_new = weight_new[source][:, None]
+                    total = w_old + w_new
+                    self._features[rows] = _weighted_mean(_rows(self._features, rows), w_old,
+                                                          _rows(patches.features, source),
+                                                          w_new, total)
+                    self._centres[rows] = _weighted_mean(_rows(self._centres, rows), w_old,
+                                                         _rows(patches.centres, source), w_new,
+                                                         total)
+                    self._weight[rows] = total[:, 0]
+                    self._last_seen[rows] = t_ns
                 self._flag_if_near(rows)  # a merge moves the centre (slightly)
             new = np.flatnonzero(~known)
             if new.shape[0]:
@@ -288,11 +296,17 @@ class CellMap:
 
     def age_out(self, now_ns: int) -> None:
         """Drop cells not seen for max_age_s (unless being crossed), then enforce max_cells."""
-        stale = self._alive & (self._last_seen < now_ns - self.max_age_ns) \
-            & (self._enter == _NOT_YET)
-        if stale.any():
-            self.aged_out += int(np.count_nonzero(stale))
-            self._remove(np.flatnonzero(stale))
+        before_ns = now_ns - self.max_age_ns
+        if kernels.current is not None:  # one pass instead of four over the map's arrays
+            stale = np.empty(self._alive.shape[0], dtype=np.int64)
+            stale = stale[:kernels.current.stale_slots(self._alive, self._last_seen, self._enter,
+                                                       int(before_ns), stale)]
+        else:
+            stale = np.flatnonzero(self._alive & (self._last_seen < before_ns)
+                                   & (self._enter == _NOT_YET))
+        if stale.shape[0]:
+            self.aged_out += int(stale.shape[0])
+            self._remove(stale)
         self._compact_index()
         excess = self._index_keys.shape[0] - self.max_cells
         if excess > 0:
