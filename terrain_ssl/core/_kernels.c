@@ -1,16 +1,21 @@
-/* Compiled kernels of terrain_ssl.core.patches: the per-point and per-neighbour loops of
- * compute_patches_xyz, which numpy can only express as ~60 whole-array passes (sorts, gathers,
- * bincounts) of ~10 us each on a 12,000-point scan.
+/* Compiled kernels of terrain_ssl.core: the loops that numpy can only express as many
+ * whole-array passes of ~5-10 us each (sorts, gathers, bincounts, masks):
+ *   - patches.py, one lidar scan: the finite count and transform to odom, the per-cell moments,
+ *     plane fits, features, neighbour steps and neighbourhood means (~60 passes per scan);
+ *   - association.py, the cell map: the footprint test of the candidate cells (50 Hz), the
+ *     merge of a scan's repeated sightings and the age-out scan (10 Hz);
+ *   - vibration.py and geometry.py, a batch of labels: the shock (RMS or peak) and the mean
+ *     speed over each crossing's window, with numpy's pairwise summation (~10 Hz).
  *
  * Each kernel does the same floating-point operations, in the same order, as the numpy code it
- * replaces (the numpy versions stay in patches.py as the reference), so both give bit-identical
- * results: test/test_patch_kernels.py checks that. Two things keep it so:
+ * replaces (which stays as the reference; kernels.numpy_kernels() runs it), so both give
+ * bit-identical results: test/test_patch_kernels.py checks that. Two things keep it so:
  *   - sums run over the points of a cell in scan order, as np.bincount adds over points grouped
  *     by a stable sort, and a window sum adds its terms in the order the numpy code does;
  *   - setup.py builds with -ffp-contract=off: no fused multiply-adds (numpy rounds twice).
  *
- * Arrays cross as buffers (float64 / int64, C-contiguous, checked by the Python wrappers in
- * patches.py), so no numpy headers are needed to build this.
+ * Arrays cross as buffers (float64 / int64 / bool, C-contiguous unless said otherwise, sizes
+ * checked here, dtypes by the Python callers), so no numpy headers are needed to build this.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1143,6 +1148,198 @@ stale_slots(PyObject *module, PyObject *args)
     return PyLong_FromSsize_t(count);
 }
 
+/* np.add.reduce of a contiguous float64 array, in numpy's order (its pairwise summation: runs
+   of up to 128 values summed in 8 interleaved partial sums, longer arrays split in halves), so
+   that sum / n is bit for bit np.mean. */
+static double
+pairwise_sum(const double *a, Py_ssize_t n)
+{
+    if (n < 8) {
+        double sum = 0.0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            sum += a[i];
+        }
+        return sum;
+    }
+    if (n <= 128) {
+        double r[8];
+        for (int j = 0; j < 8; j++) {
+            r[j] = a[j];
+        }
+        Py_ssize_t i;
+        for (i = 8; i < n - (n % 8); i += 8) {
+            for (int j = 0; j < 8; j++) {
+                r[j] += a[i + j];
+            }
+        }
+        double sum = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) {
+            sum += a[i];
+        }
+        return sum;
+    }
+    Py_ssize_t half = n / 2;
+    half -= half % 8;
+    return pairwise_sum(a, half) + pairwise_sum(a + half, n - half);
+}
+
+PyDoc_STRVAR(window_means_doc,
+"window_means(values, lo, hi, out)\n\n"
+"out[k] = np.mean(values[lo[k]:hi[k]]) (bit for bit) for each window with hi > lo; others\n"
+"are left as they are.");
+
+static PyObject *
+window_means(PyObject *module, PyObject *args)
+{
+    PyObject *objects[4];
+    if (!PyArg_ParseTuple(args, "OOOO", &objects[0], &objects[1], &objects[2], &objects[3])) {
+        return NULL;
+    }
+    static const char *names[4] = {"values", "lo", "hi", "out"};
+    Py_buffer views[4] = {{0}};
+    for (int i = 0; i < 4; i++) {
+        const Py_ssize_t min_items = i == 2 || i == 3 ? views[1].len / 8 : 0;
+        if (get_buffer(objects[i], &views[i], i == 3, 8, min_items, names[i]) < 0) {
+            release_all(views, i);
+            return NULL;
+        }
+    }
+    const double *values = views[0].buf;
+    const int64_t *lo = views[1].buf, *hi = views[2].buf;
+    double *out = views[3].buf;
+    const Py_ssize_t n = views[0].len / 8, windows = views[1].len / 8;
+    for (Py_ssize_t k = 0; k < windows; k++) {
+        if (lo[k] < 0 || hi[k] > n) {
+            PyErr_SetString(PyExc_ValueError, "window outside the values");
+            release_all(views, 4);
+            return NULL;
+        }
+        if (hi[k] > lo[k]) {
+            out[k] = pairwise_sum(values + lo[k], hi[k] - lo[k]) / (double)(hi[k] - lo[k]);
+        }
+    }
+    release_all(views, 4);
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t
+search_sorted(const int64_t *t, Py_ssize_t n, int64_t value, int right)
+{
+    Py_ssize_t lo = 0, hi = n;  /* np.searchsorted, side 'left' or 'right' */
+    while (lo < hi) {
+        const Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (right ? t[mid] <= value : t[mid] < value) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+PyDoc_STRVAR(window_shocks_doc,
+"window_shocks(t, values, valid, t0, t1, max_gap_ns, peak, out, reasons)\n\n"
+"VibrationFilter.shocks after its flush, for K windows [t0[k], t1[k]] (ns) over the IMU\n"
+"history t (n int64 stamps), values (n float64 m/s^2), valid (n bool, warm-up over): out[k]\n"
+"the RMS (peak: largest |value|) of the samples in the window, bit for bit numpy's, and\n"
+"reasons[k] (int8) 0 when there is a value, 1 pending (the IMU has not reached t1), 2 missing\n"
+"(fewer than 2 samples, or the window starts before the history), 3 a gap (a step longer than\n"
+"max_gap_ns between the samples around the window), 4 still warming up.");
+
+static PyObject *
+window_shocks(PyObject *module, PyObject *args)
+{
+    PyObject *objects[7];
+    long long max_gap_ns;
+    int peak;
+    if (!PyArg_ParseTuple(args, "OOOOOLpOO", &objects[0], &objects[1], &objects[2],
+                          &objects[3], &objects[4], &max_gap_ns, &peak, &objects[5],
+                          &objects[6])) {
+        return NULL;
+    }
+    static const char *names[7] = {"t", "values", "valid", "t0", "t1", "out", "reasons"};
+    static const Py_ssize_t sizes[7] = {8, 8, 1, 8, 8, 8, 1};
+    Py_buffer views[7] = {{0}};
+    for (int i = 0; i < 7; i++) {
+        Py_ssize_t min_items = 0;
+        if (i == 1 || i == 2) {
+            min_items = views[0].len / 8;
+        } else if (i >= 4) {
+            min_items = views[3].len / 8;
+        }
+        if (get_buffer(objects[i], &views[i], i >= 5, sizes[i], min_items, names[i]) < 0) {
+            release_all(views, i);
+            return NULL;
+        }
+    }
+    const int64_t *t = views[0].buf, *t0 = views[3].buf, *t1 = views[4].buf;
+    const double *values = views[1].buf;
+    const char *valid = views[2].buf;
+    double *out = views[5].buf;
+    signed char *reasons = views[6].buf;
+    const Py_ssize_t n = views[0].len / 8, windows = views[3].len / 8;
+    double *squares = NULL;
+    if (n == 0) {
+        PyErr_SetString(PyExc_ValueError, "window_shocks: empty history");
+        release_all(views, 7);
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < windows; k++) {
+        const Py_ssize_t lo = search_sorted(t, n, t0[k], 0), hi = search_sorted(t, n, t1[k], 1);
+        if (t[n - 1] < t1[k]) {
+            reasons[k] = 1;
+            continue;
+        }
+        if (hi - lo < 2 || (lo == 0 && t[0] > t0[k])) {
+            reasons[k] = 2;
+            continue;
+        }
+        /* The steps between the samples around the window: first = lo - 1 .. last = hi. */
+        const Py_ssize_t first = lo > 0 ? lo - 1 : 0, last = hi < n - 1 ? hi : n - 1;
+        int gap = 0, warming = 0;
+        for (Py_ssize_t i = first; i < last && !gap; i++) {
+            gap = t[i + 1] - t[i] > max_gap_ns;
+        }
+        if (gap) {
+            reasons[k] = 3;
+            continue;
+        }
+        for (Py_ssize_t i = lo; i < hi && !warming; i++) {
+            warming = !valid[i];
+        }
+        if (warming) {
+            reasons[k] = 4;
+            continue;
+        }
+        reasons[k] = 0;
+        const Py_ssize_t count = hi - lo;
+        if (peak) {  /* np.max(np.abs(window)): NaN if any */
+            double largest = fabs(values[lo]);
+            for (Py_ssize_t i = lo + 1; i < hi && largest == largest; i++) {
+                const double magnitude = fabs(values[i]);
+                largest = magnitude > largest || magnitude != magnitude ? magnitude : largest;
+            }
+            out[k] = largest;
+            continue;
+        }
+        /* np.sqrt(np.mean(window * window)) */
+        double *grown = realloc(squares, (size_t)count * sizeof(double));
+        if (grown == NULL) {
+            free(squares);
+            release_all(views, 7);
+            return PyErr_NoMemory();
+        }
+        squares = grown;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            squares[i] = values[lo + i] * values[lo + i];
+        }
+        out[k] = sqrt(pairwise_sum(squares, count) / (double)count);
+    }
+    free(squares);
+    release_all(views, 7);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"cell_moments", cell_moments, METH_VARARGS, cell_moments_doc},
     {"max_neighbour_step", max_neighbour_step, METH_VARARGS, max_neighbour_step_doc},
@@ -1153,6 +1350,8 @@ static PyMethodDef methods[] = {
     {"footprint_update", footprint_update, METH_VARARGS, footprint_update_doc},
     {"merge_sightings", merge_sightings, METH_VARARGS, merge_sightings_doc},
     {"stale_slots", stale_slots, METH_VARARGS, stale_slots_doc},
+    {"window_means", window_means, METH_VARARGS, window_means_doc},
+    {"window_shocks", window_shocks, METH_VARARGS, window_shocks_doc},
     {"finite_points_to_frame", finite_points_to_frame, METH_VARARGS,
      finite_points_to_frame_doc},
     {"cell_features", cell_features, METH_VARARGS, cell_features_doc},

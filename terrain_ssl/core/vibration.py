@@ -25,6 +25,8 @@ from typing import Optional
 import numpy as np
 from scipy import signal
 
+from terrain_ssl.core import kernels
+
 # The compiled loop behind scipy.signal.sosfilt (for the Wk weighting, run on backlogs): the
 # public function's argument handling (~60 us per call) cost more than the filtering; calling
 # the loop it calls gives the same numbers. Private to SciPy, so the public function is the
@@ -46,6 +48,8 @@ def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple:
 
 NS_PER_S = 1_000_000_000
 SHOCK_MEASURES = ('peak', 'rms', 'wk_rms')
+# Why a window has no shock, by the code kernels.current.window_shocks gives ('' = it has).
+_SHOCK_REASONS = ('', 'pending', 'imu_missing', 'imu_gap', 'imu_warmup')
 GRAVITY_SOURCES = ('auto', 'orientation', 'estimate')
 
 # Samples used to measure the IMU rate before the filters are designed.
@@ -403,6 +407,12 @@ class VibrationFilter:
         values = np.full(t0.shape[0], np.nan)
         if t.shape[0] == 0 or not t0.shape[0]:
             return values, ['pending'] * t0.shape[0]
+        signal_values = history.band if measure != 'wk_rms' else history.wk
+        if kernels.current is not None:  # the same steps per window, in C (bit-identical)
+            codes = np.empty(t0.shape[0], dtype=np.int8)
+            kernels.current.window_shocks(t, signal_values, history.valid, t0, t1,
+                                          int(self.max_gap_ns), measure == 'peak', values, codes)
+            return values, [_SHOCK_REASONS[code] for code in codes.tolist()]
         lo = np.searchsorted(t, t0, side='left')
         hi = np.searchsorted(t, t1, side='right')
         # The window must be covered: no step between samples (edges included, samples first
@@ -420,7 +430,6 @@ class VibrationFilter:
         gap = gaps_before[last - begin] > gaps_before[first - begin]
         warmup = warming_before[hi - begin] > warming_before[lo - begin]
         reasons = []
-        signal_values = history.band if measure != 'wk_rms' else history.wk
         for k, (window_lo, window_hi) in enumerate(zip(lo.tolist(), hi.tolist())):
             if pending[k]:
                 reasons.append('pending')
