@@ -7,9 +7,9 @@ from setuptools import Extension, find_packages, setup
 package_name = 'terrain_ssl'
 
 # The inner loops of a lidar scan (terrain_ssl/core/patches.py), of the cell map (association.py)
-# and of a batch of labels (shocks, mean speeds: vibration.py, geometry.py), in C: bit-identical to their numpy reference, which
-# runs when this could not be built (no C compiler: pip warns, and terrain_ssl warns at import).
-# No FMA contraction, so both round alike.
+# and of a batch of labels (shocks, mean speeds: vibration.py, geometry.py), in C: bit-identical
+# to their numpy reference, which runs when this could not be built (no C compiler: pip warns,
+# and terrain_ssl warns at import). No FMA contraction, so both round alike.
 core_kernels = Extension(
     'terrain_ssl.core._kernels', ['terrain_ssl/core/_kernels.c'],
     extra_compile_args=[] if sys.platform == 'win32' else ['-O3', '-ffp-contract=off'],
