@@ -9,7 +9,7 @@
  *
  * Each kernel does the same floating-point operations, in the same order, as the numpy code it
  * replaces (which stays as the reference; kernels.numpy_kernels() runs it), so both give
- * bit-identical results: test/test_patch_kernels.py checks that. Two things keep it so:
+ * bit-identical results: test/test_kernels.py checks that. Two things keep it so:
  *   - sums run over the points of a cell in scan order, as np.bincount adds over points grouped
  *     by a stable sort, and a window sum adds its terms in the order the numpy code does;
  *   - setup.py builds with -ffp-contract=off: no fused multiply-adds (numpy rounds twice).

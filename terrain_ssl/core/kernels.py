@@ -2,7 +2,7 @@
 
 `current` is the compiled module, or None where it was not built (no C compiler at install
 time) or while `numpy_kernels()` is active: the core modules (patches, association) then run
-their numpy code, which the C code reproduces bit for bit (test/test_patch_kernels.py).
+their numpy code, which the C code reproduces bit for bit (test/test_kernels.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ grouped runs, and the per-cell plane fits are a vectorised closed-form 3x3 eigen
 That numpy code is the reference. Built packages run the same steps compiled
 (`_kernels.c`, 2.5-3x faster per scan: ~60 whole-array numpy passes of ~10 us each become
 a few loops), with the same floating-point operations in the same order, so the results are bit
-for bit the same (test/test_patch_kernels.py); cells the closed form is unsure of still go to
+for bit the same (test/test_kernels.py); cells the closed form is unsure of still go to
 np.linalg.eigh in between. `numpy_kernels()` runs the reference instead.
 """
 
