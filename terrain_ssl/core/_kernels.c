@@ -55,6 +55,40 @@ release_all(Py_buffer *views, int count)
     }
 }
 
+/* How one argument buffer is acquired: its items' size (bytes), whether it is written, and its
+   least length: `items` times the items of the earlier buffer `of`, or `items` when `of` is -1. */
+typedef struct {
+    const char *name;
+    Py_ssize_t item_size;
+    int writable;
+    int of;
+    Py_ssize_t items;
+} BufferSpec;
+
+static Py_ssize_t
+items_of(const Py_buffer *view)
+{
+    return view->len / view->itemsize;
+}
+
+/* The buffers of objects[0 .. count) as `specs` say: 0, or -1 with an exception set and none
+   held. */
+static int
+get_buffers(PyObject **objects, Py_buffer *views, int count, const BufferSpec *specs)
+{
+    for (int i = 0; i < count; i++) {
+        const BufferSpec *spec = &specs[i];
+        const Py_ssize_t wanted = spec->of < 0 ? spec->items
+                                               : spec->items * items_of(&views[spec->of]);
+        if (get_buffer(objects[i], &views[i], spec->writable, spec->item_size, wanted,
+                       spec->name) < 0) {
+            release_all(views, i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* floor(v), without a libm call per point (x86-64 has no floor instruction before SSE4.1):
    exact for |v| < 2^52, where every double with a fraction converts to int64 by truncation;
    beyond that v has no fraction, or is not finite, and goes to floor(). */
@@ -106,23 +140,19 @@ cell_moments(PyObject *module, PyObject *args)
                           &objects[7])) {
         return NULL;
     }
+    static const BufferSpec specs[8] = {
+        {"x", 8, 0, -1, 0}, {"y", 8, 0, -1, 0}, {"z", 8, 0, -1, 0}, {"present", 8, 1, 0, 1},
+        {"count", 8, 1, 0, 1}, {"z_min", 8, 1, 0, 1}, {"sums", 8, 1, 0, N_SUMS},
+        {"dz_max", 8, 1, 0, 1}};
     Py_buffer views[8] = {{0}};
-    static const char *names[8] = {"x", "y", "z", "present", "count", "z_min", "sums",
-                                   "dz_max"};
-    Py_ssize_t n = -1;
-    for (int i = 0; i < 8; i++) {
-        Py_ssize_t min_items = i < 3 ? 0 : (i == 6 ? N_SUMS * n : n);
-        if (get_buffer(objects[i], &views[i], i >= 3, 8, min_items, names[i]) < 0) {
-            release_all(views, i);
-            return NULL;
-        }
-        if (i == 0) {
-            n = views[0].len / 8;
-        } else if (i < 3 && views[i].len / 8 != n) {
-            PyErr_SetString(PyExc_ValueError, "x, y and z differ in length");
-            release_all(views, i + 1);
-            return NULL;
-        }
+    if (get_buffers(objects, views, 8, specs) < 0) {
+        return NULL;
+    }
+    const Py_ssize_t n = items_of(&views[0]);
+    if (items_of(&views[1]) != n || items_of(&views[2]) != n) {
+        PyErr_SetString(PyExc_ValueError, "x, y and z differ in length");
+        release_all(views, 8);
+        return NULL;
     }
     const double *x = views[0].buf, *y = views[1].buf, *z = views[2].buf;
     int64_t *present = views[3].buf, *count = views[4].buf;
@@ -346,19 +376,14 @@ max_neighbour_step(PyObject *module, PyObject *args)
                           &objects[3], &nx, &ny, &cell_size, &objects[4])) {
         return NULL;
     }
+    static const BufferSpec specs[5] = {
+        {"occupied", 8, 0, -1, 0}, {"mean_z", 8, 0, 0, 1}, {"gradient_x", 8, 0, 0, 1},
+        {"gradient_y", 8, 0, 0, 1}, {"out", 8, 1, 0, 1}};
     Py_buffer views[5] = {{0}};
-    static const char *names[5] = {"occupied", "mean_z", "gradient_x", "gradient_y", "out"};
-    Py_ssize_t m = -1;
-    for (int i = 0; i < 5; i++) {
-        if (get_buffer(objects[i], &views[i], i == 4, 8, i == 0 ? 0 : m, names[i]) < 0) {
-            release_all(views, i);
-            return NULL;
-        }
-        if (i == 0) {
-            m = views[0].len / 8;
-        }
+    if (get_buffers(objects, views, 5, specs) < 0) {
+        return NULL;
     }
-    const int failed = max_step_core(views[0].buf, m, views[1].buf, 1, views[2].buf,
+    const int failed = max_step_core(views[0].buf, items_of(&views[0]), views[1].buf, 1, views[2].buf,
                                      views[3].buf, nx, ny, cell_size, views[4].buf, 1);
     release_all(views, 5);
     if (failed) {
@@ -467,19 +492,13 @@ neighbourhood_mean(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "channels must be 1..64, half_width 0..64");
         return NULL;
     }
+    const BufferSpec specs[3] = {{"occupied", 8, 0, -1, 0}, {"values", 8, 0, 0, channels},
+                                 {"out", 8, 1, 0, channels}};
     Py_buffer views[3] = {{0}};
-    static const char *names[3] = {"occupied", "values", "out"};
-    Py_ssize_t m = -1;
-    for (int i = 0; i < 3; i++) {
-        if (get_buffer(objects[i], &views[i], i == 2, 8, i == 0 ? 0 : m * channels,
-                       names[i]) < 0) {
-            release_all(views, i);
-            return NULL;
-        }
-        if (i == 0) {
-            m = views[0].len / 8;
-        }
+    if (get_buffers(objects, views, 3, specs) < 0) {
+        return NULL;
     }
+    const Py_ssize_t m = items_of(&views[0]);
     int identity[64];
     for (int c = 0; c < 64; c++) {
         identity[c] = c;
@@ -617,21 +636,15 @@ closed_form_eigen_3x3(PyObject *module, PyObject *args)
                           &objects[8])) {
         return NULL;
     }
+    static const BufferSpec specs[9] = {
+        {"a00", 8, 0, -1, 0}, {"a11", 8, 0, 0, 1}, {"a22", 8, 0, 0, 1}, {"a01", 8, 0, 0, 1},
+        {"a02", 8, 0, 0, 1}, {"a12", 8, 0, 0, 1}, {"eigenvalues", 8, 1, 0, 3},
+        {"normal", 8, 1, 0, 3}, {"unsure", 1, 1, 0, 1}};
     Py_buffer views[9] = {{0}};
-    static const char *names[9] = {"a00", "a11", "a22", "a01", "a02", "a12", "eigenvalues",
-                                   "normal", "unsure"};
-    Py_ssize_t m = -1;
-    for (int i = 0; i < 9; i++) {
-        const Py_ssize_t min_items = i == 0 ? 0 : (i == 6 || i == 7 ? 3 * m : m);
-        if (get_buffer(objects[i], &views[i], i >= 6, i == 8 ? 1 : 8, min_items, names[i])
-                < 0) {
-            release_all(views, i);
-            return NULL;
-        }
-        if (i == 0) {
-            m = views[0].len / 8;
-        }
+    if (get_buffers(objects, views, 9, specs) < 0) {
+        return NULL;
     }
+    const Py_ssize_t m = items_of(&views[0]);
     const double *A00 = views[0].buf, *A11 = views[1].buf, *A22 = views[2].buf;
     const double *A01 = views[3].buf, *A02 = views[4].buf, *A12 = views[5].buf;
     double *eigenvalues = views[6].buf, *normal = views[7].buf;
@@ -642,29 +655,6 @@ closed_form_eigen_3x3(PyObject *module, PyObject *args)
     }
     release_all(views, 9);
     Py_RETURN_NONE;
-}
-
-/* Acquire `count` buffers of objects[i] with item sizes sizes[i], minimum items min_items[i]
-   (negative: -k means k times the items of buffer 0), writable from index first_output on. */
-static int
-get_buffers(PyObject **objects, Py_buffer *views, int count, const Py_ssize_t *sizes,
-            const Py_ssize_t *min_items, int first_output, const char **names, Py_ssize_t *m)
-{
-    for (int i = 0; i < count; i++) {
-        Py_ssize_t wanted = min_items[i];
-        if (wanted < 0) {
-            wanted = -wanted * *m;
-        }
-        if (get_buffer(objects[i], &views[i], i >= first_output, sizes[i], wanted, names[i])
-                < 0) {
-            release_all(views, i);
-            return -1;
-        }
-        if (i == 0) {
-            *m = views[0].len / sizes[0];
-        }
-    }
-    return 0;
 }
 
 PyDoc_STRVAR(plane_fits_doc,
@@ -687,17 +677,17 @@ plane_fits(PyObject *module, PyObject *args)
                           &objects[12], &objects[13])) {
         return NULL;
     }
-    static const char *names[14] = {"present", "count", "z_min", "sums", "dz_max", "occupied",
-                                    "n", "z_min_out", "dz_max_out", "means", "covariances",
-                                    "eigenvalues", "normal", "unsure"};
-    static const Py_ssize_t sizes[14] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 1};
-    static const Py_ssize_t min_items[14] = {0, -1, -1, -9, -1, -1, -1, -1, -1, -3, -6, -3, -3,
-                                             -1};
+    static const BufferSpec specs[14] = {
+        {"present", 8, 0, -1, 0}, {"count", 8, 0, 0, 1}, {"z_min", 8, 0, 0, 1},
+        {"sums", 8, 0, 0, 9}, {"dz_max", 8, 0, 0, 1}, {"occupied", 8, 1, 0, 1},
+        {"n", 8, 1, 0, 1}, {"z_min_out", 8, 1, 0, 1}, {"dz_max_out", 8, 1, 0, 1},
+        {"means", 8, 1, 0, 3}, {"covariances", 8, 1, 0, 6}, {"eigenvalues", 8, 1, 0, 3},
+        {"normal", 8, 1, 0, 3}, {"unsure", 1, 1, 0, 1}};
     Py_buffer views[14] = {{0}};
-    Py_ssize_t cells = 0;
-    if (get_buffers(objects, views, 14, sizes, min_items, 5, names, &cells) < 0) {
+    if (get_buffers(objects, views, 14, specs) < 0) {
         return NULL;
     }
+    const Py_ssize_t cells = items_of(&views[0]);
     const int64_t *present = views[0].buf, *count = views[1].buf;
     const double *z_min = views[2].buf, *sums = views[3].buf, *dz_max = views[4].buf;
     int64_t *occupied = views[5].buf;
@@ -781,16 +771,16 @@ cell_features(PyObject *module, PyObject *args)
                           &half_width, &objects[8], &objects[9], &objects[10])) {
         return NULL;
     }
-    static const char *names[11] = {"occupied", "n", "z_min", "dz_max", "means", "covariances",
-                                    "eigenvalues", "normal", "keys", "centres", "features"};
-    static const Py_ssize_t sizes[11] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8};
-    static const Py_ssize_t min_items[11] = {0, -1, -1, -1, -3, -6, -3, -3, -1, -3,
-                                             -N_FEATURES};
+    static const BufferSpec specs[11] = {
+        {"occupied", 8, 0, -1, 0}, {"n", 8, 0, 0, 1}, {"z_min", 8, 0, 0, 1},
+        {"dz_max", 8, 0, 0, 1}, {"means", 8, 0, 0, 3}, {"covariances", 8, 0, 0, 6},
+        {"eigenvalues", 8, 0, 0, 3}, {"normal", 8, 0, 0, 3}, {"keys", 8, 1, 0, 1},
+        {"centres", 8, 1, 0, 3}, {"features", 8, 1, 0, N_FEATURES}};
     Py_buffer views[11] = {{0}};
-    Py_ssize_t m = 0;
-    if (get_buffers(objects, views, 11, sizes, min_items, 8, names, &m) < 0) {
+    if (get_buffers(objects, views, 11, specs) < 0) {
         return NULL;
     }
+    const Py_ssize_t m = items_of(&views[0]);
     const int64_t *occupied = views[0].buf;
     const double *n = views[1].buf, *z_min = views[2].buf, *dz_max = views[3].buf;
     const double *means = views[4].buf, *covariances = views[5].buf;
@@ -946,16 +936,12 @@ finite_points_to_frame(PyObject *module, PyObject *args)
         return NULL;
     }
     const Py_ssize_t n = view.shape[0];
+    const BufferSpec specs[5] = {{"rotation", 8, 0, -1, 9}, {"translation", 8, 0, -1, 3},
+                                 {"x", 8, 1, -1, n}, {"y", 8, 1, -1, n}, {"z", 8, 1, -1, n}};
     Py_buffer views[5] = {{0}};
-    static const char *names[5] = {"rotation", "translation", "x", "y", "z"};
-    static const Py_ssize_t min_items[5] = {9, 3, -1, -1, -1};
-    for (int i = 0; i < 5; i++) {
-        if (get_buffer(objects[i], &views[i], i >= 2, 8, min_items[i] < 0 ? n : min_items[i],
-                       names[i]) < 0) {
-            release_all(views, i);
-            PyBuffer_Release(&view);
-            return NULL;
-        }
+    if (get_buffers(objects, views, 5, specs) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
     }
     const double *r = views[0].buf, *t = views[1].buf;
     double *x = views[2].buf, *y = views[3].buf, *z = views[4].buf;
@@ -995,18 +981,15 @@ footprint_update(PyObject *module, PyObject *args)
                           &half_width, &t_ns, &objects[4])) {
         return NULL;
     }
-    static const char *names[5] = {"centres", "enter", "exit", "slots", "left"};
+    static const BufferSpec specs[5] = {
+        {"centres", 8, 0, -1, 0}, {"enter", 8, 1, -1, 0}, {"exit", 8, 1, -1, 0},
+        {"slots", 8, 0, -1, 0}, {"left", 8, 1, 3, 1}};
     Py_buffer views[5] = {{0}};
-    for (int i = 0; i < 5; i++) {
-        const int writable = i == 1 || i == 2 || i == 4;
-        const Py_ssize_t min_items = i == 4 ? views[3].len / 8 : 0;
-        if (get_buffer(objects[i], &views[i], writable, 8, min_items, names[i]) < 0) {
-            release_all(views, i);
-            return NULL;
-        }
+    if (get_buffers(objects, views, 5, specs) < 0) {
+        return NULL;
     }
-    const Py_ssize_t capacity = views[0].len / 24, m = views[3].len / 8;
-    if (views[1].len / 8 < capacity || views[2].len / 8 < capacity) {
+    const Py_ssize_t capacity = items_of(&views[0]) / 3, m = items_of(&views[3]);
+    if (items_of(&views[1]) < capacity || items_of(&views[2]) < capacity) {
         PyErr_SetString(PyExc_ValueError, "enter and exit need a slot per centre");
         release_all(views, 5);
         return NULL;
@@ -1057,14 +1040,13 @@ merge_sightings(PyObject *module, PyObject *args)
                           &objects[8], &t_ns)) {
         return NULL;
     }
-    static const char *names[9] = {"features", "centres", "weight", "last_seen", "rows",
-                                   "new_features", "new_centres", "new_weight", "source"};
+    static const BufferSpec specs[9] = {
+        {"features", 8, 1, -1, 0}, {"centres", 8, 1, -1, 0}, {"weight", 8, 1, -1, 0},
+        {"last_seen", 8, 1, -1, 0}, {"rows", 8, 0, -1, 0}, {"new_features", 8, 0, -1, 0},
+        {"new_centres", 8, 0, -1, 0}, {"new_weight", 8, 0, -1, 0}, {"source", 8, 0, -1, 0}};
     Py_buffer views[9] = {{0}};
-    for (int i = 0; i < 9; i++) {
-        if (get_buffer(objects[i], &views[i], i < 4, 8, 0, names[i]) < 0) {
-            release_all(views, i);
-            return NULL;
-        }
+    if (get_buffers(objects, views, 9, specs) < 0) {
+        return NULL;
     }
     const Py_ssize_t capacity = views[2].len / 8, scan = views[7].len / 8;
     const Py_ssize_t k_count = views[4].len / 8;
@@ -1115,36 +1097,27 @@ stale_slots(PyObject *module, PyObject *args)
 {
     PyObject *objects[4];
     long long before_ns;
-    PyObject *alive_object;
-    if (!PyArg_ParseTuple(args, "OOOLO", &alive_object, &objects[0], &objects[1], &before_ns,
-                          &objects[2])) {
+    if (!PyArg_ParseTuple(args, "OOOLO", &objects[0], &objects[1], &objects[2], &before_ns,
+                          &objects[3])) {
         return NULL;
     }
-    Py_buffer alive_view;
-    if (get_buffer(alive_object, &alive_view, 0, 1, 0, "alive") < 0) {
+    static const BufferSpec specs[4] = {{"alive", 1, 0, -1, 0}, {"last_seen", 8, 0, 0, 1},
+                                        {"enter", 8, 0, 0, 1}, {"out", 8, 1, 0, 1}};
+    Py_buffer views[4] = {{0}};
+    if (get_buffers(objects, views, 4, specs) < 0) {
         return NULL;
     }
-    const Py_ssize_t capacity = alive_view.len;
-    static const char *names[3] = {"last_seen", "enter", "out"};
-    Py_buffer views[3] = {{0}};
-    for (int i = 0; i < 3; i++) {
-        if (get_buffer(objects[i], &views[i], i == 2, 8, capacity, names[i]) < 0) {
-            release_all(views, i);
-            PyBuffer_Release(&alive_view);
-            return NULL;
-        }
-    }
-    const char *alive = alive_view.buf;
-    const int64_t *last_seen = views[0].buf, *enter = views[1].buf;
-    int64_t *out = views[2].buf;
+    const Py_ssize_t capacity = items_of(&views[0]);
+    const char *alive = views[0].buf;
+    const int64_t *last_seen = views[1].buf, *enter = views[2].buf;
+    int64_t *out = views[3].buf;
     Py_ssize_t count = 0;
     for (Py_ssize_t slot = 0; slot < capacity; slot++) {
         if (alive[slot] && last_seen[slot] < before_ns && enter[slot] == -1) {
             out[count++] = slot;
         }
     }
-    release_all(views, 3);
-    PyBuffer_Release(&alive_view);
+    release_all(views, 4);
     return PyLong_FromSsize_t(count);
 }
 
@@ -1195,19 +1168,16 @@ window_means(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOO", &objects[0], &objects[1], &objects[2], &objects[3])) {
         return NULL;
     }
-    static const char *names[4] = {"values", "lo", "hi", "out"};
+    static const BufferSpec specs[4] = {{"values", 8, 0, -1, 0}, {"lo", 8, 0, -1, 0},
+                                        {"hi", 8, 0, 1, 1}, {"out", 8, 1, 1, 1}};
     Py_buffer views[4] = {{0}};
-    for (int i = 0; i < 4; i++) {
-        const Py_ssize_t min_items = i == 2 || i == 3 ? views[1].len / 8 : 0;
-        if (get_buffer(objects[i], &views[i], i == 3, 8, min_items, names[i]) < 0) {
-            release_all(views, i);
-            return NULL;
-        }
+    if (get_buffers(objects, views, 4, specs) < 0) {
+        return NULL;
     }
     const double *values = views[0].buf;
     const int64_t *lo = views[1].buf, *hi = views[2].buf;
     double *out = views[3].buf;
-    const Py_ssize_t n = views[0].len / 8, windows = views[1].len / 8;
+    const Py_ssize_t n = items_of(&views[0]), windows = items_of(&views[1]);
     for (Py_ssize_t k = 0; k < windows; k++) {
         if (lo[k] < 0 || hi[k] > n) {
             PyErr_SetString(PyExc_ValueError, "window outside the values");
@@ -1257,27 +1227,19 @@ window_shocks(PyObject *module, PyObject *args)
                           &objects[6])) {
         return NULL;
     }
-    static const char *names[7] = {"t", "values", "valid", "t0", "t1", "out", "reasons"};
-    static const Py_ssize_t sizes[7] = {8, 8, 1, 8, 8, 8, 1};
+    static const BufferSpec specs[7] = {
+        {"t", 8, 0, -1, 0}, {"values", 8, 0, 0, 1}, {"valid", 1, 0, 0, 1}, {"t0", 8, 0, -1, 0},
+        {"t1", 8, 0, 3, 1}, {"out", 8, 1, 3, 1}, {"reasons", 1, 1, 3, 1}};
     Py_buffer views[7] = {{0}};
-    for (int i = 0; i < 7; i++) {
-        Py_ssize_t min_items = 0;
-        if (i == 1 || i == 2) {
-            min_items = views[0].len / 8;
-        } else if (i >= 4) {
-            min_items = views[3].len / 8;
-        }
-        if (get_buffer(objects[i], &views[i], i >= 5, sizes[i], min_items, names[i]) < 0) {
-            release_all(views, i);
-            return NULL;
-        }
+    if (get_buffers(objects, views, 7, specs) < 0) {
+        return NULL;
     }
     const int64_t *t = views[0].buf, *t0 = views[3].buf, *t1 = views[4].buf;
     const double *values = views[1].buf;
     const char *valid = views[2].buf;
     double *out = views[5].buf;
     signed char *reasons = views[6].buf;
-    const Py_ssize_t n = views[0].len / 8, windows = views[3].len / 8;
+    const Py_ssize_t n = items_of(&views[0]), windows = items_of(&views[3]);
     double *squares = NULL;
     if (n == 0) {
         PyErr_SetString(PyExc_ValueError, "window_shocks: empty history");
