@@ -3,23 +3,35 @@ from glob import glob
 import sys
 
 from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
 
 package_name = 'terrain_ssl'
 
-# The inner loops of a lidar scan (terrain_ssl/core/patches.py), of the cell map (association.py)
-# and of a batch of labels (shocks, mean speeds: vibration.py, geometry.py), in C: bit-identical
-# to their numpy reference, which runs when this could not be built (no C compiler: pip warns,
-# and terrain_ssl warns at import). No FMA contraction, so both round alike.
+# The inner loops of the core (a lidar scan's cells, the cell map, a batch of labels, the
+# learner's SGD pass) in C: the package's only implementation of them (see core/kernels.py).
 core_kernels = Extension(
     'terrain_ssl.core._kernels', ['terrain_ssl/core/_kernels.c'],
-    extra_compile_args=[] if sys.platform == 'win32' else ['-O3', '-ffp-contract=off'],
-    optional=True)
+    extra_compile_args=[] if sys.platform == 'win32' else ['-O3'])
+
+
+class BuildKernels(build_ext):
+    """build_ext that says in one line what is missing when the C core cannot be compiled."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as error:  # CompileError, a missing compiler, missing headers
+            sys.exit('terrain_ssl: cannot compile terrain_ssl/core/_kernels.c: it needs a C '
+                     'compiler and the Python headers (Debian/Ubuntu: sudo apt-get install gcc '
+                     f'python3-dev) [{type(error).__name__}: {error}]')
+
 
 setup(
     name=package_name,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*', 'bench']),
     ext_modules=[core_kernels],
+    cmdclass={'build_ext': BuildKernels},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
@@ -28,11 +40,10 @@ setup(
     ],
     # rclpy and the message packages come from the ROS 2 distro (colcon) or from
     # requirements-ros.txt (plain venv); they are deliberately not install_requires.
-    install_requires=['setuptools', 'numpy', 'scipy', 'scikit-learn', 'rosbags', 'PyYAML'],
+    install_requires=['numpy', 'scipy', 'scikit-learn', 'rosbags'],
     extras_require={
-        'perception': ['open3d', 'opencv-python-headless'],
         'report': ['matplotlib'],
-        'test': ['pytest'],
+        'test': ['pytest', 'PyYAML', 'ruff'],
     },
     zip_safe=False,
     maintainer='terrain_ssl developers',

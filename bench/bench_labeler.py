@@ -6,14 +6,12 @@ through what the node does per scan: PointCloud2 -> xyz, pose at the scan stamp,
 ground cells, per-cell features, merge into the cell map, and the lookahead PointCloud2 out. The
 vehicle moves 0.5 m between scans so the map merges and ages as on the road. Prints the median
 and 90th percentile per stage, and points/s. Target: <= 25 ms per scan on one core.
-With --open3d it also times open3d normal estimation on the same points, the obvious library
-alternative for per-point geometry (it is not used: see the numbers).
 
 Quality (--evaluate): simulates a drive at varying speed (default 120 s, 3-7 m/s), labels it with
 the core labeler, and prints the Spearman rank correlation of labels against the true roughness
 of each labeled cell (target >= 0.8), and of the shock alone (not speed-normalised).
 
-    .venv/bin/python bench/bench_labeler.py [--repeats 60] [--open3d] [--evaluate [--duration 120]]
+    .venv/bin/python bench/bench_labeler.py [--repeats 60 | --quick] [--evaluate [--duration 120]]
 """
 
 import os
@@ -29,7 +27,6 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from terrain_ssl.core.labeler import Labeler  # noqa: E402
-from terrain_ssl.core.kernels import compiled_kernels, numpy_kernels  # noqa: E402
 from terrain_ssl.ros.conversions import (array_to_pointcloud2,  # noqa: E402
                                          float_matrix_to_pointcloud2, pointcloud2_to_xyz)
 from terrain_ssl.ros.labeler_node import LOOKAHEAD_FIELDS  # noqa: E402
@@ -106,38 +103,12 @@ def time_per_scan(repeats, beams=128, n_columns=1024, label=''):
     return xyz, total
 
 
-def time_both_kernels(repeats, beams=128, n_columns=1024):
-    """time_per_scan with the compiled kernels, then with their numpy reference (the
-    fallback without a C compiler); the ratio is of the same scans in the same run."""
-    xyz, compiled_ms = time_per_scan(repeats, beams, n_columns)
-    n_points = xyz.shape[0]
-    print(f'RESULT labeler_ms_per_scan_{beams}beams {compiled_ms:.2f} ms')
-    print(f'RESULT labeler_points_per_s_{beams}beams {n_points / (compiled_ms / 1e3):.0f} '
-          f'points/s')
-    if not compiled_kernels():
-        print('  (the compiled kernels are not built: that was the numpy reference)')
-        return xyz
-    with numpy_kernels():
-        _, numpy_ms = time_per_scan(repeats, beams, n_columns,
-                                    label=' on the numpy reference kernels')
-    print(f'  compiled kernels: x{compiled_ms / numpy_ms:.2f} of the numpy reference '
-          f'({compiled_ms:.2f} vs {numpy_ms:.2f} ms per scan)')
-    print(f'RESULT labeler_ms_per_scan_{beams}beams_numpy_kernels {numpy_ms:.2f} ms')
-    return xyz
-
-
-def time_open3d_normals(xyz):
-    import open3d as o3d
-
-    finite = xyz[np.isfinite(xyz).all(axis=1)]
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(finite))
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        cloud.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(knn=16))
-        times.append(time.perf_counter() - start)
-    print(f'open3d estimate_normals (knn 16) on the same {finite.shape[0]} points: median '
-          f'{1e3 * statistics.median(times):.1f} ms (per-cell sums + batched 3x3 eigh instead)')
+def time_scans(repeats, beams=128, n_columns=1024):
+    """time_per_scan, and its RESULT lines."""
+    xyz, total_ms = time_per_scan(repeats, beams, n_columns)
+    print(f'RESULT labeler_ms_per_scan_{beams}beams {total_ms:.2f} ms')
+    print(f'RESULT labeler_points_per_s_{beams}beams {xyz.shape[0] / (total_ms / 1e3):.0f} '
+          'points/s')
 
 
 def evaluate(duration_s, speed, seed):
@@ -199,7 +170,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--repeats', type=int, default=60)
     parser.add_argument('--quick', action='store_true', help='fewer repeats')
-    parser.add_argument('--open3d', action='store_true', help='also time open3d normals')
     parser.add_argument('--evaluate', action='store_true', help='label quality on a sim drive')
     parser.add_argument('--duration', type=float, default=120.0, help='evaluation drive (s)')
     parser.add_argument('--speed', default='3:7', help='evaluation speed profile (m/s)')
@@ -207,11 +177,9 @@ def main():
     args = parser.parse_args()
     repeats = 15 if args.quick else args.repeats
     # 16 beams (VLP-16: 16 x 1800), 64 and 128 beams (Ouster: x 1024 columns).
-    time_both_kernels(repeats, beams=16, n_columns=1800)
-    time_both_kernels(repeats, beams=64)
-    xyz = time_both_kernels(repeats, beams=128)
-    if args.open3d:
-        time_open3d_normals(xyz)
+    time_scans(repeats, beams=16, n_columns=1800)
+    time_scans(repeats, beams=64)
+    time_scans(repeats, beams=128)
     if args.evaluate:
         evaluate(args.duration, args.speed, args.seed)
 

@@ -21,8 +21,7 @@ depend on it as much, so figures from different machines can be compared.
 --compare-read-chunk N alternates the runs (ABBA) between the default reader (256 messages
 deserialised at a time, bag.READ_CHUNK_MESSAGES) and one reading N at a time (1: one by one, as it
 used to), and prints the paired ratios of wall time, reading + deserialising and the labeler's
-own time. --compare-numpy-kernels does the same against the numpy reference of the compiled
-core kernels (terrain_ssl/core/_kernels.c; the fallback without a C compiler).
+own time.
 
 --quick simulates and replays 30 s instead of 120 s. --processes 2 runs the learner and the
 advisor in a second process (`terrain-ssl replay --processes 2`); 1 keeps all in one; the
@@ -100,22 +99,11 @@ def main(argv=None) -> int:
                              '(default: as `terrain-ssl replay`, 2 with two or more CPUs)')
     parser.add_argument('--compare-read-chunk', type=int, default=None, metavar='N',
                         help='alternate with a reader deserialising N messages at a time')
-    parser.add_argument('--compare-numpy-kernels', action='store_true',
-                        help='alternate with the numpy reference of the compiled kernels')
     args = parser.parse_args(argv)
-    from terrain_ssl.core.kernels import compiled_kernels, numpy_kernels
     baseline_name = baseline_replay = None
     if args.compare_read_chunk is not None:
         baseline_name = f'{args.compare_read_chunk} message(s) read at a time'
         baseline_replay = lambda: replay_once(bag, args.processes, args.compare_read_chunk)  # noqa: E731
-    elif args.compare_numpy_kernels:
-        if not compiled_kernels():
-            parser.error('the compiled kernels are not built: nothing to compare')
-        baseline_name = 'the numpy reference kernels'
-
-        def baseline_replay():
-            with numpy_kernels():  # the labeler runs in this process
-                return replay_once(bag, args.processes)
     if args.processes is None:
         from terrain_ssl.replay.runner import default_processes
         args.processes = default_processes()
@@ -182,9 +170,8 @@ def main(argv=None) -> int:
                                paired('roughness_labeler'))
         print(f'default vs {baseline_name}: wall x{wall:.3f}, read + deserialise x{read:.3f}, '
               f'labeler x{labeler:.3f} (paired medians)')
-        name = 'chunked_read' if args.compare_read_chunk is not None else 'compiled_kernels'
-        print(f'RESULT replay_{name}_wall_ratio {wall:.3f} x')
-        print(f'RESULT replay_{name}_labeler_ratio {labeler:.3f} x')
+        print(f'RESULT replay_chunked_read_wall_ratio {wall:.3f} x')
+        print(f'RESULT replay_chunked_read_labeler_ratio {labeler:.3f} x')
     print(f'RESULT replay_realtime_factor {wall_ratio:.1f} x')
     print(f'RESULT replay_realtime_factor_best {best_ratio:.1f} x')
     print(f'RESULT replay_realtime_factor_cpu {cpu_ratio:.1f} x')

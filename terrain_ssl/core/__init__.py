@@ -1,1 +1,1 @@
-"""Pure algorithms: numpy / scikit-learn / open3d / opencv only. Never import rclpy here."""
+"""Pure algorithms on numpy, scipy, scikit-learn and the compiled kernels; never rclpy."""

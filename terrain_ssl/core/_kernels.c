@@ -1,18 +1,16 @@
-/* Compiled kernels of terrain_ssl.core: the loops that numpy can only express as many
- * whole-array passes of ~5-10 us each (sorts, gathers, bincounts, masks):
+/* Compiled kernels of terrain_ssl.core: the loops that numpy could only express as many
+ * whole-array passes (sorts, gathers, bincounts, masks):
  *   - patches.py, one lidar scan: the finite count and transform to odom, the per-cell moments,
- *     plane fits, features, neighbour steps and neighbourhood means (~60 passes per scan);
- *   - association.py, the cell map: the footprint test of the candidate cells (50 Hz), the
- *     merge of a scan's repeated sightings and the age-out scan (10 Hz);
+ *     plane fits, features, neighbour steps and neighbourhood means;
+ *   - association.py, the cell map: the footprint test of the candidate cells, the merge of a
+ *     scan's repeated sightings and the age-out scan;
  *   - vibration.py and geometry.py, a batch of labels: the shock (RMS or peak) and the mean
- *     speed over each crossing's window, with numpy's pairwise summation (~10 Hz).
+ *     speed over each crossing's window;
+ *   - learner.py: one pass of stochastic gradient descent of a linear model.
  *
- * Each kernel does the same floating-point operations, in the same order, as the numpy code it
- * replaces (which stays as the reference; kernels.numpy_kernels() runs it), so both give
- * bit-identical results: test/test_kernels.py checks that. Two things keep it so:
- *   - sums run over the points of a cell in scan order, as np.bincount adds over points grouped
- *     by a stable sort, and a window sum adds its terms in the order the numpy code does;
- *   - setup.py builds with -ffp-contract=off: no fused multiply-adds (numpy rounds twice).
+ * This is the only implementation the package runs. test/numpy_reference.py holds a readable
+ * numpy version of each, and test/test_kernels.py compares the two within stated tolerances
+ * (the compiler may contract multiply-adds and sums run in another order than numpy's).
  *
  * Arrays cross as buffers (float64 / int64 / bool, C-contiguous unless said otherwise, sizes
  * checked here, dtypes by the Python callers), so no numpy headers are needed to build this.
@@ -103,7 +101,7 @@ fast_floor(double v)
 }
 
 /* A dense grid of rows x columns int32 slots, zeroed; NULL (MemoryError set) if too large
-   (more slots than int32 numbers: 8 GB; the numpy version needs 10x that). */
+   (more slots than int32 numbers). */
 static int32_t *
 new_index_grid(int64_t rows, int64_t columns)
 {
@@ -171,7 +169,7 @@ cell_moments(PyObject *module, PyObject *args)
         goto done;
     }
 
-    /* Pass 1: the points in range (as (x - o)**2 + (y - o)**2 in patches.py) and the grid's
+    /* Pass 1: the points in range (horizontal distance from the origin) and the grid's
        extent in whole cells (floats, as np.floor gives them). */
     const double min_sq = min_range * min_range, max_sq = max_range * max_range;
     Py_ssize_t n_kept = 0;
@@ -325,13 +323,7 @@ occupied_grid(const int64_t *occupied, Py_ssize_t m, int64_t nx, int64_t ny, int
     return grid;
 }
 
-PyDoc_STRVAR(max_neighbour_step_doc,
-"max_neighbour_step(occupied, mean_z, gradient_x, gradient_y, nx, ny, cell_size, out)\n\n"
-"patches._max_neighbour_step: per occupied cell (M int64 flat indices of the nx x ny grid),\n"
-"the largest |neighbour mean_z - this cell's plane there| over its 8 neighbours, 0 without\n"
-"any, into out (M float64).");
-
-/* The neighbours in the order of patches._NEIGHBOUR_DI / _NEIGHBOUR_DJ. */
+/* The 8 neighbour offsets (cells) around a cell. */
 static const int neighbour_di[8] = {-1, -1, -1, 0, 0, 1, 1, 1};
 static const int neighbour_dj[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
 
@@ -354,7 +346,7 @@ max_step_core(const int64_t *occupied, Py_ssize_t m, const double *mean_z, Py_ss
         for (int e = 0; e < 8; e++) {
             const int32_t neighbour = grid[at + neighbour_di[e] * width + neighbour_dj[e]];
             if (neighbour == 0) {
-                continue;  /* NaN in the numpy version, which fmax skips */
+                continue;  /* no neighbour there */
             }
             const double predicted = z + ((double)neighbour_di[e] * gradient_x[k]
                                           + (double)neighbour_dj[e] * gradient_y[k]) * cell_size;
@@ -366,40 +358,7 @@ max_step_core(const int64_t *occupied, Py_ssize_t m, const double *mean_z, Py_ss
     return 0;
 }
 
-static PyObject *
-max_neighbour_step(PyObject *module, PyObject *args)
-{
-    PyObject *objects[5];
-    long long nx, ny;
-    double cell_size;
-    if (!PyArg_ParseTuple(args, "OOOOLLdO", &objects[0], &objects[1], &objects[2],
-                          &objects[3], &nx, &ny, &cell_size, &objects[4])) {
-        return NULL;
-    }
-    static const BufferSpec specs[5] = {
-        {"occupied", 8, 0, -1, 0}, {"mean_z", 8, 0, 0, 1}, {"gradient_x", 8, 0, 0, 1},
-        {"gradient_y", 8, 0, 0, 1}, {"out", 8, 1, 0, 1}};
-    Py_buffer views[5] = {{0}};
-    if (get_buffers(objects, views, 5, specs) < 0) {
-        return NULL;
-    }
-    const int failed = max_step_core(views[0].buf, items_of(&views[0]), views[1].buf, 1, views[2].buf,
-                                     views[3].buf, nx, ny, cell_size, views[4].buf, 1);
-    release_all(views, 5);
-    if (failed) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-PyDoc_STRVAR(neighbourhood_mean_doc,
-"neighbourhood_mean(occupied, values, channels, nx, ny, half_width, out)\n\n"
-"patches._neighbourhood_mean: per occupied cell (M int64 flat indices of the nx x ny grid),\n"
-"the mean of values (M x channels float64, row-major) over the occupied cells of the\n"
-"(2 half_width + 1)^2 window centred on it, into out (M x channels float64).");
-
-/* out[e] = first[e] + first[spacing + e] + ... over `count` blocks of `length` values, added in
-   that order (as numpy's a = b.copy(); a += c; a += d ...). */
+/* out[e] = first[e] + first[spacing + e] + ... over `count` blocks of `length` values. */
 static void
 add_in_order(const double *first, int64_t spacing, int64_t count, int64_t length, double *out)
 {
@@ -416,11 +375,10 @@ add_in_order(const double *first, int64_t spacing, int64_t count, int64_t length
 
 /* neighbourhood_mean on raw arrays: channel c of cell k is values[k * values_stride +
    columns[c]], its mean goes to out[k * out_stride + out_columns[c]]. 0, or -1 with an exception
-   set. As the numpy version: a zero-padded dense grid of the values and a count channel (1 at
-   occupied cells), summed along x over rows i .. i + 2 hw of the padded grid, added in that
-   order, then those column sums along y (j .. j + 2 hw, in that order). Empty slots add 0.0 as
-   there, so the sums are bit for bit the same. The x sums are made one grid row at a time, for
-   the rows that have occupied cells. */
+   set. A zero-padded dense grid of the values and a count channel (1 at occupied cells),
+   summed along x over rows i .. i + 2 hw of the padded grid, then those column sums along y
+   (j .. j + 2 hw). The x sums are made one grid row at a time, for the rows that have occupied
+   cells. */
 static int
 neighbourhood_core(const int64_t *occupied, Py_ssize_t m, const double *values,
                    int64_t values_stride, const int *columns, int64_t channels, int64_t nx,
@@ -479,40 +437,6 @@ done:
     return failed ? -1 : 0;
 }
 
-static PyObject *
-neighbourhood_mean(PyObject *module, PyObject *args)
-{
-    PyObject *objects[3];
-    long long channels, nx, ny, half_width;
-    if (!PyArg_ParseTuple(args, "OOLLLLO", &objects[0], &objects[1], &channels, &nx, &ny,
-                          &half_width, &objects[2])) {
-        return NULL;
-    }
-    if (channels <= 0 || channels > 64) {
-        PyErr_SetString(PyExc_ValueError, "channels must be 1..64, half_width 0..64");
-        return NULL;
-    }
-    const BufferSpec specs[3] = {{"occupied", 8, 0, -1, 0}, {"values", 8, 0, 0, channels},
-                                 {"out", 8, 1, 0, channels}};
-    Py_buffer views[3] = {{0}};
-    if (get_buffers(objects, views, 3, specs) < 0) {
-        return NULL;
-    }
-    const Py_ssize_t m = items_of(&views[0]);
-    int identity[64];
-    for (int c = 0; c < 64; c++) {
-        identity[c] = c;
-    }
-    const int failed = neighbourhood_core(views[0].buf, m, views[1].buf, channels, identity,
-                                          channels, nx, ny, half_width, views[2].buf, channels,
-                                          identity);
-    release_all(views, 3);
-    if (failed) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
 /* np.maximum: NaN if either is NaN (fmax would drop it). */
 static inline double
 nan_max(double a, double b)
@@ -534,13 +458,16 @@ quadratic_form(double a00, double a11, double a22, double a01, double a02, doubl
            + 2.0 * (a01 * x0 * x1 + a02 * x0 * x2 + a12 * x1 * x2);
 }
 
-/* patches._closed_form_eigen_3x3 for one matrix: eigenvalues[3] (ascending), normal[3] (unit
-   eigenvector of the smallest); returns 1 when the row is unsure (np.linalg.eigh decides). */
+/* The closed-form eigen-decomposition of one symmetric matrix (steps 1-3 of
+   patches.symmetric_eigen_3x3): eigenvalues[3] (ascending), normal[3] (unit eigenvector of the
+   smallest); returns 1 when the row is unsure (np.linalg.eigh decides). */
 static inline int
 eigen_row(double a00, double a11, double a22, double a01, double a02, double a12,
           double *eigenvalues, double *normal)
 {
-    const double sqrt_3 = 1.7320508075688772, close_eigenvalues = 1e-4;  /* as patches.py */
+    /* Rows whose two smallest eigenvalues are closer than close_eigenvalues of the spread of
+       all three have a poorly determined normal (points on a line or in one spot): unsure. */
+    const double sqrt_3 = 1.7320508075688772, close_eigenvalues = 1e-4;
     /* 1. A = q I + p B with trace(B) = 0. */
     const double q = (a00 + a11 + a22) / 3.0;
     const double b00 = a00 - q, b11 = a11 - q, b22 = a22 - q;
@@ -556,7 +483,7 @@ eigen_row(double a00, double a11, double a22, double a01, double a02, double a12
     const double apart = q + p * (largest_apart
                                   ? 2.0 * cos_angle
                                   : -cos_angle - sqrt_3 * sqrt(1.0 - cos_angle * cos_angle));
-    /* _null_vector of A - apart I. */
+    /* The null vector of A - apart I: the longest cross product of two of its rows. */
     const double c00 = a00 - apart, c11 = a11 - apart, c22 = a22 - apart;
     const double c01 = a01, c02 = a02, c12 = a12;
     const double x01 = c01 * c12 - c02 * c11, y01 = c02 * c01 - c00 * c12,
@@ -621,11 +548,10 @@ eigen_row(double a00, double a11, double a22, double a01, double a02, double a12
 
 PyDoc_STRVAR(closed_form_eigen_3x3_doc,
 "closed_form_eigen_3x3(a00, a11, a22, a01, a02, a12, eigenvalues, normal, unsure)\n\n"
-"patches._closed_form_eigen_3x3 for M symmetric 3x3 matrices given by their 6 distinct\n"
-"entries (M float64 each): eigenvalues (M x 3, ascending), the unit eigenvector of the\n"
+"patches.symmetric_eigen_3x3 in closed form, for M symmetric 3x3 matrices given by their 6\n"
+"distinct entries (M float64 each): eigenvalues (M x 3, ascending), the unit eigenvector of the\n"
 "smallest (M x 3) and the rows to recompute with np.linalg.eigh (M bool), written into the\n"
-"last three. The same operations in the same order as the numpy version: equal results up\n"
-"to the last bit of cos and arccos, whose implementations may differ.");
+"last three.");
 
 static PyObject *
 closed_form_eigen_3x3(PyObject *module, PyObject *args)
@@ -1121,44 +1047,20 @@ stale_slots(PyObject *module, PyObject *args)
     return PyLong_FromSsize_t(count);
 }
 
-/* np.add.reduce of a contiguous float64 array, in numpy's order (its pairwise summation: runs
-   of up to 128 values summed in 8 interleaved partial sums, longer arrays split in halves), so
-   that sum / n is bit for bit np.mean. */
+/* The sum of a[0 .. n). */
 static double
-pairwise_sum(const double *a, Py_ssize_t n)
+sum_of(const double *a, Py_ssize_t n)
 {
-    if (n < 8) {
-        double sum = 0.0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            sum += a[i];
-        }
-        return sum;
+    double sum = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        sum += a[i];
     }
-    if (n <= 128) {
-        double r[8];
-        for (int j = 0; j < 8; j++) {
-            r[j] = a[j];
-        }
-        Py_ssize_t i;
-        for (i = 8; i < n - (n % 8); i += 8) {
-            for (int j = 0; j < 8; j++) {
-                r[j] += a[i + j];
-            }
-        }
-        double sum = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; i++) {
-            sum += a[i];
-        }
-        return sum;
-    }
-    Py_ssize_t half = n / 2;
-    half -= half % 8;
-    return pairwise_sum(a, half) + pairwise_sum(a + half, n - half);
+    return sum;
 }
 
 PyDoc_STRVAR(window_means_doc,
 "window_means(values, lo, hi, out)\n\n"
-"out[k] = np.mean(values[lo[k]:hi[k]]) (bit for bit) for each window with hi > lo; others\n"
+"out[k] = the mean of values[lo[k]:hi[k]] for each window with hi > lo; others\n"
 "are left as they are.");
 
 static PyObject *
@@ -1185,7 +1087,7 @@ window_means(PyObject *module, PyObject *args)
             return NULL;
         }
         if (hi[k] > lo[k]) {
-            out[k] = pairwise_sum(values + lo[k], hi[k] - lo[k]) / (double)(hi[k] - lo[k]);
+            out[k] = sum_of(values + lo[k], hi[k] - lo[k]) / (double)(hi[k] - lo[k]);
         }
     }
     release_all(views, 4);
@@ -1211,7 +1113,7 @@ PyDoc_STRVAR(window_shocks_doc,
 "window_shocks(t, values, valid, t0, t1, max_gap_ns, peak, out, reasons)\n\n"
 "VibrationFilter.shocks after its flush, for K windows [t0[k], t1[k]] (ns) over the IMU\n"
 "history t (n int64 stamps), values (n float64 m/s^2), valid (n bool, warm-up over): out[k]\n"
-"the RMS (peak: largest |value|) of the samples in the window, bit for bit numpy's, and\n"
+"the RMS (peak: largest |value|) of the samples in the window, and\n"
 "reasons[k] (int8) 0 when there is a value, 1 pending (the IMU has not reached t1), 2 missing\n"
 "(fewer than 2 samples, or the window starts before the history), 3 a gap (a step longer than\n"
 "max_gap_ns between the samples around the window), 4 still warming up.");
@@ -1240,7 +1142,6 @@ window_shocks(PyObject *module, PyObject *args)
     double *out = views[5].buf;
     signed char *reasons = views[6].buf;
     const Py_ssize_t n = items_of(&views[0]), windows = items_of(&views[3]);
-    double *squares = NULL;
     if (n == 0) {
         PyErr_SetString(PyExc_ValueError, "window_shocks: empty history");
         release_all(views, 7);
@@ -1284,28 +1185,88 @@ window_shocks(PyObject *module, PyObject *args)
             out[k] = largest;
             continue;
         }
-        /* np.sqrt(np.mean(window * window)) */
-        double *grown = realloc(squares, (size_t)count * sizeof(double));
-        if (grown == NULL) {
-            free(squares);
-            release_all(views, 7);
-            return PyErr_NoMemory();
+        double sum_sq = 0.0;  /* the root of the mean square */
+        for (Py_ssize_t i = lo; i < hi; i++) {
+            sum_sq += values[i] * values[i];
         }
-        squares = grown;
-        for (Py_ssize_t i = 0; i < count; i++) {
-            squares[i] = values[lo + i] * values[lo + i];
-        }
-        out[k] = sqrt(pairwise_sum(squares, count) / (double)count);
+        out[k] = sqrt(sum_sq / (double)count);
     }
-    free(squares);
     release_all(views, 7);
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(sgd_epoch_doc,
+"sgd_epoch(coef, intercept, X, y, sample_weight, eta, alpha) -> intercept\n\n"
+"One pass of stochastic gradient descent over the n rows of X (n x d float32), in order,\n"
+"for the linear model X coef + intercept with squared loss and an L2 penalty: per row i,\n"
+"p = x_i . coef + intercept; the weights shrink by max(0, 1 - eta alpha); then\n"
+"u = -eta (p - y_i) sample_weight_i is added as coef += u x_i and intercept += u. coef\n"
+"(d float32) is updated in place, the new intercept returned. The arithmetic is float64;\n"
+"ValueError if the weights stop being finite.");
+
+static PyObject *
+sgd_epoch(PyObject *module, PyObject *args)
+{
+    PyObject *objects[4];
+    double intercept, eta, alpha;
+    if (!PyArg_ParseTuple(args, "OdOOOdd", &objects[0], &intercept, &objects[1], &objects[2],
+                          &objects[3], &eta, &alpha)) {
+        return NULL;
+    }
+    static const BufferSpec specs[4] = {{"coef", 4, 1, -1, 0}, {"X", 4, 0, 0, 0},
+                                        {"y", 4, 0, -1, 0}, {"sample_weight", 4, 0, 2, 1}};
+    Py_buffer views[4] = {{0}};
+    if (get_buffers(objects, views, 4, specs) < 0) {
+        return NULL;
+    }
+    const Py_ssize_t d = items_of(&views[0]), n = items_of(&views[2]);
+    if (items_of(&views[1]) != n * d) {
+        PyErr_SetString(PyExc_ValueError, "sgd_epoch: X must have len(y) rows of len(coef)");
+        release_all(views, 4);
+        return NULL;
+    }
+    float *coef = views[0].buf;
+    const float *X = views[1].buf, *y = views[2].buf, *sample_weight = views[3].buf;
+    double *w = malloc((size_t)(d > 0 ? d : 1) * sizeof(double));
+    if (w == NULL) {
+        release_all(views, 4);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t j = 0; j < d; j++) {
+        w[j] = coef[j];
+    }
+    const double shrink = 1.0 - eta * alpha > 0.0 ? 1.0 - eta * alpha : 0.0;
+    int finite = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const float *x = X + i * d;
+        double p = intercept;
+        for (Py_ssize_t j = 0; j < d; j++) {
+            p += w[j] * x[j];
+        }
+        double gradient = p - y[i];  /* of the squared loss, clipped as scikit-learn's */
+        gradient = gradient < -1e12 ? -1e12 : (gradient > 1e12 ? 1e12 : gradient);
+        const double update = -eta * gradient * sample_weight[i];
+        for (Py_ssize_t j = 0; j < d; j++) {
+            w[j] = w[j] * shrink + update * x[j];
+        }
+        intercept += update;
+    }
+    for (Py_ssize_t j = 0; j < d; j++) {
+        coef[j] = (float)w[j];
+        finite &= isfinite(coef[j]) != 0;
+    }
+    free(w);
+    release_all(views, 4);
+    if (!finite || !isfinite(intercept)) {
+        PyErr_SetString(PyExc_ValueError, "sgd_epoch: the weights overflowed (learning rate "
+                                          "too high for the scale of the inputs?)");
+        return NULL;
+    }
+    return PyFloat_FromDouble(intercept);
+}
+
 static PyMethodDef methods[] = {
     {"cell_moments", cell_moments, METH_VARARGS, cell_moments_doc},
-    {"max_neighbour_step", max_neighbour_step, METH_VARARGS, max_neighbour_step_doc},
-    {"neighbourhood_mean", neighbourhood_mean, METH_VARARGS, neighbourhood_mean_doc},
     {"closed_form_eigen_3x3", closed_form_eigen_3x3, METH_VARARGS, closed_form_eigen_3x3_doc},
     {"plane_fits", plane_fits, METH_VARARGS, plane_fits_doc},
     {"count_finite", count_finite, METH_O, count_finite_doc},
@@ -1317,12 +1278,13 @@ static PyMethodDef methods[] = {
     {"finite_points_to_frame", finite_points_to_frame, METH_VARARGS,
      finite_points_to_frame_doc},
     {"cell_features", cell_features, METH_VARARGS, cell_features_doc},
+    {"sgd_epoch", sgd_epoch, METH_VARARGS, sgd_epoch_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_definition = {
     PyModuleDef_HEAD_INIT, "_kernels",
-    "Compiled loops of terrain_ssl.core.patches (bit-identical to its numpy reference).", -1,
+    "Compiled loops of terrain_ssl.core (see terrain_ssl/core/kernels.py).", -1,
     methods,
 };
 

@@ -29,17 +29,6 @@ def _rows(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.take(values, index, axis=0)
 
 
-def _weighted_mean(old: np.ndarray, w_old: np.ndarray, new: np.ndarray, w_new: np.ndarray,
-                   total: np.ndarray) -> np.ndarray:
-    """(w_old old + w_new new) / total, overwriting `old` and `new` (fresh row copies): in place,
-    without three more temporaries per call."""
-    old *= w_old
-    new *= w_new
-    old += new
-    old /= total
-    return old
-
-
 @dataclass
 class Crossings:
     """Cells the footprint has finished crossing; enter/exit are the first/last covered stamps."""
@@ -250,24 +239,11 @@ class CellMap:
             rows = rows[merge]
             source = np.flatnonzero(known)[merge]
             if rows.shape[0]:
-                if kernels.current is not None:  # the same steps in one pass (bit-identical)
-                    kernels.current.merge_sightings(
-                        self._features, self._centres, self._weight, self._last_seen, rows,
-                        np.ascontiguousarray(patches.features, dtype=np.float64),
-                        np.ascontiguousarray(patches.centres, dtype=np.float64),
-                        np.ascontiguousarray(weight_new, dtype=np.float64), source, int(t_ns))
-                else:
-                    w_old = self._weight[rows][:, None]
-                    w_new = weight_new[source][:, None]
-                    total = w_old + w_new
-                    self._features[rows] = _weighted_mean(_rows(self._features, rows), w_old,
-                                                          _rows(patches.features, source),
-                                                          w_new, total)
-                    self._centres[rows] = _weighted_mean(_rows(self._centres, rows), w_old,
-                                                         _rows(patches.centres, source), w_new,
-                                                         total)
-                    self._weight[rows] = total[:, 0]
-                    self._last_seen[rows] = t_ns
+                kernels.merge_sightings(
+                    self._features, self._centres, self._weight, self._last_seen, rows,
+                    np.ascontiguousarray(patches.features, dtype=np.float64),
+                    np.ascontiguousarray(patches.centres, dtype=np.float64),
+                    np.ascontiguousarray(weight_new, dtype=np.float64), source, int(t_ns))
                 self._flag_if_near(rows)  # a merge moves the centre (slightly)
             new = np.flatnonzero(~known)
             if new.shape[0]:
@@ -297,13 +273,9 @@ class CellMap:
     def age_out(self, now_ns: int) -> None:
         """Drop cells not seen for max_age_s (unless being crossed), then enforce max_cells."""
         before_ns = now_ns - self.max_age_ns
-        if kernels.current is not None:  # one pass instead of four over the map's arrays
-            stale = np.empty(self._alive.shape[0], dtype=np.int64)
-            stale = stale[:kernels.current.stale_slots(self._alive, self._last_seen, self._enter,
-                                                       int(before_ns), stale)]
-        else:
-            stale = np.flatnonzero(self._alive & (self._last_seen < before_ns)
-                                   & (self._enter == _NOT_YET))
+        stale = np.empty(self._alive.shape[0], dtype=np.int64)
+        stale = stale[:kernels.stale_slots(self._alive, self._last_seen, self._enter,
+                                           int(before_ns), stale)]
         if stale.shape[0]:
             self.aged_out += int(stale.shape[0])
             self._remove(stale)
@@ -366,19 +338,12 @@ class CellMap:
         slots = self._candidate_slots
         # Every cell under the footprint is a candidate, and so is every cell being crossed
         # (it was under the footprint when it was entered), so testing the candidates is exact.
-        if kernels.current is not None:  # the same steps in one pass (bit-identical)
-            left = np.empty(slots.shape[0], dtype=np.int64)
-            count = kernels.current.footprint_update(
-                self._centres, self._enter, self._exit, slots, float(position[0]),
-                float(position[1]), math.cos(yaw), math.sin(yaw), float(self.footprint_offset_x),
-                0.5 * self.footprint_length, 0.5 * self.footprint_width, int(t_ns), left)
-            left = left[:count]
-        else:
-            inside = self._covered_slots(slots, position, yaw)
-            crossing = self._enter[slots] != _NOT_YET  # entered before this pose
-            self._enter[slots[inside & ~crossing]] = t_ns
-            self._exit[slots[inside]] = t_ns
-            left = slots[~inside & crossing]
+        left = np.empty(slots.shape[0], dtype=np.int64)
+        count = kernels.footprint_update(
+            self._centres, self._enter, self._exit, slots, float(position[0]),
+            float(position[1]), math.cos(yaw), math.sin(yaw), float(self.footprint_offset_x),
+            0.5 * self.footprint_length, 0.5 * self.footprint_width, int(t_ns), left)
+        left = left[:count]
         if not left.shape[0]:
             return Crossings.empty()
         left = left[np.argsort(self._key[left])]  # crossings in key order, as the map holds them

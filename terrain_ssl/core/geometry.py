@@ -229,10 +229,5 @@ class PoseHistory:
         begin, end = int(lo.min()), int(hi.max())
         velocity = self.linear_velocity[begin:end, :2]
         ground_speed = np.hypot(velocity[:, 0], velocity[:, 1])
-        if kernels.current is not None:  # the same means, in C (bit-identical)
-            kernels.current.window_means(ground_speed, lo - begin, hi - begin, speeds)
-            return speeds
-        for k, (window_lo, window_hi) in enumerate(zip(lo.tolist(), hi.tolist())):
-            if window_hi > window_lo:  # (np.mean per window: the same sums as one at a time)
-                speeds[k] = np.mean(ground_speed[window_lo - begin:window_hi - begin])
+        kernels.window_means(ground_speed, lo - begin, hi - begin, speeds)
         return speeds

@@ -5,45 +5,36 @@ Pipeline per batch (KISS):
     features --(log of the scale features)--(online standardisation, Welford)--> z
     z --(random Fourier features, RBFSampler drawn once)--> phi (float32)
     log(roughness + floor) --(online standardisation)--> target
-    phi, target --> K SGDRegressor members, each seeing every sample with a Poisson(1) weight
-                    (online bagging, Oza & Russell 2001)
+    phi, target --> K linear SGD members (LinearSGD), each seeing every sample with a
+                    Poisson(1) weight (online bagging, Oza & Russell 2001)
 
 Prediction is the ensemble mean mapped back through exp (a median estimate, the MAE-optimal
 point). The log-space standard deviation combines three parts, because the advisor needs to be
 careful for each reason:
-  * the ensemble spread (epistemic: members disagree where data are few),
-  * the prequential residual (aleatoric: labels are noisy even where we know the terrain), as a
-    function of the features: one more SGD model on the same random features learns the absolute
-    residual of each sample before it is learned. Label noise is not uniform: in log units its
-    spread is ~0.3 on rough ground and ~0.8 on moderate ground, so one global figure would make
-    the advisor crawl over rough ground it knows well. Until that model has seen enough samples
-    a running global residual variance stands in;
+  * the ensemble spread (epistemic: members disagree where data are few);
+  * the prequential residual (aleatoric: labels are noisy even where the terrain is known), as a
+    function of the features: one more linear SGD model on the same random features learns the
+    absolute residual of each sample before it is learned. Label noise is not uniform (in log
+    units it is smaller on rough ground than on moderate ground), so one global figure would
+    make the advisor crawl over rough ground it knows well. Until that model has seen enough
+    samples a running global residual variance stands in;
   * a novelty term: `novelty_scale` times the standardised distance outside the feature range
-    seen so far (random Fourier features do not fade far from data, so the spread alone would not
-    grow there). For the features where a larger value means rougher ground (ROUGHER_WHEN_LARGER:
-    heights, residuals, steps, slope) only the excess above the range counts: ground smoother
-    than any labeled cell is common (the wheels rarely cross the smoothest patches the lidar
-    sees), and the model, which falls back towards the mean label away from data, over-predicts
-    it rather than under-predicts (on the synthetic ground of test_learner_core, cells 12 and 120
-    times smoother than any seen predict 50 and 400 times their true roughness). Counted both ways, it made a third of all predicted cells
-    look 3 to 3000 times rougher than they are, and the advisor crawl over smooth ground.
+    seen so far (random Fourier features do not fade far from data, so the spread alone would
+    not grow there). For the features where a larger value means rougher ground
+    (ROUGHER_WHEN_LARGER: heights, residuals, steps, slope) only the excess above the range
+    counts: ground smoother than any labeled cell is common (the wheels rarely cross the
+    smoothest patches the lidar sees), and a model that falls back towards the mean label away
+    from data over-predicts it rather than under-predicts; counting it would make smooth ground
+    look far rougher than it is.
 `uncertainty` is in roughness units such that `roughness + uncertainty` is the +1 sigma bound
 in log space: uncertainty = exp(mu + sigma) - exp(mu).
 
-Why this model (measured on a synthetic nonlinear function, 20,000 samples in batches of 64,
-noise-floor MAE 0.144): RFF + SGD, 5 members, MAE over the second half 0.33 (lr 0.05), learns
-~27,000 samples/s, predicts 10,000 patches in ~2 ms (float32 cos is SIMD-fast). An ensemble of
-3 MLPRegressor(32, 32) reached 0.27 but predicted 10,000 patches in 10 ms (target <= 5 ms) and
-its Adam state lives in private attributes, so it cannot be saved and resumed without pickle;
-single-layer MLP ensembles were no better than RFF (0.35-0.39); plain linear SGD 0.48. The RFF
-ensemble's whole state is plain arrays: it persists without pickle and resumes exactly.
-
-Why these defaults (300 s simulated drive learned, then frozen and scored on a drive over another
-seed's terrain: Spearman of predictions with the true cell roughness): a constant step of 0.05
-tracks the level of the latest labels, which scores well prequentially (neighbouring cells are
-alike) but leaves a map of the geometry that generalises poorly: 0.25 held out. Log scale
-features, the neighbourhood features, learning only terrain features, step 0.02 and a kernel
-width of 0.3 / n_features together reach 0.88 with the same prequential score (0.86).
+Why this model: random Fourier features with linear SGD learn a smooth nonlinear map fast
+enough online and predict a whole cell map in a few milliseconds; the ensemble's whole state is
+plain arrays, so it persists without pickle and resumes exactly. The defaults (log scale
+features, the neighbourhood features, terrain features only, a small constant step, a wide
+kernel) favour a map of the geometry that carries over to terrain not driven yet
+(bench/bench_learning.py scores that) over tracking the latest labels.
 """
 
 from __future__ import annotations
@@ -51,13 +42,13 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import sklearn
 from sklearn.exceptions import NotFittedError
 from sklearn.kernel_approximation import RBFSampler
-from sklearn.linear_model import SGDRegressor
 
+from terrain_ssl.core.linear_sgd import LinearSGD
 from terrain_ssl.core.model_store import ModelFileError, load_model_file, save_model_file
 from terrain_ssl.core.patches import SCALE_FEATURES
+from terrain_ssl.core.standardizer import OnlineStandardizer
 
 __all__ = ['MODEL_KINDS', 'ROUGHER_WHEN_LARGER', 'OnlineStandardizer', 'OnlineRoughnessRegressor',
            'ModelFileError']
@@ -69,12 +60,6 @@ MODEL_KINDS = ('rff_sgd', 'linear_sgd')
 ROUGHER_WHEN_LARGER = tuple(name for name in SCALE_FEATURES if name != 'point_count') + ('slope',)
 FORMAT_NAME = 'terrain_ssl.roughness_model'
 FORMAT_VERSION = 2  # 2: log_features and the residual-scale model
-
-# Inputs are checked once here (shape, finiteness); scikit-learn need not re-check them for every
-# member and batch, which otherwise costs more than the learning itself.
-def _trusted_input():
-    return sklearn.config_context(assume_finite=True, skip_parameter_validation=True)
-
 
 # Residual variance forgets with this many samples' memory: recent errors describe today's terrain.
 _RESIDUAL_MEMORY_SAMPLES = 500.0
@@ -92,90 +77,6 @@ _MAX_LOG_SIGMA = 8.0
 _TARGET_MARGIN_STD = 3.0
 # log(x + floor) for the log features; 0.1 mm is below any lidar's height resolution.
 _FEATURE_LOG_FLOOR = 1e-4
-
-
-def _sgd_step(member: SGDRegressor, phi: np.ndarray, target: np.ndarray,
-              sample_weight: np.ndarray) -> None:
-    """`member.partial_fit(phi, target, sample_weight=sample_weight)`, for C-contiguous float32
-    inputs of matching shapes (as partial_fit builds them; the learner's already are).
-
-    SGDRegressor.partial_fit validates and converts its inputs on every call (~250 us per call
-    on a 32-row batch, six calls per batch) before it runs `_fit_regressor`; a member that has
-    learned before gets that called directly, with the arguments partial_fit passes
-    (test_learner_core checks the weights stay bit-identical). The first call, and a
-    scikit-learn without `_fit_regressor`, take the public route.
-    """
-    if not hasattr(member, 'coef_') or not hasattr(member, '_fit_regressor'):
-        member.partial_fit(phi, target, sample_weight=sample_weight)
-        return
-    member._fit_regressor(phi, target, member.alpha, member.loss, member.learning_rate,
-                          sample_weight, 1)
-
-
-class OnlineStandardizer:
-    """Running per-column mean and variance (Welford, batches merged with Chan's formula) + range."""
-
-    def __init__(self, n_features: int):
-        self.count = 0
-        self.mean = np.zeros(n_features)
-        self.m2 = np.zeros(n_features)
-        self.min = np.full(n_features, np.inf)
-        self.max = np.full(n_features, -np.inf)
-
-    def update(self, values: np.ndarray) -> None:
-        values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
-        n = values.shape[0]
-        if n == 0:
-            return
-        batch_mean = values.mean(axis=0)
-        batch_m2 = ((values - batch_mean) ** 2).sum(axis=0)
-        total = self.count + n
-        delta = batch_mean - self.mean
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + batch_m2 + delta ** 2 * (self.count * n / total)
-        self.count = total
-        self.min = np.minimum(self.min, values.min(axis=0))
-        self.max = np.maximum(self.max, values.max(axis=0))
-
-    @property
-    def std(self) -> np.ndarray:
-        """Population std; 1 for columns with (almost) no spread yet, so nothing divides by ~0."""
-        if self.count < 2:
-            return np.ones_like(self.mean)
-        std = np.sqrt(self.m2 / self.count)
-        return np.where(std > 1e-12, std, 1.0)
-
-    def transform(self, values: np.ndarray) -> np.ndarray:
-        return (values - self.mean) / self.std
-
-    def novelty(self, values: np.ndarray, above_only=None) -> np.ndarray:
-        """Euclidean distance outside the seen [min, max] box, per row, in standard deviations.
-
-        `above_only`: boolean per column; where true only values above the seen max count.
-        """
-        if self.count == 0:
-            return np.full(values.shape[0], np.inf)
-        below = self.min - values
-        if above_only is not None:
-            below = np.where(above_only, 0.0, below)
-        excess = np.maximum(np.maximum(values - self.max, below), 0.0) / self.std
-        return np.sqrt(np.einsum('ij,ij->i', excess, excess))
-
-    def state(self, prefix: str) -> dict:
-        return {prefix + 'count': np.array(self.count, dtype=np.int64), prefix + 'mean': self.mean,
-                prefix + 'm2': self.m2, prefix + 'min': self.min, prefix + 'max': self.max}
-
-    @classmethod
-    def from_state(cls, arrays: dict, prefix: str, n_features: int) -> 'OnlineStandardizer':
-        standardizer = cls(n_features)
-        standardizer.count = int(arrays[prefix + 'count'])
-        for name in ('mean', 'm2', 'min', 'max'):
-            value = np.asarray(arrays[prefix + name], dtype=np.float64)
-            if value.shape != (n_features,):
-                raise ModelFileError(f'{prefix}{name} has shape {value.shape}, '
-                                     f'expected ({n_features},)')
-            setattr(standardizer, name, value.copy())
-        return standardizer
 
 
 class OnlineRoughnessRegressor:
@@ -239,7 +140,7 @@ class OnlineRoughnessRegressor:
             raise ValueError(f'learning_rate must be > 0, got {learning_rate}')
         self.learning_rate = float(learning_rate)
         for member in self.members_ + [self.residual_model_]:
-            member.eta0 = self.learning_rate
+            member.learning_rate = self.learning_rate
 
     @property
     def n_features_in_(self) -> int:
@@ -275,19 +176,17 @@ class OnlineRoughnessRegressor:
         phi = self._feature_map(X)
         target_z = ((target - self.targets_.mean[0]) / self.targets_.std[0])
         target_z = target_z.astype(np.float32)
-        with _trusted_input():
-            for member in self.members_:
-                weights = self._bagging_rng.poisson(1.0, size=n).astype(np.float32)
-                if not weights.any() and not hasattr(member, 'coef_'):
-                    # Poisson(1) gives a small first batch zero weight often (1/e per sample);
-                    # every member must have learned something before the ensemble predicts.
-                    weights[:] = 1.0
-                if weights.any():
-                    _sgd_step(member, phi, target_z, weights)
-            if residual is not None:
-                _sgd_step(self.residual_model_, phi, np.abs(residual).astype(np.float32),
-                          np.ones(n, dtype=np.float32))  # (partial_fit's default weights)
-                self.residual_samples_ += n
+        for member in self.members_:
+            weights = self._bagging_rng.poisson(1.0, size=n).astype(np.float32)
+            if not weights.any() and not member.has_learned:
+                # Poisson(1) gives a small first batch zero weight often (1/e per sample);
+                # every member must have learned something before the ensemble predicts.
+                weights[:] = 1.0
+            if weights.any():
+                member.partial_fit(phi, target_z, sample_weight=weights)
+        if residual is not None:
+            self.residual_model_.partial_fit(phi, np.abs(residual))
+            self.residual_samples_ += n
         if self.n_samples_seen_ == 0:
             self.residual_var_ = float(np.var(target)) if n > 1 else 1.0
         self.n_samples_seen_ += n
@@ -342,9 +241,8 @@ class OnlineRoughnessRegressor:
         coef, intercept = self._stacked_members()
         member_z = phi @ coef + intercept  # (n, K): all members in one matmul, float64
         n_members = member_z.shape[1]
-        # Mean and sample std over the members as np.mean / np.std(ddof=1) compute them (the
-        # same sums, in the same order: bit-identical), sharing the sum: the two calls cost
-        # ~55 us per 800-row map, mostly in their Python layers.
+        # Mean and sample std (ddof=1) over the members, sharing one sum (np.mean and np.std
+        # would each add their Python layers for a row of K values).
         member_mean = np.add.reduce(member_z, axis=1) / n_members
         target_std = self.targets_.std[0]
         mean = self.targets_.mean[0] + target_std * member_mean
@@ -372,8 +270,8 @@ class OnlineRoughnessRegressor:
         z = self.features_.transform(X).astype(np.float32)
         if self.feature_map_ is None:
             return z
-        # RBFSampler.transform, written out: sqrt(2/D) cos(z W + b). Calling it through
-        # scikit-learn costs ~0.3 ms of input checks per call, more than the arithmetic.
+        # RBFSampler.transform, written out: sqrt(2/D) cos(z W + b). Through scikit-learn its
+        # input checks on every call cost more than the arithmetic.
         sampler = self.feature_map_
         projection = z @ sampler.random_weights_.astype(np.float32, copy=False)
         projection += sampler.random_offset_.astype(np.float32, copy=False)
@@ -419,10 +317,10 @@ class OnlineRoughnessRegressor:
             'n_samples_seen': int(self.n_samples_seen_),
             'residual_var': float(self.residual_var_),
             'residual_samples': int(self.residual_samples_),
-            'residual_t': float(getattr(self.residual_model_, 't_', 1.0)),
+            'residual_t': float(self.residual_model_.t_),
             'created_unix_s': float(self.created_unix_s_),
             'saved_unix_s': time.time(),
-            'member_t': [float(getattr(member, 't_', 1.0)) for member in self.members_],
+            'member_t': [float(member.t_) for member in self.members_],
             'bagging_rng_state': self._bagging_rng.bit_generator.state,
         }
         return arrays, meta
@@ -473,11 +371,9 @@ class OnlineRoughnessRegressor:
                                  f'expected ({width}, {self.n_members})')
         member_t = meta['member_t']
         for index, member in enumerate(self.members_):
-            # The fitted state of a non-averaged SGDRegressor is exactly these attributes.
             member.coef_ = np.ascontiguousarray(coef[:, index])
             member.intercept_ = np.array([intercept[index]], dtype=np.float64)
             member.t_ = float(member_t[index])
-            member.n_features_in_ = width
 
     def _restore_residual_model(self, arrays: dict, meta: dict) -> None:
         width = self.n_components if self.feature_map_ is not None else self.n_features_in_
@@ -491,7 +387,6 @@ class OnlineRoughnessRegressor:
         model.coef_ = np.ascontiguousarray(coef)
         model.intercept_ = intercept.copy()
         model.t_ = float(meta['residual_t'])
-        model.n_features_in_ = width
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -538,18 +433,10 @@ class OnlineRoughnessRegressor:
             self.feature_map_.fit(np.zeros((1, n_features), dtype=np.float32))
         else:
             self.feature_map_ = None
-        # Seeded generators rather than int seeds: SGDRegressor builds a RandomState from an int
-        # seed on every partial_fit (~100 us, more than the 32-sample epoch itself). Without
-        # shuffling it only draws an unused seed from it, so the weights are the same.
-        self.members_ = [
-            SGDRegressor(loss='squared_error', penalty='l2', alpha=self.alpha,
-                         learning_rate='constant', eta0=self.learning_rate, shuffle=False,
-                         random_state=np.random.RandomState(self.random_state + index))
-            for index in range(self.n_members)]
-        self.residual_model_ = SGDRegressor(
-            loss='squared_error', penalty='l2', alpha=self.alpha, learning_rate='constant',
-            eta0=self.learning_rate, shuffle=False,
-            random_state=np.random.RandomState(self.random_state + self.n_members))
+        width = self.n_components if self.feature_map_ is not None else n_features
+        self.members_ = [LinearSGD(width, self.learning_rate, self.alpha)
+                         for _ in range(self.n_members)]
+        self.residual_model_ = LinearSGD(width, self.learning_rate, self.alpha)
 
     def _check_features(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)

@@ -12,9 +12,9 @@ Pipeline per IMU sample (streaming, filter state kept between calls):
 
 `shock(t0, t1)` then gives peak |a|, RMS, or Wk-weighted RMS (m/s^2) over [t0, t1].
 
-Steps 1-3 run per sample in plain Python floats as samples arrive (~3 us each). The labeler
-asks for a shock about every second odometry message, ~10 new samples each time; filtering
-those in numpy/scipy calls cost ~100 us of call overhead per query, 10x the arithmetic.
+Steps 1-3 run per sample in plain Python floats as samples arrive: the labeler asks for a shock
+about every second odometry message, ~10 new samples each time, too few for numpy or scipy
+calls to pay their overhead. The Wk weighting runs in batches over the backlog.
 """
 
 from __future__ import annotations
@@ -27,28 +27,9 @@ from scipy import signal
 
 from terrain_ssl.core import kernels
 
-# The compiled loop behind scipy.signal.sosfilt (for the Wk weighting, run on backlogs): the
-# public function's argument handling (~60 us per call) cost more than the filtering; calling
-# the loop it calls gives the same numbers. Private to SciPy, so the public function is the
-# fallback if it moves.
-try:
-    from scipy.signal._sosfilt import _sosfilt as _sosfilt_loop
-except ImportError:  # pragma: no cover - another SciPy layout
-    _sosfilt_loop = None
-
-
-def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple:
-    """signal.sosfilt(sos, x, zi=zi) for 1-D float64 x: (y, zf)."""
-    if _sosfilt_loop is None or sos.dtype != np.float64 or not sos.flags.c_contiguous:
-        return signal.sosfilt(sos, x, zi=zi)
-    y = np.array(x, dtype=np.float64, order='C').reshape(1, -1)  # filtered in place
-    state = np.array(zi, dtype=np.float64, order='C').reshape(1, -1, 2)
-    _sosfilt_loop(sos, y, state)
-    return y.reshape(-1), state.reshape(np.shape(zi))
-
 NS_PER_S = 1_000_000_000
 SHOCK_MEASURES = ('peak', 'rms', 'wk_rms')
-# Why a window has no shock, by the code kernels.current.window_shocks gives ('' = it has).
+# Why a window has no shock, by the code kernels.window_shocks gives ('' = it has).
 _SHOCK_REASONS = ('', 'pending', 'imu_missing', 'imu_gap', 'imu_warmup')
 GRAVITY_SOURCES = ('auto', 'orientation', 'estimate')
 
@@ -345,7 +326,7 @@ class VibrationFilter:
             if chunks[first][1]:  # the filters (re)started here
                 self._wk_zi = signal.sosfilt_zi(self._wk_sos) * 0.0
             band = np.concatenate([chunk for chunk, _ in chunks[first:end]])
-            weighted, self._wk_zi = _sosfilt(self._wk_sos, band, self._wk_zi)
+            weighted, self._wk_zi = signal.sosfilt(self._wk_sos, band, zi=self._wk_zi)
             outputs.append(weighted)
             first = end
         if outputs:
@@ -408,42 +389,7 @@ class VibrationFilter:
         if t.shape[0] == 0 or not t0.shape[0]:
             return values, ['pending'] * t0.shape[0]
         signal_values = history.band if measure != 'wk_rms' else history.wk
-        if kernels.current is not None:  # the same steps per window, in C (bit-identical)
-            codes = np.empty(t0.shape[0], dtype=np.int8)
-            kernels.current.window_shocks(t, signal_values, history.valid, t0, t1,
-                                          int(self.max_gap_ns), measure == 'peak', values, codes)
-            return values, [_SHOCK_REASONS[code] for code in codes.tolist()]
-        lo = np.searchsorted(t, t0, side='left')
-        hi = np.searchsorted(t, t1, side='right')
-        # The window must be covered: no step between samples (edges included, samples first
-        # .. last) larger than a gap, and no sample in it still warming up. Both counted with
-        # running totals over the part of the history the windows touch.
-        first = np.maximum(lo - 1, 0)
-        last = np.minimum(hi, t.shape[0] - 1)
-        begin, end = int(first.min()), int(last.max()) + 1
-        # gaps_before[i]: steps longer than a gap between samples begin .. begin + i;
-        # warming_before[i]: samples still warming up among begin .. begin + i - 1.
-        gaps_before = np.concatenate([[0], np.cumsum(np.diff(t[begin:end]) > self.max_gap_ns)])
-        warming_before = np.concatenate([[0], np.cumsum(~history.valid[begin:end])])
-        pending = t[-1] < t1
-        missing = (hi - lo < 2) | ((lo == 0) & (t[0] > t0))
-        gap = gaps_before[last - begin] > gaps_before[first - begin]
-        warmup = warming_before[hi - begin] > warming_before[lo - begin]
-        reasons = []
-        for k, (window_lo, window_hi) in enumerate(zip(lo.tolist(), hi.tolist())):
-            if pending[k]:
-                reasons.append('pending')
-            elif missing[k]:
-                reasons.append('imu_missing')
-            elif gap[k]:
-                reasons.append('imu_gap')
-            elif warmup[k]:
-                reasons.append('imu_warmup')
-            else:
-                reasons.append('')
-                window = signal_values[window_lo:window_hi]
-                if measure == 'peak':
-                    values[k] = float(np.max(np.abs(window)))
-                else:
-                    values[k] = float(np.sqrt(np.mean(window * window)))
-        return values, reasons
+        codes = np.empty(t0.shape[0], dtype=np.int8)
+        kernels.window_shocks(t, signal_values, history.valid, t0, t1, int(self.max_gap_ns),
+                              measure == 'peak', values, codes)
+        return values, [_SHOCK_REASONS[code] for code in codes.tolist()]
