@@ -42,7 +42,8 @@ system-deps:
 	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null && command -v apt-get >/dev/null; then \
 	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev python3-dev; \
 	  else \
-	    echo "terrain_ssl needs a C compiler and the Python headers to build its core: install them (Debian/Ubuntu: sudo apt-get install gcc python3-dev), then run make again"; \
+	    echo "terrain_ssl needs a C compiler and the Python headers to build its core:" \
+	         "sudo apt-get install gcc python3-dev (Debian/Ubuntu), then make again"; \
 	    exit 1; \
 	  fi; \
 	fi
@@ -52,7 +53,7 @@ $(STAMP): requirements.txt requirements-ros.txt setup.py terrain_ssl/core/_kerne
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-ros.txt -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
-	$(PY) -c "import rclpy, sensor_msgs.msg, sklearn, terrain_ssl.core.kernels; print('environment ready')"
+	$(PY) -c "import rclpy, sensor_msgs.msg, terrain_ssl.core.kernels; print('environment ready')"
 	touch $(STAMP)
 
 clean:

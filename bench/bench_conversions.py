@@ -58,8 +58,8 @@ def main():
         return [unpack(data, i * 48) for i in range(sample)]
     baseline = median_seconds(per_point, repeats=5) * n / sample
 
-    print(f'machine: {platform.machine()} {platform.processor() or ""} python {platform.python_version()}'
-          f' numpy {np.__version__}')
+    print(f'machine: {platform.machine()} {platform.processor() or ""} '
+          f'python {platform.python_version()} numpy {np.__version__}')
     print(f'cloud: {n} points, point_step 48, organised 128 x 1024')
     rows = [('PointCloud2 -> xyz (N,3) f64, NaN dropped', to_xyz),
             ('PointCloud2 -> structured view + field', to_array),

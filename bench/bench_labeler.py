@@ -126,7 +126,8 @@ def evaluate(duration_s, speed, seed):
         start = time.perf_counter()
         bag = simulate_bag(os.path.join(tmp, 'drive'), duration_s=duration_s, seed=seed,
                            speed=speed)
-        print(f'simulated {duration_s:.0f} s at {speed} m/s in {time.perf_counter() - start:.0f} s')
+        print(f'simulated {duration_s:.0f} s at {speed} m/s in '
+              f'{time.perf_counter() - start:.0f} s')
         labeler = Labeler()
         batches = []
         types = {'/imu/data': Imu, '/odom': Odometry, '/points': PointCloud2}

@@ -77,9 +77,11 @@ def main() -> None:
               f'Spearman(prediction, true roughness) = {rho:.3f}   target >= 0.7')
         print(f"  (the labels themselves vs truth on that drive: "
               f"{held['ground_truth']['spearman_label_vs_truth']:.3f})")
-        print(f"RESULT learner_prequential_spearman_second_half {p['spearman_second_half']:.3f} rho")
+        print('RESULT learner_prequential_spearman_second_half '
+              f"{p['spearman_second_half']:.3f} rho")
         print(f"RESULT learner_prequential_mae_second_half {p['mae_second_half']:.4f} label-units")
-        print(f"RESULT baseline_prequential_mae_second_half {b['mae_second_half']:.4f} label-units")
+        print('RESULT baseline_prequential_mae_second_half '
+              f"{b['mae_second_half']:.4f} label-units")
         print(f'RESULT learner_held_out_spearman_vs_truth {rho:.3f} rho')
         (work / 'bench_learning.json').write_text(json.dumps(
             {'learn': learned, 'held_out': held}, indent=2, default=str))

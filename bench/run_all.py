@@ -129,8 +129,8 @@ def markdown(report: dict) -> str:
         for row in bench['results']:
             lines.append(f'| {name} | {row["name"]} | {format_value(row["value"])} | '
                          f'{row["unit"]} |')
-    lines += ['', 'Each figure is a `RESULT` line of the script\'s output; the full outputs are in '
-              'latest.json.', '']
+    lines += ['', 'Each figure is a `RESULT` line of the script\'s output; the full outputs are '
+              'in latest.json.', '']
     return '\n'.join(lines)
 
 

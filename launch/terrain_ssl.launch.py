@@ -25,7 +25,8 @@ def generate_launch_description():
 
     arguments = [
         DeclareLaunchArgument('use_sim_time', default_value='false',
-                              description='Use /clock (bag replay, simulation) instead of wall time'),
+                              description='Use /clock (bag replay, simulation) instead of '
+                                          'wall time'),
         DeclareLaunchArgument('config', default_value=default_config,
                               description='Parameters file for the three nodes'),
         DeclareLaunchArgument('namespace', default_value='',

@@ -87,7 +87,8 @@ def write_empty_rosbag2(path, topics=(('/imu/data', 'sensor_msgs/msg/Imu'),)):
 
 
 def write_split_rosbag2(path, messages):
-    """A rosbag2 directory split over two sqlite3 files, as `ros2 bag record --max-bag-size` makes."""
+    """A rosbag2 directory split over two sqlite3 files, as `ros2 bag record --max-bag-size`
+    makes."""
     path = Path(path)
     half = len(messages) // 2
     parts = [write_rosbag2(path.parent / (path.name + f'_part{i}'), chunk)

@@ -6,6 +6,7 @@ happen at the same time (CI, a developer's shell, a bag playing) cannot hear eac
 
 import os
 import random
+import re
 
 os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(1, 100)))
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
@@ -17,6 +18,29 @@ os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', os.path.join(
     'fastdds_large_messages.xml'))
 
 import pytest  # noqa: E402
+
+# Tests that take more than ~20 s each (pytest --durations on this project's 2-core machine):
+# marked `slow` here, so `make test-fast` (pytest -m "not slow") leaves them out. Add a test
+# when it grows past that; `make test` runs everything.
+SLOW_TESTS = {
+}
+
+_IMPORTS_RCLPY = re.compile(r'^\s*(import rclpy|from rclpy\b)', re.MULTILINE)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`ros` on every test that uses the ros_context fixture or whose module imports rclpy;
+    `slow` on the tests in SLOW_TESTS."""
+    imports_rclpy = {}
+    for item in items:
+        path = item.path
+        if path not in imports_rclpy:
+            imports_rclpy[path] = bool(_IMPORTS_RCLPY.search(path.read_text()))
+        if 'ros_context' in getattr(item, 'fixturenames', ()) or imports_rclpy[path]:
+            item.add_marker(pytest.mark.ros)
+        if f'{path.name}::{item.name}' in SLOW_TESTS or \
+                f'{path.name}::{item.originalname}' in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

@@ -231,7 +231,8 @@ def map_cloud(rng, n: int, t_ns: int = T0_NS, frame_id='odom', roughness=None) -
 # -- driving node callbacks directly -----------------------------------------------------------
 
 def callbacks_by_topic(node) -> dict:
-    """Relative topic name ('points', 'terrain_ssl/roughness_map', ...) -> subscription callback."""
+    """Relative topic name ('points', 'terrain_ssl/roughness_map', ...) -> subscription
+    callback."""
     return {sub.topic_name.lstrip('/'): sub.callback for sub in node.subscriptions}
 
 

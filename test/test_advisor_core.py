@@ -32,7 +32,8 @@ def strip_map(rough_from_m=60.0, rough_to_m=61.0, length_m=250.0, hole=None):
 
 
 def drive(advisor, x0_m=0.0, duration_s=30.0, dt_s=0.05, start_speed_mps=6.0):
-    """A vehicle that follows the speed limit with accel/brake limits a bit beyond the advisor's."""
+    """A vehicle that follows the speed limit with accel/brake limits a bit beyond the
+    advisor's."""
     x, v = x0_m, start_speed_mps
     advisor._last_speed = start_speed_mps  # cruising at v_max before the test starts
     advisor._last_time_ns = 0

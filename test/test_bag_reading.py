@@ -24,7 +24,8 @@ def _check_same(messages, expected):
         assert got.topic == topic and got.stamp_ns == stamp
         assert stamp_to_ns(got.message.header.stamp) == stamp
         assert type(got.message) is type(msg)
-    clouds = [(g.message, m) for g, (_, _, m) in zip(messages, expected) if isinstance(m, PointCloud2)]
+    clouds = [(g.message, m) for g, (_, _, m) in zip(messages, expected)
+              if isinstance(m, PointCloud2)]
     for got, sent in clouds:
         np.testing.assert_array_equal(pointcloud2_to_xyz(got), pointcloud2_to_xyz(sent))
 

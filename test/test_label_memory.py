@@ -56,7 +56,6 @@ def test_sorted_index_lookups_match_a_plain_dictionary_through_growth_and_evicti
     eviction) must give what per-cell dictionary lookups give; fused must equal fuse on all."""
     rng = np.random.default_rng(2)
     memory = CellLabelMemory(cell_size_m=0.5, max_cells=150)
-    labels: dict = {}  # cell -> log values, evictions aside
     query_x, query_y = rng.uniform(-10, 10, 400), rng.uniform(-10, 10, 400)
     assert memory.lookup(query_x, query_y)[0].tolist() == [0.0] * 400  # empty memory
     for step in range(120):

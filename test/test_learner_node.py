@@ -1,4 +1,5 @@
-"""roughness_learner over real DDS: predict/learn, map + grid out, services, and the restart test."""
+"""roughness_learner over real DDS: predict/learn, map + grid out, services, and the restart
+test."""
 
 import os
 import signal

@@ -1,4 +1,5 @@
-"""Vertical vibration from IMU samples: gravity removal for any mount, band-pass, shock measures."""
+"""Vertical vibration from IMU samples: gravity removal for any mount, band-pass, shock
+measures."""
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ G = 9.81
 
 
 def feed(vibration, vertical_accel, rotation_quat=None, use_orientation=True, t0_s=0.0):
-    """Feed a vertical acceleration trace (m/s^2, world up) to an IMU mounted with rotation_quat."""
+    """Feed a vertical acceleration trace (m/s^2, world up) to an IMU mounted with
+    rotation_quat."""
     quat = np.array([0.0, 0.0, 0.0, 1.0]) if rotation_quat is None else rotation_quat
     sensor_from_world = quat_to_matrix(quat).T
     stamps = ((t0_s + np.arange(vertical_accel.shape[0]) / RATE_HZ) * 1e9).astype(np.int64)

@@ -1,4 +1,5 @@
-"""Model files: numpy arrays plus JSON metadata in one .npz, written atomically, read without pickle.
+"""Model files: numpy arrays plus JSON metadata in one .npz, written atomically, read without
+pickle.
 
 One file, not an .npz beside a .json, so a single rename replaces the whole model at once. The
 metadata travels inside the archive as UTF-8 JSON bytes (a uint8 array named ``__meta__``).
@@ -64,7 +65,8 @@ def load_model_file(path: str) -> tuple:
     try:
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ModelFileError(f'model file {path} is a bare .npy array, not a model archive')
+                raise ModelFileError(f'model file {path} is a bare .npy array, not a model '
+                                     'archive')
             if _META_KEY not in archive.files:
                 raise ModelFileError(f'model file {path} has no metadata ({_META_KEY} missing)')
             arrays = {name: archive[name] for name in archive.files}  # reads all: CRC checked
@@ -74,7 +76,8 @@ def load_model_file(path: str) -> tuple:
         raise ModelFileError(f'model file {path} does not exist') from None
     except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as error:
         raise ModelFileError(
-            f'model file {path} is truncated or corrupt ({type(error).__name__}: {error})') from None
+            f'model file {path} is truncated or corrupt ({type(error).__name__}: '
+            f'{error})') from None
     meta_bytes = arrays.pop(_META_KEY)
     try:
         meta = json.loads(meta_bytes.tobytes().decode('utf-8'))
@@ -104,7 +107,8 @@ def quarantine_model_file(path: str) -> str:
 
 
 def _fsync_directory(directory: str) -> None:
-    """Make the rename itself durable (POSIX); harmless no-op where directories cannot be opened."""
+    """Make the rename itself durable (POSIX); harmless no-op where directories cannot be
+    opened."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

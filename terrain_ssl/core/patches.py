@@ -76,7 +76,8 @@ def cell_indices(keys: np.ndarray) -> tuple:
 
 @dataclass
 class PatchSet:
-    """Ground cells seen in one scan; centres (M, 3) in odom, m: cell centre, z of the plane fit."""
+    """Ground cells seen in one scan; centres (M, 3) in odom, m: cell centre, z of the plane
+    fit."""
 
     t_ns: int
     keys: np.ndarray       # (M,) int64, sorted

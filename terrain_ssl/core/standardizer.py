@@ -8,7 +8,8 @@ from terrain_ssl.core.model_store import ModelFileError
 
 
 class OnlineStandardizer:
-    """Running per-column mean and variance (Welford, batches merged with Chan's formula) + range."""
+    """Running per-column mean and variance (Welford, batches merged with Chan's formula) and
+    range."""
 
     def __init__(self, n_features: int):
         self.count = 0

@@ -4,7 +4,8 @@ Pipeline per IMU sample (streaming, filter state kept between calls):
 
 1. up direction in the IMU frame: from the IMU orientation when it is valid (third row of the
    sensor->world rotation), otherwise from a slow low-pass of the specific force (at rest and on
-   average the accelerometer reads +1 g along "up"), so any mounting works (z-up, gravity on +y...);
+   average the accelerometer reads +1 g along "up"), so any mounting works (z-up, gravity on
+   +y...);
 2. vertical specific force = accel . up (m/s^2);
 3. band-pass (Butterworth, second-order sections, default 1-30 Hz): removes gravity, slow attitude
    and speed changes, and sensor noise above the chassis resonances;

@@ -72,7 +72,8 @@ def render_markdown(nodes) -> str:
     """The same parameters as a markdown table per node (for the README)."""
     lines = []
     for node in nodes:
-        lines += [f'**{node.get_name()}**', '', '| parameter | default | meaning |', '|---|---|---|']
+        lines += [f'**{node.get_name()}**', '', '| parameter | default | meaning |',
+                  '|---|---|---|']
         for name, (value, descriptor) in declared_parameters(node).items():
             meaning = ' '.join(descriptor.description.split()).replace('|', '/')
             constraint = descriptor.additional_constraints

@@ -69,7 +69,8 @@ def stamp_to_ns(stamp) -> int:
 
 
 def ns_to_stamp(ns: int) -> Time:
-    """Integer nanoseconds -> builtin_interfaces/Time (floor division keeps nanosec in [0, 1e9))."""
+    """Integer nanoseconds -> builtin_interfaces/Time (floor division keeps nanosec in
+    [0, 1e9))."""
     sec, nanosec = divmod(int(ns), _NS_PER_S)
     return Time(sec=sec, nanosec=nanosec)
 
@@ -280,7 +281,8 @@ def _point_fields(dtype: np.dtype) -> tuple[list[PointField], bool]:
 
 def array_to_pointcloud2(points: np.ndarray, frame_id: str, stamp_ns: int,
                          height: int = 1) -> PointCloud2:
-    """Structured array (one point per element) -> PointCloud2, unorganised or with `height` rows."""
+    """Structured array (one point per element) -> PointCloud2, unorganised or with `height`
+    rows."""
     if points.dtype.names is None:
         raise ValueError('array_to_pointcloud2 needs a structured array (named fields)')
     points = np.ascontiguousarray(points).reshape(-1)

@@ -28,8 +28,8 @@ from terrain_ssl.core.patches import FEATURE_NAMES
 from terrain_ssl.core.vibration import GRAVITY_SOURCES, SHOCK_MEASURES
 from terrain_ssl.ros.common import LABELS_QOS
 from terrain_ssl.ros.common import (DIAG_OK, DIAG_WARN, HIGH_RATE_SENSOR_QOS, RELIABLE_QOS,
-                                    SENSOR_QOS, DiagnosticsPublisher, LiveParameters, Outlet, ParamSpec,
-                                    RejectCounter, run_node)
+                                    SENSOR_QOS, DiagnosticsPublisher, LiveParameters, Outlet,
+                                    ParamSpec, RejectCounter, run_node)
 from terrain_ssl.ros.conversions import (MalformedCloudError, float_matrix_to_pointcloud2,
                                          pointcloud2_xyz_view, stamp_to_ns)
 
