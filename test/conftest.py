@@ -19,10 +19,35 @@ os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', os.path.join(
 
 import pytest  # noqa: E402
 
-# Tests that take more than ~20 s each (pytest --durations on this project's 2-core machine):
-# marked `slow` here, so `make test-fast` (pytest -m "not slow") leaves them out. Add a test
-# when it grows past that; `make test` runs everything.
+# Tests that take more than ~20 s each on a busy 2-core machine (pytest --durations, setup
+# included: a simulated drive, a replay, a closed-loop run), marked `slow` here so that
+# `make test-fast` (pytest -m "not slow") leaves them out; `make test` runs everything. Add a
+# test here when it grows past that.
 SLOW_TESTS = {
+    'test_bringup.py::test_bringup_live_tuning_and_clean_exit',
+    'test_closed_loop.py::test_calibration_drive_gives_a_positive_gain',
+    'test_closed_loop.py::test_measured_map_is_rougher_where_the_terrain_is_rough',
+    'test_closed_loop.py::test_measured_oracle_keeps_under_the_limit_better_than_constant_speed',
+    'test_closed_loop.py::test_oracle_slows_for_rough_ground_and_has_fewer_over_limit_shocks',
+    'test_closed_loop.py::test_terrain_ssl_drives_at_the_nodes_published_speed_limit',
+    'test_labeler_node.py::test_labels_rank_like_the_true_roughness',
+    'test_learner_node.py::test_restart_after_sigkill_restores_model',
+    'test_live_vs_replay.py::test_live_labels_match_fast_replay',
+    'test_reliability_learner.py::test_kill_9_during_model_save_leaves_a_loadable_model',
+    'test_replay.py::test_damaged_records_are_skipped_counted_and_reported',
+    'test_replay.py::test_empty_bag_and_missing_topic_are_clear',
+    'test_replay.py::test_every_bag_kind_gives_the_same_labels',
+    'test_replay.py::test_labeler_callbacks_never_read_the_node_clock',
+    'test_replay.py::test_model_out_then_in',
+    'test_replay.py::test_replay_is_deterministic_and_the_report_renders',
+    'test_replay.py::test_start_and_duration_replay_a_window_of_the_bag',
+    'test_replay.py::test_two_processes_give_the_same_results',
+    'test_sim_bag.py::test_cli_simulate_and_bad_input',
+    'test_sim_bag.py::test_deterministic_for_a_seed',
+    'test_sim_bag.py::test_every_message_deserialises_and_counts_match',
+    'test_sim_bag.py::test_mcap_os128_rotated_imu_at_rest',
+    'test_sim_physics.py::test_class_e_shakes_at_least_3x_more_than_class_a_b',
+    'test_sim_physics.py::test_shaking_grows_with_speed',
 }
 
 _IMPORTS_RCLPY = re.compile(r'^\s*(import rclpy|from rclpy\b)', re.MULTILINE)

@@ -24,8 +24,8 @@ _NOT_YET = -1
 
 
 def _rows(values: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """values[index] for integer row indices: np.take is ~10x faster than fancy indexing on
-    (n, 3) and (n, 9) rows (numpy 2.x), and this runs several times per scan and crossing."""
+    """values[index] for integer row indices: np.take gathers rows with less overhead than
+    fancy indexing, and this runs several times per scan and crossing."""
     return np.take(values, index, axis=0)
 
 
