@@ -19,10 +19,10 @@ os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', os.path.join(
 
 import pytest  # noqa: E402
 
-# Tests that take more than ~20 s each on a busy 2-core machine (pytest --durations, setup
-# included: a simulated drive, a replay, a closed-loop run), marked `slow` here so that
-# `make test-fast` (pytest -m "not slow") leaves them out; `make test` runs everything. Add a
-# test here when it grows past that.
+# Tests that take more than ~20 s each on a busy 2-core machine (pytest --durations), or that
+# share a fixture which does (a simulated drive, a replay, a closed-loop run): marked `slow`
+# here so that `make test-fast` (pytest -m "not slow") leaves them out; `make test` runs
+# everything. Add a test here when it grows past that.
 SLOW_TESTS = {
     'test_bringup.py::test_bringup_live_tuning_and_clean_exit',
     'test_closed_loop.py::test_calibration_drive_gives_a_positive_gain',
@@ -31,12 +31,16 @@ SLOW_TESTS = {
     'test_closed_loop.py::test_oracle_slows_for_rough_ground_and_has_fewer_over_limit_shocks',
     'test_closed_loop.py::test_terrain_ssl_drives_at_the_nodes_published_speed_limit',
     'test_labeler_node.py::test_labels_rank_like_the_true_roughness',
+    'test_labeler_node.py::test_speed_normalisation_3_vs_6_mps',
     'test_learner_node.py::test_restart_after_sigkill_restores_model',
     'test_live_vs_replay.py::test_live_labels_match_fast_replay',
     'test_reliability_learner.py::test_kill_9_during_model_save_leaves_a_loadable_model',
+    'test_replay.py::test_a_failing_downstream_process_is_reported',
+    'test_replay.py::test_bad_window_or_model_file_is_a_clear_error',
     'test_replay.py::test_damaged_records_are_skipped_counted_and_reported',
     'test_replay.py::test_empty_bag_and_missing_topic_are_clear',
     'test_replay.py::test_every_bag_kind_gives_the_same_labels',
+    'test_replay.py::test_invalid_parameters_stop_the_replay_with_one_line',
     'test_replay.py::test_labeler_callbacks_never_read_the_node_clock',
     'test_replay.py::test_model_out_then_in',
     'test_replay.py::test_replay_is_deterministic_and_the_report_renders',
@@ -45,7 +49,10 @@ SLOW_TESTS = {
     'test_sim_bag.py::test_cli_simulate_and_bad_input',
     'test_sim_bag.py::test_deterministic_for_a_seed',
     'test_sim_bag.py::test_every_message_deserialises_and_counts_match',
+    'test_sim_bag.py::test_ground_truth_beside_the_bag',
     'test_sim_bag.py::test_mcap_os128_rotated_imu_at_rest',
+    'test_sim_bag.py::test_pointcloud_layout',
+    'test_sim_bag.py::test_rates_match_configuration',
     'test_sim_physics.py::test_class_e_shakes_at_least_3x_more_than_class_a_b',
     'test_sim_physics.py::test_shaking_grows_with_speed',
 }
