@@ -19,9 +19,8 @@ os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', os.path.join(
 
 import pytest  # noqa: E402
 
-# Tests that take more than ~20 s each on a busy 2-core machine (pytest --durations), or that
-# share a fixture which does (a simulated drive, a replay, a closed-loop run): marked `slow`
-# here so that `make test-fast` (pytest -m "not slow") leaves them out; `make test` runs
+# Tests that take more than ~20 s each on a busy 2-core machine (pytest --durations): marked
+# `slow` here so that `make test-fast` (pytest -m "not slow") leaves them out; `make test` runs
 # everything. Add a test here when it grows past that.
 SLOW_TESTS = {
     'test_bringup.py::test_bringup_live_tuning_and_clean_exit',
@@ -30,33 +29,21 @@ SLOW_TESTS = {
     'test_closed_loop.py::test_measured_oracle_keeps_under_the_limit_better_than_constant_speed',
     'test_closed_loop.py::test_oracle_slows_for_rough_ground_and_has_fewer_over_limit_shocks',
     'test_closed_loop.py::test_terrain_ssl_drives_at_the_nodes_published_speed_limit',
-    'test_labeler_node.py::test_imu_mounted_with_gravity_on_plus_y_gives_the_same_labels',
-    'test_labeler_node.py::test_labels_rank_like_the_true_roughness',
-    'test_labeler_node.py::test_speed_normalisation_3_vs_6_mps',
     'test_learner_node.py::test_restart_after_sigkill_restores_model',
     'test_live_vs_replay.py::test_live_labels_match_fast_replay',
     'test_reliability_learner.py::test_kill_9_during_model_save_leaves_a_loadable_model',
-    'test_replay.py::test_a_failing_downstream_process_is_reported',
-    'test_replay.py::test_a_parameters_file_rcl_cannot_parse_is_a_clear_error',
-    'test_replay.py::test_bad_window_or_model_file_is_a_clear_error',
-    'test_replay.py::test_damaged_records_are_skipped_counted_and_reported',
     'test_replay.py::test_empty_bag_and_missing_topic_are_clear',
-    'test_replay.py::test_every_bag_kind_gives_the_same_labels',
-    'test_replay.py::test_invalid_parameters_stop_the_replay_with_one_line',
-    'test_replay.py::test_labeler_callbacks_never_read_the_node_clock',
-    'test_replay.py::test_model_out_then_in',
-    'test_replay.py::test_replay_is_deterministic_and_the_report_renders',
-    'test_replay.py::test_start_and_duration_replay_a_window_of_the_bag',
-    'test_replay.py::test_two_processes_give_the_same_results',
     'test_sim_bag.py::test_cli_simulate_and_bad_input',
     'test_sim_bag.py::test_deterministic_for_a_seed',
-    'test_sim_bag.py::test_every_message_deserialises_and_counts_match',
-    'test_sim_bag.py::test_ground_truth_beside_the_bag',
     'test_sim_bag.py::test_mcap_os128_rotated_imu_at_rest',
-    'test_sim_bag.py::test_pointcloud_layout',
-    'test_sim_bag.py::test_rates_match_configuration',
     'test_sim_physics.py::test_class_e_shakes_at_least_3x_more_than_class_a_b',
     'test_sim_physics.py::test_shaking_grows_with_speed',
+}
+# Fixtures that simulate a drive (20-160 s of setup there): every test using one is slow.
+SLOW_FIXTURES = {
+    'test_labeler_node.py::bags',
+    'test_replay.py::sim_bag',
+    'test_sim_bag.py::vlp16_bag',
 }
 
 _IMPORTS_RCLPY = re.compile(r'^\s*(import rclpy|from rclpy\b)', re.MULTILINE)
@@ -64,7 +51,7 @@ _IMPORTS_RCLPY = re.compile(r'^\s*(import rclpy|from rclpy\b)', re.MULTILINE)
 
 def pytest_collection_modifyitems(config, items):
     """`ros` on every test that uses the ros_context fixture or whose module imports rclpy;
-    `slow` on the tests in SLOW_TESTS."""
+    `slow` on the tests in SLOW_TESTS and those using SLOW_FIXTURES."""
     imports_rclpy = {}
     for item in items:
         path = item.path
@@ -72,8 +59,9 @@ def pytest_collection_modifyitems(config, items):
             imports_rclpy[path] = bool(_IMPORTS_RCLPY.search(path.read_text()))
         if 'ros_context' in getattr(item, 'fixturenames', ()) or imports_rclpy[path]:
             item.add_marker(pytest.mark.ros)
-        if f'{path.name}::{item.name}' in SLOW_TESTS or \
-                f'{path.name}::{item.originalname}' in SLOW_TESTS:
+        fixtures = getattr(item, 'fixturenames', ())
+        if f'{path.name}::{item.originalname}' in SLOW_TESTS or any(
+                f'{path.name}::{name}' in SLOW_FIXTURES for name in fixtures):
             item.add_marker(pytest.mark.slow)
 
 
