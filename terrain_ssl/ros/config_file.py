@@ -12,15 +12,19 @@ namespace. A test checks the committed file against the nodes, so the two cannot
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-# Parameters every rclpy node has; they belong to the launch/bringup, not to our file.
-GENERIC_PARAMETERS = {'use_sim_time', 'start_type_description_service'}
+import rclpy
+from rclpy.context import Context
+
+from terrain_ssl.ros.parameters import GENERIC_PARAMETERS
+from terrain_ssl.ros.pipeline import create_nodes
 
 
 def declared_parameters(node) -> dict:
     """name -> (value, descriptor) for the parameters `node` declares itself."""
     out = {}
-    for name in sorted(node._parameters):  # rclpy keeps declared parameters here
+    for name in sorted(node.list_parameters([], 0).names):
         if name in GENERIC_PARAMETERS or name.startswith('qos_overrides.'):
             continue
         out[name] = (node.get_parameter(name).value, node.describe_parameter(name))
@@ -87,9 +91,7 @@ README_BEGIN = '<!-- parameters:begin'
 README_END = '<!-- parameters:end -->'
 
 
-def _write_source_tree(nodes) -> None:
-    from pathlib import Path
-
+def write_source_tree(nodes) -> None:
     root = Path(__file__).resolve().parents[2]
     (root / 'config' / 'terrain_ssl.yaml').write_text(render(nodes))
     readme = root / 'README.md'
@@ -102,18 +104,13 @@ def _write_source_tree(nodes) -> None:
 
 
 def main(argv=None) -> int:
-    import rclpy
-    from rclpy.context import Context
-
-    from terrain_ssl.ros.pipeline import create_nodes
-
     context = Context()
     rclpy.init(args=[], context=context)
     nodes = create_nodes(context=context)
     argv = sys.argv[1:] if argv is None else argv
     try:
         if '--write' in argv:
-            _write_source_tree(nodes)
+            write_source_tree(nodes)
         elif '--markdown' in argv:
             sys.stdout.write(render_markdown(nodes))
         else:
