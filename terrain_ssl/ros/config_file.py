@@ -1,7 +1,7 @@
 """Write config/terrain_ssl.yaml from the parameters the nodes actually declare.
 
     python -m terrain_ssl.ros.config_file > config/terrain_ssl.yaml
-    python -m terrain_ssl.ros.config_file --markdown     # the README's parameter tables
+    python -m terrain_ssl.ros.config_file --markdown     # the README's parameter table
     python -m terrain_ssl.ros.config_file --write        # both, in place (source tree)
 
 Every parameter with its default and its descriptor's description (units, meaning, range) as a
@@ -73,18 +73,17 @@ def render(nodes) -> str:
 
 
 def render_markdown(nodes) -> str:
-    """The same parameters as a markdown table per node (for the README)."""
-    lines = []
+    """The same parameters as one markdown table, a bold row per node (for the README)."""
+    lines = ['| parameter | default | meaning |', '|---|---|---|']
     for node in nodes:
-        lines += [f'**{node.get_name()}**', '', '| parameter | default | meaning |', '|---|---|---|']
+        lines.append(f'| **{node.get_name()}** | | |')
         for name, (value, descriptor) in declared_parameters(node).items():
             meaning = ' '.join(descriptor.description.split()).replace('|', '/')
             constraint = descriptor.additional_constraints
             extra = f' ({constraint})' if constraint else ''
             lines.append(f'| `{name}` | `{_yaml_scalar(value)}` | {meaning}'
                          f'{_range_text(descriptor)}{extra} |')
-        lines.append('')
-    return '\n'.join(lines)
+    return '\n'.join(lines) + '\n'
 
 
 README_BEGIN = '<!-- parameters:begin'
@@ -100,7 +99,7 @@ def write_source_tree(nodes) -> None:
     begin = text.index('\n', begin) + 1
     end = text.index(README_END)
     readme.write_text(text[:begin] + render_markdown(nodes).strip() + '\n' + text[end:])
-    print(f'wrote {root / "config" / "terrain_ssl.yaml"} and the parameter tables in {readme}')
+    print(f'wrote {root / "config" / "terrain_ssl.yaml"} and the parameter table in {readme}')
 
 
 def main(argv=None) -> int:
