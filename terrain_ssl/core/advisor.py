@@ -10,7 +10,8 @@ the vehicle can follow, and lets it rise again only at the acceleration limit.
 Pipeline per update:
     corridor samples (stations along heading or path x lateral offsets)
     -> cell lookup in the roughness map (sorted integer cell keys, binary search)
-    -> conservative roughness per station: max over its known samples of roughness + k * uncertainty
+    -> conservative roughness per station: max over its known samples of
+       roughness + k * uncertainty
        (a station with no known sample is unknown ground -> cautious speed)
     -> allowed speed now per station (braking profile) -> min or low quantile over stations
     -> acceleration rate limit -> speed limit (m/s)
@@ -51,7 +52,7 @@ class AdvisorConfig:
     quantile: float = 1.0                  # 1.0: the worst sample decides; 0.95: ignore worst 5%
     cell_size_m: float = 0.5               # the map's cell size, m (also the sampling step)
     path_max_offset_m: float = 2.0         # farther than this from the planned path: the path is
-    #                                        not being followed, the corridor runs along the heading
+    #                                        not being followed: the corridor follows the heading
     stale_timeout_s: float = 1.0           # inputs older than this are stale -> cautious speed
     map_memory_s: float = 20.0             # keep predicted cells this long after their last map, s
     max_map_cells: int = 200_000           # memory bound of the merged map (newest cells kept)
@@ -161,7 +162,8 @@ def _walk_path(path: np.ndarray, position: np.ndarray, stations: np.ndarray):
 
 
 def allowed_speed_now(target_mps, distance_m, decel_mps2: float) -> np.ndarray:
-    """Fastest speed now from which braking at `decel_mps2` reaches `target_mps` in `distance_m`."""
+    """Fastest speed now from which braking at `decel_mps2` reaches `target_mps` within
+    `distance_m`."""
     distance = np.maximum(np.asarray(distance_m, dtype=np.float64), 0.0)
     return np.sqrt(np.square(target_mps) + 2.0 * decel_mps2 * distance)
 

@@ -1,8 +1,9 @@
 """Roughness at patch centres -> an occupancy-grid array (0..100, -1 unknown), as Nav2 expects.
 
 The grid is square, `size_m` wide, centred on the patches' median position snapped to whole
-cells (the median so a stray far patch cannot drag it; snapped so it does not jitter). A cell holding several patches takes the roughest one: the
-grid is for keeping away from rough ground, so it errs on the careful side.
+cells (the median so a stray far patch cannot drag it; snapped so it does not jitter). A cell
+holding several patches takes the roughest one: the grid is for keeping away from rough ground,
+so it errs on the careful side.
 """
 
 from __future__ import annotations

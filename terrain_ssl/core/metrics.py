@@ -17,7 +17,8 @@ __all__ = ['spearman', 'PrequentialScore', 'BinnedIsotonicBaseline']
 
 
 def spearman(a, b) -> float:
-    """Spearman rank correlation (ties get average ranks); NaN with < 3 pairs or a constant side."""
+    """Spearman rank correlation (ties get average ranks); NaN with < 3 pairs or a constant
+    side."""
     a = np.asarray(a, dtype=np.float64).reshape(-1)
     b = np.asarray(b, dtype=np.float64).reshape(-1)
     if a.shape != b.shape:

@@ -1,4 +1,5 @@
-"""`terrain-ssl replay BAG` (fast, deterministic, with a report) and `terrain-ssl play BAG` (real time)."""
+"""`terrain-ssl replay BAG` (fast, deterministic, with a report) and `terrain-ssl play BAG`
+(real time)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def register(subparsers) -> None:
     parser.add_argument('bag', help='rosbag2 directory, .db3/.mcap file, or ROS 1 .bag')
     parser.add_argument('--out', default=None, help='output folder (default: BAG_replay)')
     parser.add_argument('--imu-topic', help='sensor_msgs/Imu topic (default: the only one)')
-    parser.add_argument('--points-topic', help='sensor_msgs/PointCloud2 topic (default: the only one)')
+    parser.add_argument('--points-topic',
+                        help='sensor_msgs/PointCloud2 topic (default: the only one)')
     parser.add_argument('--odom-topic', help='nav_msgs/Odometry topic (default: the only one)')
     parser.add_argument('--config', help='parameters file (default: the package config)')
     parser.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',

@@ -233,7 +233,8 @@ def write_report(record: ReplayRecord, out_dir) -> dict:
     lines = ['# terrain_ssl replay report', '']
     info = record.info
     if info.get('bag'):
-        lines += [f"Bag: `{info['bag']}`  ", f"Bag duration: {_fmt(info.get('bag_duration_s'), 1)} s,"
+        lines += [f"Bag: `{info['bag']}`  ",
+                  f"Bag duration: {_fmt(info.get('bag_duration_s'), 1)} s,"
                   f" replayed in {_fmt(record.timing.get('wall_s'), 1)} s"
                   f" ({_fmt(record.timing.get('realtime_factor'), 1)}x real time)", '']
     lines += [f"Labeled patches: **{metrics['labels']}**", '']
@@ -261,7 +262,8 @@ def write_report(record: ReplayRecord, out_dir) -> dict:
                   f"{_fmt(p['mae_second_half'])} | |", '']
     if 'ground_truth' in metrics:
         g = metrics['ground_truth']
-        lines += ['Against the simulator\'s ground truth (detrended height RMS per cell), Spearman:',
+        lines += ['Against the simulator\'s ground truth (detrended height RMS per cell), '
+                  'Spearman:',
                   '', f"- labels: {_fmt(g['spearman_label_vs_truth'])}",
                   f"- predictions before crossing: {_fmt(g['spearman_prediction_vs_truth'])}"
                   f" (second half {_fmt(g['spearman_prediction_vs_truth_second_half'])})",

@@ -1,4 +1,5 @@
-"""Deterministic offline replay: a bag through the real nodes, in bag time, as fast as the CPU allows.
+"""Deterministic offline replay: a bag through the real nodes, in bag time, as fast as the CPU
+allows.
 
 The three nodes are the same classes that run on the robot. Bag messages are handed to their
 subscription callbacks in recording order, node outputs reach the next node in the order they are

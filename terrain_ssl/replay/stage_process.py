@@ -140,7 +140,8 @@ class LearnerAdvisorProcess:
         environment = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         try:
             self._process = subprocess.Popen(
-                [sys.executable, '-m', 'terrain_ssl.replay.stage_process', str(child_end.fileno())],
+                [sys.executable, '-m', 'terrain_ssl.replay.stage_process',
+                 str(child_end.fileno())],
                 pass_fds=(child_end.fileno(),), env=environment, stdin=subprocess.DEVNULL)
         finally:
             child_end.close()
@@ -263,7 +264,8 @@ class LearnerAdvisorProcess:
         if kind == 'error':
             raise StageProcessError(f'the learner-advisor process failed:\n{payload}')
         if kind != expected:
-            raise StageProcessError(f'the learner-advisor process said {kind!r}, expected {expected!r}')
+            raise StageProcessError(f'the learner-advisor process said {kind!r}, '
+                                    f'expected {expected!r}')
         return payload
 
     def _exit_detail(self) -> str:

@@ -12,7 +12,8 @@ DIAG_ERROR = 2
 
 
 class RejectCounter:
-    """Counts rejected inputs by reason and logs them, throttled so a flood cannot drown the log."""
+    """Counts rejected inputs by reason and logs them, throttled so a flood cannot drown the
+    log."""
 
     def __init__(self, logger, throttle_s: float = 5.0):
         self._logger = logger

@@ -4,7 +4,7 @@ In:  terrain_ssl/lookahead_patches  (PointCloud2, one point per patch: x, y, z, 
      terrain_ssl/labeled_patches    (same, plus roughness (m/s^2)/(m/s) measured on crossing)
 Out: terrain_ssl/roughness_map      (PointCloud2: x, y, z, roughness, uncertainty; frame as input)
      terrain_ssl/roughness_grid     (nav_msgs/OccupancyGrid, 0..100 = roughness / grid_full_scale)
-     /diagnostics                   (samples learned, prequential MAE / Spearman, baseline MAE, ...)
+     /diagnostics                   (samples learned, prequential MAE / Spearman, baseline MAE)
 Services: ~/save_model, ~/reset_model (std_srvs/Trigger)
 
 Labeled patches are predicted first, then learned ("predict, then train"), so the running error
@@ -55,7 +55,8 @@ MAX_ABS_VALUE = 1e9
 
 PARAMS = [
     ParamSpec('model', 'rff_sgd', 'Regressor for a new model (start-up or ~/reset_model): '
-              'rff_sgd = random Fourier features + SGD ensemble, linear_sgd = linear SGD ensemble. '
+              'rff_sgd = random Fourier features + SGD ensemble, '
+              'linear_sgd = linear SGD ensemble. '
               'A loaded model keeps its own kind.', choices=MODEL_KINDS),
     ParamSpec('ensemble_size', 5, 'Online-bagging members of a new model (spread = uncertainty).',
               min=1, max=32),
@@ -71,8 +72,9 @@ PARAMS = [
               'like, not how it was seen).', read_only=True),
     ParamSpec('baseline_feature', 'height_std', 'Feature (m) the geometric baseline maps '
               'monotonically to roughness; its MAE is reported beside the learner\'s.'),
-    ParamSpec('model_path', DEFAULT_MODEL_PATH, 'Model file (.npz); loaded at start-up if present. '
-              'Empty = never load or save.', read_only=True),
+    ParamSpec('model_path', DEFAULT_MODEL_PATH,
+              'Model file (.npz); loaded at start-up if present. Empty = never load or save.',
+              read_only=True),
     ParamSpec('save_period_s', 60.0, 'Seconds between periodic saves (s); 0 = only on request '
               'and shutdown.', min=0.0, max=86400.0),
     ParamSpec('learn', True, 'Learn from labeled patches. false = predict only (still scored '
@@ -193,7 +195,8 @@ class RoughnessLearnerNode(Node):
             wanted = self._feature_names()
             if list(model.feature_names) != wanted:
                 raise ModelFileError(f'model file {self.model_path} was learned on features '
-                                     f'{list(model.feature_names)}, the patches now carry {wanted}')
+                                     f'{list(model.feature_names)}, the patches now carry '
+                                     f'{wanted}')
         except ModelFileError as error:
             self.get_logger().error(f'{error}; starting a fresh model')
             try:

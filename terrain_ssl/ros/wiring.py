@@ -30,7 +30,8 @@ def linked_publishers_of(node) -> list:
 
 
 def link_in_process(nodes: Iterable) -> list:
-    """Connect every LinkedPublisher to the same-topic subscriptions of the other nodes; return the links.
+    """Connect every LinkedPublisher to the same-topic subscriptions of the other nodes; return
+    the links.
 
     The consuming node's DDS subscription on that topic is destroyed, so each message arrives
     once, directly. (A publisher outside this process on the same topic is then not heard by

@@ -138,7 +138,7 @@ def measured_roughness_map(result: ClosedLoopResult, footprint: Footprint, cell_
     if per not in ('crossing', 'window'):
         raise ValueError(f"per must be 'crossing' or 'window', got {per!r}")
     path = result.trajectory
-    t_ns, speed = path['t_ns'], path['speed_mps']
+    speed = path['speed_mps']
     xy = np.column_stack([path['x_m'], path['y_m']])
     cumulative = np.concatenate([[0.0], np.cumsum(speed)])
     if per == 'window':
