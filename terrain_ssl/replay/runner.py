@@ -165,11 +165,11 @@ class ReplayPipeline:
         start_ns, end_ns = self._time_window(bag)
         total_s = _bag_length_s(bag)
         topic_to_callbacks, topic_to_stage = self.topic_to_callbacks, self.topic_to_stage
+        advance_to = profiled(self.profiler, 'bag_time_driver', self.driver.advance_to)
         messages = bag.messages(topic_to_callbacks, self.counts, start_ns, end_ns,
                                 chunk_messages=self.options.read_chunk_messages)
         if self.profiler is not None:
             messages = self.profiler.timed_iteration('bag_read_deserialise', messages)
-        advance_to = profiled(self.profiler, 'bag_time_driver', self.driver.advance_to)
         advance_stage = self.stage.advance
         deliver_to_stage = self.stage.deliver_bag_message
         progress = self.options.progress
