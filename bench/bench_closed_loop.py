@@ -18,6 +18,20 @@ import time
 
 from terrain_ssl.sim.closed_loop_cli import compare, register
 
+# Laps 2+ (lap 1 is the cold start): terrain_ssl keeps at most 20% of the constant policy's
+# over-limit events, and laps in at most 1.25 x the oracle's time.
+TARGET_FEWER_EVENTS = 0.8
+TARGET_LAP_TIME_RATIO = 1.25
+
+
+def target_lines(comparison: dict) -> list:
+    """The two targets, each with PASS or FAIL."""
+    fewer, ratio = comparison['fewer_events'], comparison['lap_time_ratio']
+    return [f'target: >= {100 * TARGET_FEWER_EVENTS:.0f}% fewer over-limit events than '
+            f'constant: {100 * fewer:.0f}% {"PASS" if fewer >= TARGET_FEWER_EVENTS else "FAIL"}',
+            f'target: lap time <= {TARGET_LAP_TIME_RATIO} x oracle: {ratio:.2f} '
+            f'{"PASS" if ratio <= TARGET_LAP_TIME_RATIO else "FAIL"}']
+
 
 def result_lines(comparison: dict, laps: int) -> list:
     """RESULT lines over laps 2+ (lap 1 is the cold start), the laps compare_policies judges."""
@@ -32,9 +46,10 @@ def result_lines(comparison: dict, laps: int) -> list:
                   f'RESULT {name}_mean_speed {summary["mean_speed_mps"]:.3f} m/s',
                   f'RESULT {name}_lap_time {summary["lap_time_s"]:.1f} s']
     lines += [f'RESULT closed_loop_terrain_ssl_event_reduction_vs_constant '
-              f'{100 * comparison["fewer_events"]:.1f} % (target >= 80)',
+              f'{100 * comparison["fewer_events"]:.1f} % '
+              f'(target >= {100 * TARGET_FEWER_EVENTS:.0f})',
               f'RESULT closed_loop_terrain_ssl_lap_time_vs_oracle '
-              f'{comparison["lap_time_ratio"]:.3f} x (target <= 1.25)']
+              f'{comparison["lap_time_ratio"]:.3f} x (target <= {TARGET_LAP_TIME_RATIO})']
     return lines
 
 
@@ -48,6 +63,7 @@ def main(argv=None) -> int:
         return 2
     wall_s = time.perf_counter() - start
     print(comparison['report'])
+    print('\n'.join(target_lines(comparison)))
     print(f'wall time {wall_s:.0f} s')
     for line in result_lines(comparison, args.laps):
         print(line)

@@ -107,7 +107,7 @@ def measure(mode: str, messages: list) -> dict:
     from sensor_msgs.msg import Imu, PointCloud2
     from std_msgs.msg import Float32
 
-    from terrain_ssl.ros.common import RELIABLE_QOS
+    from terrain_ssl.ros.qos import RELIABLE_QOS
     from terrain_ssl.ros.conversions import stamp_to_ns
 
     processes = start_nodes(mode)

@@ -65,7 +65,7 @@ def replay_once(bag: Path, processes: int = 1, read_chunk_messages=None) -> dict
     # The downstream process counts from when its nodes are ready (its imports, ~1.5 s of CPU,
     # overlap this process's start-up and are shown apart).
     timing['cpu_s'] = time.process_time() - cpu_start
-    timing['cpu_s'] += timing.get('downstream_process', {}).get('cpu_s', 0.0)
+    timing['cpu_s'] += timing.get('stage_process', {}).get('cpu_s', 0.0)
     timing['labels'] = len(record.samples.get('roughness', []))
     return timing
 
@@ -73,7 +73,7 @@ def replay_once(bag: Path, processes: int = 1, read_chunk_messages=None) -> dict
 def read_deserialise_floor(bag: Path) -> float:
     """Seconds to read and rclpy-deserialise the labeler's inputs of `bag`, nothing more."""
     from terrain_ssl.replay.bag import Bag, ReadCounts
-    from terrain_ssl.replay.runner import rare_garbage_collection
+    from terrain_ssl.replay.runtime import rare_garbage_collection
 
     start = time.perf_counter()
     with Bag(bag) as reader, rare_garbage_collection():
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         baseline_name = f'{args.compare_read_chunk} message(s) read at a time'
         baseline_replay = lambda: replay_once(bag, args.processes, args.compare_read_chunk)  # noqa: E731
     if args.processes is None:
-        from terrain_ssl.replay.runner import default_processes
+        from terrain_ssl.replay.options import default_processes
         args.processes = default_processes()
 
     with tempfile.TemporaryDirectory(prefix='bench_replay_') as scratch:
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
                   f'({bag_s / floor_s:5.1f}x); the replay took {wall_s / floor_s:.2f}x that',
                   flush=True)
             print(f'        split: {_split(timing["node_s"], wall_s)}', flush=True)
-            downstream = timing.get('downstream_process')
+            downstream = timing.get('stage_process')
             if downstream:
                 print(f'   downstream: {_split(downstream["node_s"], wall_s)}  (waiting for '
                       f'input {downstream["waiting_for_input_s"]:5.2f} s; CPU '

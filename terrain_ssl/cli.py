@@ -28,16 +28,23 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name and error.name.startswith('terrain_ssl'):
-                continue  # that part of the package is not built yet
-            raise
+        except ImportError as error:
+            raise SubcommandImportError(f'terrain-ssl: cannot load the commands of '
+                                        f'{module_name}: {error}') from error
         module.register(subparsers)
     return parser
 
 
+class SubcommandImportError(RuntimeError):
+    """A sub-command's module does not import (a missing dependency, a broken install)."""
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except SubcommandImportError as error:  # one clear line, not a traceback, and a failure
+        print(error, file=sys.stderr)
+        return 1
     args, ros_args = parser.parse_known_args(argv)
     if getattr(args, 'command', None) is None:
         parser.print_help()

@@ -33,7 +33,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from terrain_ssl.replay.report import prepare_output_folder, summary_lines, write_report
-    from terrain_ssl.replay.runner import ReplayOptions, default_processes, run_replay
+    from terrain_ssl.replay.options import ReplayOptions, default_processes
+    from terrain_ssl.replay.runner import run_replay
     from terrain_ssl.ros.bringup import default_config_path
     from terrain_ssl.sim.bag import simulate_bag
 

@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from terrain_ssl.core.advisor import (AdvisorConfig, RoughnessMap, SpeedAdvisor, VehicleState,
+from terrain_ssl.core.advisor import (AdvisorConfig, SpeedAdvisor, VehicleState,
                                       allowed_speed_now, cap_twist, corridor_samples)
+from terrain_ssl.core.roughness_map import RoughnessMap
 
 CELL = 0.5
 SMOOTH = 0.5     # (m/s^2)/(m/s): allows 6 / 0.5 = 12 -> v_max

@@ -16,7 +16,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Float32
 
 from terrain_ssl.ros.advisor_node import SpeedAdvisorNode
-from terrain_ssl.ros.common import RELIABLE_QOS, SENSOR_QOS
+from terrain_ssl.ros.qos import RELIABLE_QOS, SENSOR_QOS
 from terrain_ssl.ros.conversions import xyz_fields_to_pointcloud2
 
 CELL = 0.5

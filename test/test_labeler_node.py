@@ -21,7 +21,7 @@ from sensor_msgs.msg import Imu, PointCloud2, PointField
 from conftest import spin_until
 from test_labeler_core import synthetic_drive
 from terrain_ssl.core.patches import FEATURE_NAMES
-from terrain_ssl.ros.common import RELIABLE_QOS, SENSOR_QOS
+from terrain_ssl.ros.qos import RELIABLE_QOS, SENSOR_QOS
 from terrain_ssl.ros.conversions import (ns_to_stamp, pointcloud2_to_array,
                                          xyz_fields_to_pointcloud2)
 from terrain_ssl.ros.labeler_node import RoughnessLabelerNode

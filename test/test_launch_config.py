@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from terrain_ssl.ros.config_file import (GENERIC_PARAMETERS, declared_parameters, render,
-                                         render_markdown)
+from terrain_ssl.ros.config_file import declared_parameters, render, render_markdown
+from terrain_ssl.ros.parameters import GENERIC_PARAMETERS
 from terrain_ssl.ros.pipeline import NODE_MODULES, node_class
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def test_unparsable_ros_arguments_get_a_one_line_error(capsys):
     """`-p model_path:=` (an empty value) is refused by rcl itself: a clear error and exit 2,
     not a traceback from rclpy.init; the node is never built."""
     from terrain_ssl.ros.bringup import register
-    from terrain_ssl.ros.common import run_node
+    from terrain_ssl.ros.node_main import run_node
 
     built = []
     code = run_node(lambda: built.append(1),
@@ -163,7 +163,7 @@ def test_unparsable_ros_arguments_get_a_one_line_error(capsys):
 def test_invalid_parameter_overrides_stop_a_node_with_one_line(capsys, override, expected):
     """An override rclpy or the node refuses at start-up (wrong type, out of range, not a
     choice): exit 2 with the parameter named, no traceback, no node left running."""
-    from terrain_ssl.ros.common import run_node
+    from terrain_ssl.ros.node_main import run_node
     from terrain_ssl.ros.pipeline import node_class
 
     code = run_node(node_class('terrain_ssl.ros.labeler_node'),

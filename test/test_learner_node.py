@@ -18,7 +18,7 @@ from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import Trigger
 
 from terrain_ssl.core.learner import OnlineRoughnessRegressor
-from terrain_ssl.ros.common import RELIABLE_QOS
+from terrain_ssl.ros.qos import RELIABLE_QOS
 from terrain_ssl.ros.conversions import pointcloud2_to_array, xyz_fields_to_pointcloud2
 
 pytestmark = pytest.mark.ros
@@ -207,7 +207,7 @@ def test_labels_measured_on_a_cell_are_fused_into_its_published_prediction(ros_c
     label memory the map says so for that cell (and only that cell); without it both read alike."""
     import fuzz_messages as fm
     from terrain_ssl.ros.learner_node import RoughnessLearnerNode
-    from terrain_ssl.ros.wiring import outlets_of
+    from terrain_ssl.ros.wiring import linked_publishers_of
 
     learner = RoughnessLearnerNode(context=ros_context, parameter_overrides=[
         Parameter('model_path', value=''), Parameter('feature_names', value=','.join(FEATURES)),
@@ -226,7 +226,7 @@ def test_labels_measured_on_a_cell_are_fused_into_its_published_prediction(ros_c
                 roughness=np.full(3, 3.0), roughness_class=np.full(3, 2.0),
                 speed=np.full(3, 4.0)), 'odom', fm.T0_NS + 100 + crossing))
         maps = []
-        for outlet in outlets_of(learner):
+        for outlet in linked_publishers_of(learner):
             if outlet.topic_name.endswith('roughness_map'):
                 outlet.connect(maps.append)
         learner.flush_training()

@@ -20,7 +20,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Float32
 
 import fuzz_messages as fm
-from terrain_ssl.ros.common import RELIABLE_QOS, SENSOR_QOS
+from terrain_ssl.ros.qos import RELIABLE_QOS, SENSOR_QOS
 
 pytestmark = pytest.mark.ros
 

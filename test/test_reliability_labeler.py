@@ -17,7 +17,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Imu, PointCloud2
 
 import fuzz_messages as fm
-from terrain_ssl.ros.common import RELIABLE_QOS, SENSOR_QOS
+from terrain_ssl.ros.qos import RELIABLE_QOS, SENSOR_QOS
 
 pytestmark = pytest.mark.ros
 

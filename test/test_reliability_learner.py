@@ -26,7 +26,8 @@ import fuzz_messages as fm
 from terrain_ssl.core.learner import OnlineRoughnessRegressor
 from terrain_ssl.core.model_store import ModelFileError
 from terrain_ssl.core.patches import FEATURE_NAMES
-from terrain_ssl.ros.common import DIAG_WARN, LABELS_QOS, RELIABLE_QOS
+from terrain_ssl.ros.diagnostics import DIAG_WARN
+from terrain_ssl.ros.qos import LABELS_QOS, RELIABLE_QOS
 from terrain_ssl.ros.conversions import pointcloud2_to_array
 
 pytestmark = pytest.mark.ros

@@ -155,27 +155,27 @@ def test_two_processes_give_the_same_results(sim_bag, tmp_path):
         assert (tmp_path / 'one' / name).read_bytes() == (tmp_path / 'two' / name).read_bytes(), \
             name
     timing = json.loads((tmp_path / 'two' / 'timing.json').read_text())
-    assert timing['processes'] == 2 and timing['downstream_process']['cpu_s'] > 0
+    assert timing['processes'] == 2 and timing['stage_process']['cpu_s'] > 0
 
 
-def test_a_failing_downstream_process_is_reported(sim_bag, tmp_path):
+def test_a_failing_learner_advisor_process_is_reported(sim_bag, tmp_path):
     from terrain_ssl.replay.runner import ReplayError, ReplayOptions, run_replay
 
     broken = tmp_path / 'broken_model.npz'
     broken.write_bytes(b'not a model')
-    with pytest.raises(ReplayError, match='downstream process failed'):
+    with pytest.raises(ReplayError, match='learner-advisor process failed'):
         run_replay(ReplayOptions(bag=str(sim_bag), model_in=str(broken), progress=False,
                                  processes=2))
 
 
-def test_downstream_event_batches_round_trip_and_refuse_malformed_bytes():
+def test_stage_process_event_batches_round_trip_and_refuse_malformed_bytes():
     """The two-process replay's event stream is plain bytes, decoded exactly, never unpickled."""
-    from terrain_ssl.replay.downstream import (_ADVANCE, _DELIVER, _FINISH, decode_events,
-                                               encode_events)
+    from terrain_ssl.replay.stage_process import (ADVANCE, DELIVER, FINISH, decode_events,
+                                                  encode_events)
 
-    events = [(_ADVANCE, 1_700_000_000_123_456_789), (_DELIVER, '/odom', b'\x00\x01cdr\xff'),
-              (_DELIVER, '/terrain_ssl/labeled_patches', b''), (_ADVANCE, -5),
-              (_FINISH, None), (_FINISH, 42)]
+    events = [(ADVANCE, 1_700_000_000_123_456_789), (DELIVER, '/odom', b'\x00\x01cdr\xff'),
+              (DELIVER, '/terrain_ssl/labeled_patches', b''), (ADVANCE, -5),
+              (FINISH, None), (FINISH, 42)]
     payload = encode_events(events)
     assert decode_events(payload) == events
     with pytest.raises(ValueError, match='truncated'):
@@ -188,7 +188,7 @@ def test_rare_garbage_collection_restores_the_collector():
     """The replay loop's collector settings are undone afterwards, even after an error."""
     import gc
 
-    from terrain_ssl.replay.runner import rare_garbage_collection
+    from terrain_ssl.replay.runtime import rare_garbage_collection
 
     before = gc.get_threshold()
     with pytest.raises(RuntimeError):

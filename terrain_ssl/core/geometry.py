@@ -91,11 +91,6 @@ def make_transform(translation, quat_xyzw) -> np.ndarray:
     return transform
 
 
-def transform_points(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a 4x4 transform to (N, 3) points."""
-    return points @ transform[:3, :3].T + transform[:3, 3]
-
-
 class PoseHistory:
     """Recent odometry (odom <- base_link poses and body-frame velocities), newest last.
 

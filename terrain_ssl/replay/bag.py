@@ -110,10 +110,6 @@ class Bag:
         self._reader.close()
 
     @property
-    def is_ros1(self) -> bool:
-        return self._is_ros1
-
-    @property
     def start_ns(self) -> int:
         return int(self._reader.start_time)
 

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     parser.add_argument('--processes', type=int, choices=(1, 2), default=None,
                         help='2: run the learner and the advisor in a second process, fed by '
-                             'the bag reader and the labeler; same results, ~1.6x faster when a '
+                             'the bag reader and the labeler; same results, faster when a '
                              'second core is free. 1: all nodes in one process. Default: 2 when '
                              'this process may use two or more CPUs')
     parser.set_defaults(func=run_replay_command)
@@ -55,8 +55,8 @@ def _extrinsic_parameters(values) -> list:
 def run_replay_command(args) -> int:
     from terrain_ssl.replay.bag import BagError
     from terrain_ssl.replay.report import prepare_output_folder, write_report
-    from terrain_ssl.replay.runner import (ReplayError, ReplayOptions, default_processes,
-                                           run_replay)
+    from terrain_ssl.replay.options import ReplayError, ReplayOptions, default_processes
+    from terrain_ssl.replay.runner import run_replay
     from terrain_ssl.ros.bringup import default_config_path
 
     bag = Path(args.bag)

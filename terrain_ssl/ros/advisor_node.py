@@ -29,11 +29,13 @@ from rclpy.node import Node
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Float32
 
-from terrain_ssl.core.advisor import (AdvisorConfig, RoughnessMap, SpeedAdvisor, VehicleState,
-                                      cap_twist)
-from terrain_ssl.ros.common import (DIAG_OK, DIAG_WARN, RELIABLE_QOS, SENSOR_QOS,
-                                    DiagnosticsPublisher, LiveParameters, Outlet, ParamSpec,
-                                    RejectCounter, run_node)
+from terrain_ssl.core.advisor import AdvisorConfig, SpeedAdvisor, VehicleState, cap_twist
+from terrain_ssl.core.roughness_map import RoughnessMap
+from terrain_ssl.ros.diagnostics import DIAG_OK, DIAG_WARN, DiagnosticsPublisher, RejectCounter
+from terrain_ssl.ros.linked_publisher import LinkedPublisher
+from terrain_ssl.ros.node_main import run_node
+from terrain_ssl.ros.parameters import LiveParameters, ParamSpec
+from terrain_ssl.ros.qos import RELIABLE_QOS, SENSOR_QOS
 from terrain_ssl.ros.conversions import MalformedCloudError, pointcloud2_to_array
 
 _DEFAULTS = AdvisorConfig()
@@ -123,8 +125,9 @@ class SpeedAdvisorNode(Node):
         self.cmd_vel_ignored = 0
         self.plans_received = 0
 
-        self.speed_limit_outlet = Outlet(self, Float32, 'terrain_ssl/speed_limit', RELIABLE_QOS)
-        self.cmd_vel_outlet = Outlet(self, Twist, 'cmd_vel', RELIABLE_QOS)
+        self.speed_limit_outlet = LinkedPublisher(self, Float32, 'terrain_ssl/speed_limit',
+                                                  RELIABLE_QOS)
+        self.cmd_vel_outlet = LinkedPublisher(self, Twist, 'cmd_vel', RELIABLE_QOS)
         self.create_subscription(PointCloud2, 'terrain_ssl/roughness_map', self.on_map,
                                  RELIABLE_QOS)
         self.create_subscription(Odometry, 'odom', self.on_odom, SENSOR_QOS)

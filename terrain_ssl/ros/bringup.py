@@ -43,7 +43,7 @@ def run(args) -> int:
     from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
                                  SingleThreadedExecutor)
 
-    from terrain_ssl.ros.common import init_ros
+    from terrain_ssl.ros.node_main import init_ros
     from terrain_ssl.ros.pipeline import create_nodes
     from terrain_ssl.ros.wiring import link_in_process, serialize_node_callbacks
 
@@ -72,10 +72,10 @@ def run(args) -> int:
     # Single-threaded by default. rclpy's MultiThreadedExecutor hands every message to a thread
     # pool through a fresh wait set and a GIL hand-off, and most of the ready messages of a node
     # (mutually exclusive: the nodes are serialised) are handed out only to be refused and waited
-    # for again. Profiled here it spent ~60% of the process in executor bookkeeping, took ~11 of
-    # the 200 IMU samples a second at 100% CPU, and let odometry fall seconds behind the freshest
-    # scans (the scan queue is 5 deep, the odometry queue 200): every scan was then refused as
-    # odom_missing. A backlog from a slow start (cold imports on a fresh machine) never drained.
+    # for again. Most of the process then goes to executor bookkeeping, IMU samples are lost, and
+    # odometry falls seconds behind the freshest scans (the scan queue is 5 deep, the odometry
+    # queue 200): every scan is then refused as odom_missing, and a backlog from a slow start
+    # never drains.
     # The nodes gain nothing from threads anyway: they are serialised and share one GIL.
     if args.threads > 1:
         executor = MultiThreadedExecutor(num_threads=args.threads)

@@ -1,7 +1,7 @@
 """Write config/terrain_ssl.yaml from the parameters the nodes actually declare.
 
     python -m terrain_ssl.ros.config_file > config/terrain_ssl.yaml
-    python -m terrain_ssl.ros.config_file --markdown     # the README's parameter tables
+    python -m terrain_ssl.ros.config_file --markdown     # the README's parameter table
     python -m terrain_ssl.ros.config_file --write        # both, in place (source tree)
 
 Every parameter with its default and its descriptor's description (units, meaning, range) as a
@@ -12,15 +12,19 @@ namespace. A test checks the committed file against the nodes, so the two cannot
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-# Parameters every rclpy node has; they belong to the launch/bringup, not to our file.
-GENERIC_PARAMETERS = {'use_sim_time', 'start_type_description_service'}
+import rclpy
+from rclpy.context import Context
+
+from terrain_ssl.ros.parameters import GENERIC_PARAMETERS
+from terrain_ssl.ros.pipeline import create_nodes
 
 
 def declared_parameters(node) -> dict:
     """name -> (value, descriptor) for the parameters `node` declares itself."""
     out = {}
-    for name in sorted(node._parameters):  # rclpy keeps declared parameters here
+    for name in sorted(node.list_parameters([], 0).names):
         if name in GENERIC_PARAMETERS or name.startswith('qos_overrides.'):
             continue
         out[name] = (node.get_parameter(name).value, node.describe_parameter(name))
@@ -69,28 +73,24 @@ def render(nodes) -> str:
 
 
 def render_markdown(nodes) -> str:
-    """The same parameters as a markdown table per node (for the README)."""
-    lines = []
+    """The same parameters as one markdown table, a bold row per node (for the README)."""
+    lines = ['| parameter | default | meaning |', '|---|---|---|']
     for node in nodes:
-        lines += [f'**{node.get_name()}**', '', '| parameter | default | meaning |',
-                  '|---|---|---|']
+        lines.append(f'| **{node.get_name()}** | | |')
         for name, (value, descriptor) in declared_parameters(node).items():
             meaning = ' '.join(descriptor.description.split()).replace('|', '/')
             constraint = descriptor.additional_constraints
             extra = f' ({constraint})' if constraint else ''
             lines.append(f'| `{name}` | `{_yaml_scalar(value)}` | {meaning}'
                          f'{_range_text(descriptor)}{extra} |')
-        lines.append('')
-    return '\n'.join(lines)
+    return '\n'.join(lines) + '\n'
 
 
 README_BEGIN = '<!-- parameters:begin'
 README_END = '<!-- parameters:end -->'
 
 
-def _write_source_tree(nodes) -> None:
-    from pathlib import Path
-
+def write_source_tree(nodes) -> None:
     root = Path(__file__).resolve().parents[2]
     (root / 'config' / 'terrain_ssl.yaml').write_text(render(nodes))
     readme = root / 'README.md'
@@ -99,22 +99,17 @@ def _write_source_tree(nodes) -> None:
     begin = text.index('\n', begin) + 1
     end = text.index(README_END)
     readme.write_text(text[:begin] + render_markdown(nodes).strip() + '\n' + text[end:])
-    print(f'wrote {root / "config" / "terrain_ssl.yaml"} and the parameter tables in {readme}')
+    print(f'wrote {root / "config" / "terrain_ssl.yaml"} and the parameter table in {readme}')
 
 
 def main(argv=None) -> int:
-    import rclpy
-    from rclpy.context import Context
-
-    from terrain_ssl.ros.pipeline import create_nodes
-
     context = Context()
     rclpy.init(args=[], context=context)
     nodes = create_nodes(context=context)
     argv = sys.argv[1:] if argv is None else argv
     try:
         if '--write' in argv:
-            _write_source_tree(nodes)
+            write_source_tree(nodes)
         elif '--markdown' in argv:
             sys.stdout.write(render_markdown(nodes))
         else:

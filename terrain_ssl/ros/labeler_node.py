@@ -26,10 +26,11 @@ from sensor_msgs.msg import Imu, PointCloud2
 from terrain_ssl.core.labeler import Labeler, LabelerConfig
 from terrain_ssl.core.patches import FEATURE_NAMES
 from terrain_ssl.core.vibration import GRAVITY_SOURCES, SHOCK_MEASURES
-from terrain_ssl.ros.common import LABELS_QOS
-from terrain_ssl.ros.common import (DIAG_OK, DIAG_WARN, HIGH_RATE_SENSOR_QOS, RELIABLE_QOS,
-                                    SENSOR_QOS, DiagnosticsPublisher, LiveParameters, Outlet,
-                                    ParamSpec, RejectCounter, run_node)
+from terrain_ssl.ros.diagnostics import DIAG_OK, DIAG_WARN, DiagnosticsPublisher, RejectCounter
+from terrain_ssl.ros.linked_publisher import LinkedPublisher
+from terrain_ssl.ros.node_main import run_node
+from terrain_ssl.ros.parameters import LiveParameters, ParamSpec
+from terrain_ssl.ros.qos import HIGH_RATE_SENSOR_QOS, LABELS_QOS, RELIABLE_QOS, SENSOR_QOS
 from terrain_ssl.ros.conversions import (MalformedCloudError, float_matrix_to_pointcloud2,
                                          pointcloud2_xyz_view, stamp_to_ns)
 
@@ -139,10 +140,10 @@ class RoughnessLabelerNode(Node):
         self.labeler = Labeler(config_from_values(self.params.values),
                                on_reject=self.rejects.reject)
         self.odom_frame = 'odom'
-        self.lookahead_outlet = Outlet(self, PointCloud2, 'terrain_ssl/lookahead_patches',
-                                       RELIABLE_QOS)
-        self.labeled_outlet = Outlet(self, PointCloud2, 'terrain_ssl/labeled_patches',
-                                     LABELS_QOS)
+        self.lookahead_outlet = LinkedPublisher(self, PointCloud2,
+                                                'terrain_ssl/lookahead_patches', RELIABLE_QOS)
+        self.labeled_outlet = LinkedPublisher(self, PointCloud2, 'terrain_ssl/labeled_patches',
+                                              LABELS_QOS)
         self.create_subscription(Imu, 'imu/data', self.on_imu, HIGH_RATE_SENSOR_QOS)
         self.create_subscription(PointCloud2, 'points', self.on_points, SENSOR_QOS)
         self.create_subscription(Odometry, 'odom', self.on_odometry, HIGH_RATE_SENSOR_QOS)

@@ -37,10 +37,12 @@ from terrain_ssl.core.label_memory import CellLabelMemory
 from terrain_ssl.core.learner import MODEL_KINDS, OnlineRoughnessRegressor
 from terrain_ssl.core.metrics import BinnedIsotonicBaseline, PrequentialScore
 from terrain_ssl.core.model_store import ModelFileError, quarantine_model_file
-from terrain_ssl.ros.common import LABELS_QOS
-from terrain_ssl.ros.common import (DIAG_ERROR, DIAG_OK, DIAG_WARN, RELIABLE_QOS,
-                                    DiagnosticsPublisher, LiveParameters, Outlet, ParamSpec,
-                                    RejectCounter, run_node)
+from terrain_ssl.ros.diagnostics import (DIAG_ERROR, DIAG_OK, DIAG_WARN, DiagnosticsPublisher,
+                                         RejectCounter)
+from terrain_ssl.ros.linked_publisher import LinkedPublisher
+from terrain_ssl.ros.node_main import run_node
+from terrain_ssl.ros.parameters import LiveParameters, ParamSpec
+from terrain_ssl.ros.qos import LABELS_QOS, RELIABLE_QOS
 from terrain_ssl.ros.conversions import (MalformedCloudError, pointcloud2_to_array,
                                          stamp_to_ns, structured_columns,
                                          xyz_fields_to_pointcloud2)
@@ -53,8 +55,9 @@ MAX_ABS_VALUE = 1e9
 
 PARAMS = [
     ParamSpec('model', 'rff_sgd', 'Regressor for a new model (start-up or ~/reset_model): '
-              'rff_sgd = random Fourier features + SGD ensemble, linear_sgd = linear SGD '
-              'ensemble. A loaded model keeps its own kind.', choices=MODEL_KINDS),
+              'rff_sgd = random Fourier features + SGD ensemble, '
+              'linear_sgd = linear SGD ensemble. '
+              'A loaded model keeps its own kind.', choices=MODEL_KINDS),
     ParamSpec('ensemble_size', 5, 'Online-bagging members of a new model (spread = uncertainty).',
               min=1, max=32),
     ParamSpec('n_components', 128, 'Random Fourier features of a new rff_sgd model.',
@@ -69,8 +72,9 @@ PARAMS = [
               'like, not how it was seen).', read_only=True),
     ParamSpec('baseline_feature', 'height_std', 'Feature (m) the geometric baseline maps '
               'monotonically to roughness; its MAE is reported beside the learner\'s.'),
-    ParamSpec('model_path', DEFAULT_MODEL_PATH, 'Model file (.npz); loaded at start-up if '
-              'present. Empty = never load or save.', read_only=True),
+    ParamSpec('model_path', DEFAULT_MODEL_PATH,
+              'Model file (.npz); loaded at start-up if present. Empty = never load or save.',
+              read_only=True),
     ParamSpec('save_period_s', 60.0, 'Seconds between periodic saves (s); 0 = only on request '
               'and shutdown.', min=0.0, max=86400.0),
     ParamSpec('learn', True, 'Learn from labeled patches. false = predict only (still scored '
@@ -132,8 +136,10 @@ class RoughnessLearnerNode(Node):
                                       values['label_memory_max_cells'],
                                       floor=self.model.roughness_floor)
 
-        self.map_outlet = Outlet(self, PointCloud2, 'terrain_ssl/roughness_map', RELIABLE_QOS)
-        self.grid_outlet = Outlet(self, OccupancyGrid, 'terrain_ssl/roughness_grid', RELIABLE_QOS)
+        self.map_outlet = LinkedPublisher(self, PointCloud2, 'terrain_ssl/roughness_map',
+                                          RELIABLE_QOS)
+        self.grid_outlet = LinkedPublisher(self, OccupancyGrid, 'terrain_ssl/roughness_grid',
+                                           RELIABLE_QOS)
         self.create_subscription(PointCloud2, 'terrain_ssl/lookahead_patches',
                                  self.on_lookahead, RELIABLE_QOS)
         self.create_subscription(PointCloud2, 'terrain_ssl/labeled_patches',
@@ -247,8 +253,8 @@ class RoughnessLearnerNode(Node):
         with np.errstate(invalid='ignore'):
             within = np.abs(values) <= bounds  # false for NaN and inf as well
         if within.all():
-            # The usual cloud: nothing to drop. One check over the whole matrix instead of two
-            # per row (row-wise all() on 13 columns costs ~20 us per 800-patch cloud).
+            # The usual cloud: nothing to drop. One check over the whole matrix; the row-wise
+            # checks only when something must go.
             return points, X, np.ones(values.shape[0], dtype=bool)
         keep = np.isfinite(values).all(axis=1)
         if not keep.all():
@@ -330,8 +336,8 @@ class RoughnessLearnerNode(Node):
 
     def flush_training(self) -> None:
         """Score, then learn every label received so far. Labels arrive a few per odometry
-        message; one scikit-learn partial_fit per small batch costs ~1 ms of overhead per
-        ensemble member, so they are learned in batches (each predicted before it is learned)."""
+        message; scikit-learn's partial_fit has a fixed overhead per call and ensemble member,
+        so they are learned in batches (each predicted before it is learned)."""
         self.score_pending()
         if not self._pending:
             return
@@ -377,8 +383,8 @@ class RoughnessLearnerNode(Node):
         self.map_outlet.publish(xyz_fields_to_pointcloud2(
             {'x': points['x'], 'y': points['y'], 'z': points['z'], 'roughness': roughness,
              'uncertainty': uncertainty}, frame, stamp_ns))
-        # The grid is for RViz and Nav2 costmaps only; building it costs ~0.3 ms per map, so
-        # not when nobody takes it (replay, bringup without viewers).
+        # The grid is for RViz and Nav2 costmaps only: not built when nobody takes it (replay,
+        # bringup without viewers).
         if self.grid_outlet.has_listeners():
             self.grid_outlet.publish(self._grid_message(points, roughness, msg))
 

@@ -7,6 +7,8 @@ import inspect
 
 from rclpy.node import Node
 
+from terrain_ssl.ros.parameters import GENERIC_PARAMETERS, ParamSpec
+
 # Data flows one way: sensors -> labeler -> learner -> advisor.
 NODE_MODULES = (
     'terrain_ssl.ros.labeler_node',
@@ -26,19 +28,20 @@ def node_class(module_name: str) -> type:
     return classes[0]
 
 
-def known_parameter_names() -> set:
-    """Every parameter name the three nodes declare (their ParamSpec lists), plus the ones every
-    rclpy node has."""
-    from terrain_ssl.ros.common import ParamSpec
-    from terrain_ssl.ros.config_file import GENERIC_PARAMETERS
-
+def node_parameter_names(module_name: str) -> set:
+    """Every parameter name the node of `module_name` declares (its ParamSpec lists), plus the
+    ones every rclpy node has."""
     names = set(GENERIC_PARAMETERS)
-    for module_name in NODE_MODULES:
-        for value in vars(importlib.import_module(module_name)).values():
-            if isinstance(value, (list, tuple)) and value \
-                    and all(isinstance(item, ParamSpec) for item in value):
-                names.update(spec.name for spec in value)
+    for value in vars(importlib.import_module(module_name)).values():
+        if isinstance(value, (list, tuple)) and value \
+                and all(isinstance(item, ParamSpec) for item in value):
+            names.update(spec.name for spec in value)
     return names
+
+
+def known_parameter_names() -> set:
+    """Every parameter name any of the three nodes declares."""
+    return set().union(*(node_parameter_names(module_name) for module_name in NODE_MODULES))
 
 
 def create_nodes(context=None) -> list:

@@ -1,9 +1,9 @@
 """Running several nodes in one process: direct in-process links and a bag-time driver.
 
 Single-process bringup and offline replay both use the same node classes as the live system. The
-links hand each message from a publishing node's `Outlet` straight to the consuming node's
-subscription callback, so nothing is serialised or queued between nodes; the DDS publisher is kept
-so RViz, Foxglove and `ros2 topic echo` still see every topic.
+links hand each message from a publishing node's `LinkedPublisher` straight to the consuming
+node's subscription callback, so nothing is serialised or queued between nodes; the DDS publisher
+is kept so RViz, Foxglove and `ros2 topic echo` still see every topic.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Iterable
 from rclpy.clock import ClockType
 from rclpy.time import Time
 
-from terrain_ssl.ros.common import Outlet
+from terrain_ssl.ros.linked_publisher import LinkedPublisher
 
 
 @dataclass
@@ -24,12 +24,14 @@ class Link:
     subscriber_node: str
 
 
-def outlets_of(node) -> list:
-    return [value for value in vars(node).values() if isinstance(value, Outlet)]
+def linked_publishers_of(node) -> list:
+    """The node's LinkedPublishers (its outputs that in-process links can connect to)."""
+    return [value for value in vars(node).values() if isinstance(value, LinkedPublisher)]
 
 
 def link_in_process(nodes: Iterable) -> list:
-    """Connect every Outlet to the same-topic subscriptions of the other nodes; return the links.
+    """Connect every LinkedPublisher to the same-topic subscriptions of the other nodes; return
+    the links.
 
     The consuming node's DDS subscription on that topic is destroyed, so each message arrives
     once, directly. (A publisher outside this process on the same topic is then not heard by
@@ -38,15 +40,15 @@ def link_in_process(nodes: Iterable) -> list:
     nodes = list(nodes)
     links = []
     for producer in nodes:
-        for outlet in outlets_of(producer):
+        for publisher in linked_publishers_of(producer):
             for consumer in nodes:
                 if consumer is producer:
                     continue
                 for subscription in list(consumer.subscriptions):
-                    if subscription.topic_name == outlet.topic_name:
-                        outlet.connect(subscription.callback)
+                    if subscription.topic_name == publisher.topic_name:
+                        publisher.connect(subscription.callback)
                         consumer.destroy_subscription(subscription)
-                        links.append(Link(outlet.topic_name, producer.get_name(),
+                        links.append(Link(publisher.topic_name, producer.get_name(),
                                           consumer.get_name()))
     return links
 
@@ -59,7 +61,7 @@ class BagTimeDriver:
     `callbacks_read_clock=False` is for nodes whose subscription callbacks take all time from
     message stamps and read their clock only in timers (the labeler): the clocks are then set
     when a timer fires (to its due time) and by `sync_clocks()`, not on every message, which
-    saves ~10 us per message (~0.4 s per 120 s drive on the replay's busier process).
+    saves setting every node's clock on every message of the replay's busier process.
     """
 
     def __init__(self, nodes: Iterable, callbacks_read_clock: bool = True):
@@ -82,8 +84,7 @@ class BagTimeDriver:
             for entry in self._timers:
                 entry[0] = stamp_ns + entry[1]
             self._next_due_ns = min((entry[0] for entry in self._timers), default=None)
-        # Called for every message (~250 per bag second): the usual case, no timer due, is
-        # one comparison.
+        # Called for every message: the usual case, no timer due, is one comparison.
         while self._next_due_ns is not None and self._next_due_ns <= stamp_ns:
             entry = min(self._timers, key=lambda item: item[0])
             self.now_ns = entry[0]  # what the timer and everything it publishes to sees

@@ -10,4 +10,8 @@ Modules (imported explicitly, so reading ground truth does not pull in the whole
     world         World(config, seed).step(dt_s, commanded_speed_mps) -> [SimMessage]
     bag           simulate_bag(...), write_bag(world, ...), SpeedProfile ('5', '3:7', '3:7:30')
     cli           `terrain-ssl simulate` (register(subparsers), run(args))
+    closed_loop   run_closed_loop: laps at a policy's speed with the real nodes, shocks counted
+    oracle        the terrain's measured roughness per cell, for the oracle policy
+    policy_comparison  constant vs terrain_ssl vs oracle on one route
+    closed_loop_cli    `terrain-ssl closed-loop`
 """

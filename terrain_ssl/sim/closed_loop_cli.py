@@ -1,16 +1,16 @@
 """`terrain-ssl closed-loop`: drive laps under constant v_max, terrain_ssl and the oracle; print
-the table (over-limit shock events, peak shock, mean speed, lap time) and the targets."""
+the table (over-limit shock events, peak shock, mean speed, lap time) and the ratios."""
 
 import argparse
 import sys
 import time
 
-from terrain_ssl.sim.closed_loop import BENCH_ADVISOR, compare_policies
+from terrain_ssl.sim.policy_comparison import SCENARIO_ADVISOR, compare_policies
 from terrain_ssl.sim.route import RoundedRectangleRoute
 from terrain_ssl.sim.terrain import TerrainConfig
 from terrain_ssl.sim.world import WorldConfig
 
-# --quick: a 150 m loop with the default A..F segments scaled onto it (about a minute of wall).
+# --quick: a 150 m loop with the default A..F segments scaled onto it.
 QUICK_ROUTE = RoundedRectangleRoute(long_m=40.0, short_m=10.0, corner_radius_m=8.0)
 
 
@@ -28,11 +28,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--quick', action='store_true',
                         help=f'short route ({QUICK_ROUTE.length_m:.0f} m) for a fast look')
     parser.add_argument('--uncertainty-weight', type=float,
-                        default=BENCH_ADVISOR['uncertainty_weight'],
+                        default=SCENARIO_ADVISOR['uncertainty_weight'],
                         help='advisor: conservative roughness = roughness + W * uncertainty')
-    parser.add_argument('--shock-limit', type=float, default=BENCH_ADVISOR['shock_limit_mps2'],
+    parser.add_argument('--shock-limit', type=float, default=SCENARIO_ADVISOR['shock_limit_mps2'],
                         help='shock limit, m/s^2 (rms over 0.5 s IMU windows)')
-    parser.add_argument('--map-memory', type=float, default=BENCH_ADVISOR['map_memory_s'],
+    parser.add_argument('--map-memory', type=float, default=SCENARIO_ADVISOR['map_memory_s'],
                         help='advisor: keep lidar-predicted cells this long, s')
     parser.add_argument('--no-oracle-max', action='store_true',
                         help='skip the second oracle (worst 0.5 s window per cell)')
@@ -66,7 +66,7 @@ def compare(args):
     world = WorldConfig()
     if args.quick:
         world = WorldConfig(terrain=TerrainConfig(route=QUICK_ROUTE))
-    advisor = dict(BENCH_ADVISOR, uncertainty_weight=args.uncertainty_weight,
+    advisor = dict(SCENARIO_ADVISOR, uncertainty_weight=args.uncertainty_weight,
                    shock_limit_mps2=args.shock_limit, map_memory_s=args.map_memory)
 
     def say(text):

@@ -103,20 +103,11 @@ class LidarCaster:
         self.azimuths_rad = -np.pi + 2.0 * np.pi * np.arange(c) / c
         self.column_time_s = (np.arange(c) / (c * preset.rate_hz)).astype(np.float32)
 
-    def cast(self, origins_m, rotations) -> Scan:
-        """Ray-cast one revolution.
-
-        origins_m (columns, 3): sensor position in the world at each column's firing time.
-        rotations (columns, 3, 3): sensor-to-world rotation at each column's firing time.
-        """
-        p = self.preset
-        nc, nb = p.columns, p.beams
+    def _first_pass_hits(self, o, u, w) -> tuple:
+        """(hit (C, B) sample index, has_hit (C, B), samples per column): where each beam first
+        meets the terrain cut through its column plane, on the nearest-sample heights."""
+        nc, nb = self.preset.columns, self.preset.beams
         terrain = self.terrain
-        cos_az, sin_az = np.cos(self.azimuths_rad), np.sin(self.azimuths_rad)
-        horizontal_s = np.stack([cos_az, sin_az, np.zeros(nc)], axis=1)
-        u = np.einsum('cij,cj->ci', rotations, horizontal_s).astype(np.float32)  # (C, 3)
-        w = rotations[:, :, 2].astype(np.float32)                                  # spin axis
-        o = origins_m.astype(np.float32)
         a = self.distances[None, :]                                                # (1, J)
 
         # Terrain cut through each column plane, first pass: nearest-sample heights at the points
@@ -142,6 +133,23 @@ class LidarCaster:
         hit = np.searchsorted(flat, queries.ravel(), side='left').reshape(nc, nb)
         hit -= (np.arange(nc) * j_count)[:, None]
         has_hit = (hit > 0) & (hit < j_count)
+        return hit, has_hit, j_count
+
+    def cast(self, origins_m, rotations) -> Scan:
+        """Ray-cast one revolution.
+
+        origins_m (columns, 3): sensor position in the world at each column's firing time.
+        rotations (columns, 3, 3): sensor-to-world rotation at each column's firing time.
+        """
+        p = self.preset
+        nc, nb = p.columns, p.beams
+        terrain = self.terrain
+        cos_az, sin_az = np.cos(self.azimuths_rad), np.sin(self.azimuths_rad)
+        horizontal_s = np.stack([cos_az, sin_az, np.zeros(nc)], axis=1)
+        u = np.einsum('cij,cj->ci', rotations, horizontal_s).astype(np.float32)  # (C, 3)
+        w = rotations[:, :, 2].astype(np.float32)                                  # spin axis
+        o = origins_m.astype(np.float32)
+        hit, has_hit, j_count = self._first_pass_hits(o, u, w)
 
         # Refine along each beam's exact ray (tilt included) with bilinear heights at the three
         # samples around the first-pass hit; keep the pair that brackets the crossing.

@@ -1,0 +1,77 @@
+"""A node's health: rejected inputs counted by reason, and its status on /diagnostics."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+DIAG_OK = 0
+DIAG_WARN = 1
+DIAG_ERROR = 2
+
+
+class RejectCounter:
+    """Counts rejected inputs by reason and logs them, throttled so a flood cannot drown the
+    log."""
+
+    def __init__(self, logger, throttle_s: float = 5.0):
+        self._logger = logger
+        self._throttle_s = throttle_s
+        self.counts: dict = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def reject(self, reason: str, detail: str = '') -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        text = f'rejected input ({reason}): {detail}' if detail else f'rejected input ({reason})'
+        # One throttle per call site in rclpy: keep the call here so every reason shares it.
+        self._logger.warning(text, throttle_duration_sec=self._throttle_s)
+
+    def add(self, counts: dict) -> None:
+        """Merge counts kept elsewhere (e.g. by a core object) without logging them again."""
+        for reason, count in counts.items():
+            self.counts[reason] = self.counts.get(reason, 0) + count
+
+
+def diagnostic_status(name: str, hardware_id: str, level: int, message: str,
+                      values: dict) -> DiagnosticStatus:
+    return DiagnosticStatus(
+        level=bytes([int(level)]), name=name, message=message, hardware_id=hardware_id,
+        values=[KeyValue(key=str(key), value=_format_value(value))
+                for key, value in values.items()])
+
+
+def _format_value(value) -> str:
+    if isinstance(value, float):
+        return f'{value:.6g}'
+    return str(value)
+
+
+class DiagnosticsPublisher:
+    """Publishes the node's health on /diagnostics every `period_s` (node clock)."""
+
+    def __init__(self, node, period_s: float, collect: Callable[[], tuple]):
+        self._node = node
+        self._collect = collect
+        self._publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.timer = node.create_timer(period_s, self._on_timer)
+        self.last: Optional[DiagnosticStatus] = None
+
+    def _on_timer(self) -> None:
+        # Collecting costs up to a few ms (the learner's windowed Spearman): not when nobody
+        # listens (replay, tests). Rates in the next status then average over the silent time.
+        if self._publisher.get_subscription_count() > 0:
+            self.publish_now()
+
+    def publish_now(self) -> None:
+        level, message, values = self._collect()
+        status = diagnostic_status(f'{self._node.get_name()}: status',
+                                   self._node.get_fully_qualified_name(), level, message, values)
+        array = DiagnosticArray()
+        array.header.stamp = self._node.get_clock().now().to_msg()
+        array.status = [status]
+        self.last = status
+        self._publisher.publish(array)

@@ -1,0 +1,51 @@
+"""Running one node as a process: rclpy.init with one-line errors, spin, close cleanly."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation
+
+
+def init_ros(args=None) -> bool:
+    """rclpy.init; on arguments rcl cannot parse, say so in one line (no traceback) and return
+    False. The usual slip: an empty value, `-p model_path:=`, which rcl refuses; an empty string
+    is written `-p model_path:="''"`."""
+    try:
+        rclpy.init(args=args)
+    except rclpy_implementation.RCLError as error:
+        reason = str(error).split(', at ')[0]
+        print(f'error: {reason}\n(an empty parameter value is written -p name:="\'\'")',
+              file=sys.stderr)
+        return False
+    return True
+
+
+def run_node(node_factory: Callable, args=None) -> int:
+    """init, build the node, spin until Ctrl-C / SIGTERM / shutdown, then close it cleanly.
+
+    A node may define `close()` (e.g. save its model); it runs after spinning stops, even when the
+    context was shut down by a signal. Returns the process exit code.
+    """
+    if not init_ros(args):
+        return 2
+    try:
+        node = node_factory()
+    except ValueError as error:  # invalid parameters at start-up: say why, do not trace back
+        print(f'error: {error}', file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        close = getattr(node, 'close', None)
+        if close is not None:
+            close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
