@@ -21,6 +21,7 @@ from terrain_ssl.core.association import CellMap, Crossings
 from terrain_ssl.core.geometry import PoseHistory, make_transform, quat_from_rpy
 from terrain_ssl.core.patches import (FEATURE_NAMES, PatchSet, compute_patches_xyz,
                                       count_finite_points, finite_points_to_frame)
+from terrain_ssl.core.stamps import ACCEPT, NEW_RUN, OUT_OF_ORDER, StampGuard
 from terrain_ssl.core.vibration import GRAVITY_SOURCES, SHOCK_MEASURES, VibrationFilter
 
 NS_PER_S = 1_000_000_000
@@ -176,7 +177,8 @@ class Labeler:
                                                              c.lidar_yaw))
         self._set_pending(Crossings.empty())
         self._ready: list = []
-        self._last = {'imu': None, 'odometry': None, 'scan': None}
+        self._stamps = StampGuard(('imu', 'odometry', 'scan'), c.time_reset_backwards_s)
+        self._last = self._stamps.last  # stream -> last accepted stamp (ns)
         self._imu_gaps_seen = 0
 
     def reconfigure(self, config: LabelerConfig) -> None:
@@ -198,6 +200,7 @@ class Labeler:
             stats, rejects = self.stats, self.rejects
             self._build()
             self.stats, self.rejects = stats, rejects
+        self._stamps.reset_backwards_ns = int(config.time_reset_backwards_s * NS_PER_S)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -216,18 +219,20 @@ class Labeler:
         self.stats, self.rejects, self._ready = stats, rejects, ready
 
     def _accept_stamp(self, stream: str, t_ns: int) -> bool:
-        """Stamps must increase per stream; a big jump back resets everything."""
-        last = self._last[stream]
-        if last is not None and t_ns <= last:
-            if last - t_ns > self.config.time_reset_backwards_s * NS_PER_S:
-                self._reject('time_backwards', f'{stream} stamp went back '
-                             f'{(last - t_ns) / NS_PER_S:.3f} s: state reset')
-                self.reset()
-            else:
-                self._reject('out_of_order', f'{stream} stamp not after the previous one')
-                return False
-        self._last[stream] = t_ns
-        return True
+        """Stamps must increase per stream; a jump back the streams agree on resets everything
+        (see terrain_ssl.core.stamps), a lone stamp out of line is dropped and counted."""
+        verdict = self._stamps.check(stream, t_ns)
+        if verdict == ACCEPT:
+            return True
+        if verdict == NEW_RUN:
+            self._reject(NEW_RUN, f'{stream} stamps went back to {t_ns} ns: state reset')
+            self.reset()
+            self._stamps.check(stream, t_ns)
+            return True
+        detail = ('stamp not after the previous one' if verdict == OUT_OF_ORDER else
+                  'stamp far behind the previous one, not (yet) followed by the others')
+        self._reject(verdict, f'{stream} {detail}')
+        return False
 
     # -- inputs ------------------------------------------------------------------------------
 
