@@ -19,6 +19,7 @@ import numpy as np
 
 from terrain_ssl.core.association import CellMap, Crossings
 from terrain_ssl.core.geometry import PoseHistory, make_transform, quat_from_rpy
+from terrain_ssl.core.label_model import label_roughness
 from terrain_ssl.core.patches import (FEATURE_NAMES, PatchSet, compute_patches_xyz,
                                       count_finite_points, finite_points_to_frame)
 from terrain_ssl.core.stamps import ACCEPT, NEW_RUN, OUT_OF_ORDER, StampGuard
@@ -63,7 +64,11 @@ class LabelerConfig:
     footprint_offset_x: float = 1.3          # footprint centre ahead of base_link (m)
     # Labels
     label_min_speed: float = 1.0             # no label below this ground speed (m/s)
-    label_speed_exponent: float = 1.0        # roughness = shock / speed**exponent
+    # roughness = sqrt(shock^2 - floor^2) / speed**exponent (terrain_ssl.core.label_model);
+    # floor 0 and exponent 1 (shock / speed) suit a car at 3-7 m/s, where the vibration floor of
+    # motor, drivetrain and IMU is far below the terrain's shocks.
+    label_speed_exponent: float = 1.0
+    label_floor: float = 0.0                 # vibration floor removed from each shock (m/s^2)
     label_min_window_s: float = 0.1          # shortest shock window (s), centred on the crossing
     # A crossing whose window the IMU has covered waits up to this long (s) for the crossings
     # completing right after it: they are measured and published as one batch. 0: each one as
@@ -89,7 +94,7 @@ class LabelerConfig:
             if not np.isfinite(value) or value <= 0:
                 return f'{name} must be > 0, got {value}'
         non_negative = ['patch_ground_band', 'patch_min_range', 'label_min_speed',
-                        'label_moderate_threshold', 'label_speed_exponent',
+                        'label_moderate_threshold', 'label_speed_exponent', 'label_floor',
                         'label_batch_s', 'odom_max_extrapolation_s']
         for name in non_negative:
             value = getattr(self, name)
@@ -393,7 +398,7 @@ class Labeler:
         labeled = ready.take(np.array(keep, dtype=np.int64))
         shock = np.array(shock)
         speed = np.array(speed)
-        roughness = shock / speed ** c.label_speed_exponent
+        roughness = label_roughness(shock, speed, c.label_floor, c.label_speed_exponent)
         self._ready.append(LabeledPatches(
             t_ns=int(labeled.exit_ns.max()), keys=labeled.keys, centres=labeled.centres,
             features=labeled.features, roughness=roughness,

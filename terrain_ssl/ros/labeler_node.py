@@ -90,8 +90,11 @@ CONFIG_PARAMS = [
     _spec('footprint.offset_x', 'Footprint centre ahead of base_link (m).', min=-50.0,
           max=50.0),
     _spec('label.min_speed', 'No label below this ground speed (m/s).', min=0.0, max=100.0),
-    _spec('label.speed_exponent', 'roughness = shock / speed**exponent ((m/s^2)/(m/s) at 1).',
-          min=0.0, max=3.0),
+    _spec('label.speed_exponent', 'roughness = sqrt(shock^2 - floor^2) / speed**exponent '
+          '((m/s^2)/(m/s)^exponent); `terrain-ssl calibrate` fits it.', min=0.0, max=3.0),
+    _spec('label.floor', 'Vibration floor (motor, drivetrain, IMU noise) removed from each '
+          'shock before the speed normalisation (m/s^2); `terrain-ssl calibrate` fits it.',
+          min=0.0, max=100.0),
     _spec('label.min_window_s', 'Shortest shock window around a crossing (s).', min=0.005,
           max=10.0),
     _spec('label.batch_s', 'A crossing covered by the IMU waits up to this long for the ones '
