@@ -31,6 +31,7 @@ NS_PER_S = 1_000_000_000
 STANDSTILL_WINDOW_S = 2.0
 MAX_WINDOW_S = 20.0           # a longer stretch per window is stop-and-go, not a crossing
 MIN_MOVING_WINDOWS = 3        # fewer in a drive: it cannot be calibrated
+MIN_DURATION_S = 15.0         # a shorter drive is too short to calibrate (filters settle 2 s)
 LABEL_QUANTILES = (0.6, 0.9)  # moderate, rough thresholds from the label distribution
 # ISO 2631-1:1997 Annex C, likely reactions to weighted RMS acceleration (m/s^2) in public
 # transport; each name's limit is the upper end of its range ("extremely uncomfortable", above
@@ -126,10 +127,11 @@ def drive_windows(name: str, imu_t_ns, imu_accel, odom_t_ns, odom_speed,
                            speed=mean_speed[usable][order], shock=shock[usable][order],
                            imu_rate_hz=vibration.rate_hz or float('nan'))
     moving = int(windows.moving.sum())
-    if moving < MIN_MOVING_WINDOWS:
-        if duration_s < 10.0:
-            windows.problem = f'too short ({duration_s:.1f} s of IMU with odometry)'
-        elif float(np.max(speed)) < STANDSTILL_MPS:
+    if duration_s < MIN_DURATION_S:
+        windows.problem = (f'too short ({duration_s:.1f} s of IMU with odometry, need '
+                           f'{MIN_DURATION_S:.0f} s)')
+    elif moving < MIN_MOVING_WINDOWS:
+        if float(np.max(speed)) < STANDSTILL_MPS:
             windows.problem = 'too slow (never moved)'
         else:
             windows.problem = (f'too little driving: {moving} windows of '
