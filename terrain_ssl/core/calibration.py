@@ -6,8 +6,9 @@
 
 A window is the stretch of driving one label measures: the footprint crossing one cell, i.e.
 `footprint.length + patch.size` metres of travel (at least `label.min_window_s`), one ending
-every `patch.size` metres, with the labeler's own vibration filter and shock measure. Standstill stretches give fixed windows of
-STANDSTILL_WINDOW_S that measure the floor. No lidar is needed.
+every `patch.size` metres, with the labeler's own vibration filter and shock measure.
+Standstill stretches give fixed windows of STANDSTILL_WINDOW_S that measure the floor. No
+lidar is needed.
 
 Thresholds come either from the label distribution (the roughest 10% of what was driven is
 rough, the next 30% moderate) or from a shock limit (m/s^2): rough where the robot's typical

@@ -130,5 +130,5 @@ def speed_ratio(labels, speed) -> float:
     return float(fast / slow) if slow > 0 else float('nan')
 
 
-__all__ = ['LabelModel', 'MAX_EXPONENT', 'MIN_EXPONENT', 'MIN_SPEED_SPREAD', 'STANDSTILL_MPS', 'fit_label_model',
-           'label_roughness', 'speed_ratio']
+__all__ = ['MAX_EXPONENT', 'MIN_EXPONENT', 'MIN_SPEED_SPREAD', 'STANDSTILL_MPS', 'LabelModel',
+           'fit_label_model', 'label_roughness', 'speed_ratio']
