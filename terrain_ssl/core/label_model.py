@@ -112,7 +112,7 @@ def fit_label_model(speed, shock, group=None, min_speed: float = 0.05,
     fit = least_squares(residuals, np.clip(start, lower + 1e-9, upper - 1e-9),
                         bounds=(lower, upper), loss='soft_l1', f_scale=0.3)
     floor = lower_floor + (upper_floor - lower_floor) / (1.0 + np.exp(-fit.x[0]))
-    return LabelModel(floor=float(floor) if floor > 1e-4 * upper_floor else 0.0,
+    return LabelModel(floor=float(floor) if floor > 0.01 * upper_floor else 0.0,
                       speed_exponent=float(fit.x[1]), windows=int(moving.sum()),
                       standstill_floor=standstill, fitted=True)
 
