@@ -39,6 +39,17 @@ def test_floor_is_removed_in_power():
     assert model.roughness(model.shock(1.3, 0.7), 0.7) == pytest.approx(1.3)
 
 
+def test_roughness_times_reference_speed_is_the_terrain_shock():
+    # Whatever the exponent, the advisor's shock = roughness x speed holds at the reference.
+    model = LabelModel(floor=0.2, speed_exponent=0.4, reference_speed=0.25)
+    terrain = 0.6  # m/s^2 above the floor at 0.25 m/s
+    shock = np.hypot(0.2, terrain)
+    assert model.roughness(shock, 0.25) * 0.25 == pytest.approx(terrain)
+    # ... and the label is the same at four times the speed, where the shock is 4^0.4 larger.
+    faster = np.hypot(0.2, terrain * 4 ** 0.4)
+    assert model.roughness(faster, 1.0) == pytest.approx(model.roughness(shock, 0.25))
+
+
 def test_fit_recovers_floor_and_exponent():
     speed, shock, group = synthetic_windows()
     model = fit_label_model(speed, shock, group)

@@ -23,8 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from terrain_ssl.core.label_model import (STANDSTILL_MPS, LabelModel, fit_label_model,
-                                          label_roughness)
+from terrain_ssl.core.label_model import STANDSTILL_MPS, LabelModel, fit_label_model
 from terrain_ssl.core.labeler import LabelerConfig
 from terrain_ssl.core.vibration import VibrationFilter
 
@@ -168,6 +167,7 @@ class Calibration:
         """roughness_labeler parameters (ROS names) that apply this calibration."""
         return {'label.floor': round(self.model.floor, 6),
                 'label.speed_exponent': round(self.model.speed_exponent, 6),
+                'label.reference_speed': round(self.model.reference_speed, 6),
                 'label.min_speed': round(self.min_speed, 6),
                 'label.moderate_threshold': round(self.moderate_threshold, 6),
                 'label.rough_threshold': round(self.rough_threshold, 6),
@@ -197,15 +197,15 @@ def calibrate(drives, config: Optional[LabelerConfig] = None,
     min_speed = max(STANDSTILL_MPS, 0.5 * float(np.percentile(moving_speed, 10)))
     model = fit_label_model(speed, shock, group, min_speed=min_speed,
                             default_exponent=c.label_speed_exponent)
+    typical = float(np.median(moving_speed))
+    model = model.with_reference_speed(typical)  # the advisor's v = limit / r is exact there
     labeled = speed >= min_speed
     labels = model.roughness(shock[labeled], speed[labeled])
-    typical = float(np.median(moving_speed))
     if shock_limit is None:
         moderate, rough = (float(q) for q in np.quantile(labels, LABEL_QUANTILES))
         source = 'labels'
     else:
-        rough, moderate = (float(label_roughness(limit, typical, model.floor,
-                                                 model.speed_exponent))
+        rough, moderate = (float(model.roughness(limit, typical))
                            for limit in (shock_limit, 0.5 * shock_limit))
         if rough <= 0.0:
             raise ValueError(f'the shock limit {shock_limit} m/s^2 is not above the vibration '

@@ -7,19 +7,23 @@ vibrations add in power, so
 
     shock^2 = floor^2 + (k * v^e)^2        k: the terrain's roughness, e: the speed exponent
 
-and the label is k, the part of the shock above the floor per unit speed^e:
+and the label is k, expressed in the units the rest of the package uses, (m/s^2)/(m/s): the
+terrain's shock per unit speed at a reference speed v_ref,
 
-    roughness = sqrt(max(shock^2 - floor^2, 0)) / v^e      ((m/s^2) / (m/s)^e)
+    roughness = sqrt(max(shock^2 - floor^2, 0)) / v^e * v_ref^(e - 1)
+              = terrain shock / (v * (v / v_ref)^(e - 1))
 
-With floor 0 and e 1 it is the plain shock / speed the simulator's defaults use (a car at
-3-7 m/s has a floor far below its terrain shocks). `fit_label_model` finds floor and e from a
-robot's own drives: windows of (speed, shock), grouped by drive (each group may have its own
-roughness k; floor and e are shared), in log space with a robust loss.
+so that roughness * v_ref is the terrain's shock at v_ref, whatever e: the speed advisor's rule
+v = shock_limit / roughness is exact at v_ref and approximate around it. With floor 0 and e 1 it
+is the plain shock / speed the simulator's defaults use (a car at 3-7 m/s has a floor far below
+its terrain shocks; v_ref then does not matter). `fit_label_model` finds floor and e from a
+robot's own drives: windows of (speed, shock), grouped (each group may have its own roughness
+k; floor and e are shared), in log space with a robust loss.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -31,34 +35,43 @@ STANDSTILL_MPS = 0.02  # windows slower than this measure the floor alone
 MIN_SPEED_SPREAD = 1.5  # fastest / slowest usual speed a drive needs to tell the exponent
 
 
-def label_roughness(shock, speed, floor: float = 0.0, exponent: float = 1.0) -> np.ndarray:
-    """Roughness labels ((m/s^2)/(m/s)^exponent) of shocks (m/s^2) at ground speeds (m/s)."""
+def label_roughness(shock, speed, floor: float = 0.0, exponent: float = 1.0,
+                    reference_speed: float = 1.0) -> np.ndarray:
+    """Roughness labels ((m/s^2)/(m/s)) of shocks (m/s^2) at ground speeds (m/s)."""
     shock = np.asarray(shock, dtype=np.float64)
     speed = np.asarray(speed, dtype=np.float64)
     if floor > 0.0:
         shock = np.sqrt(np.maximum(shock * shock - floor * floor, 0.0))
     if exponent == 1.0:
         return shock / speed
-    return shock / speed ** exponent
+    return shock / speed ** exponent * reference_speed ** (exponent - 1.0)
 
 
 @dataclass(frozen=True)
 class LabelModel:
-    """shock^2 = floor^2 + (roughness * speed^speed_exponent)^2 (see module docstring)."""
+    """shock^2 = floor^2 + (k * speed^speed_exponent)^2, roughness = k * v_ref^(e - 1) (see
+    the module docstring)."""
 
     floor: float = 0.0             # m/s^2
     speed_exponent: float = 1.0
+    reference_speed: float = 1.0   # m/s
     windows: int = 0               # moving windows the fit used
     standstill_floor: float = float('nan')  # median shock at standstill (m/s^2), if measured
     fitted: bool = True            # False: speeds too alike, exponent kept at its default
 
     def roughness(self, shock, speed) -> np.ndarray:
-        return label_roughness(shock, speed, self.floor, self.speed_exponent)
+        return label_roughness(shock, speed, self.floor, self.speed_exponent,
+                               self.reference_speed)
 
     def shock(self, roughness, speed) -> np.ndarray:
         """The shock (m/s^2) the model expects for `roughness` at `speed` (m/s)."""
-        terrain = np.asarray(roughness, float) * np.asarray(speed, float) ** self.speed_exponent
+        e = self.speed_exponent
+        k = np.asarray(roughness, float) / self.reference_speed ** (e - 1.0)
+        terrain = k * np.asarray(speed, float) ** e
         return np.sqrt(self.floor ** 2 + terrain * terrain)
+
+    def with_reference_speed(self, reference_speed: float) -> 'LabelModel':
+        return replace(self, reference_speed=float(reference_speed))
 
 
 def fit_label_model(speed, shock, group=None, min_speed: float = 0.05,

@@ -64,11 +64,12 @@ class LabelerConfig:
     footprint_offset_x: float = 1.3          # footprint centre ahead of base_link (m)
     # Labels
     label_min_speed: float = 1.0             # no label below this ground speed (m/s)
-    # roughness = sqrt(shock^2 - floor^2) / speed**exponent (terrain_ssl.core.label_model);
-    # floor 0 and exponent 1 (shock / speed) suit a car at 3-7 m/s, where the vibration floor of
-    # motor, drivetrain and IMU is far below the terrain's shocks.
+    # roughness = sqrt(shock^2 - floor^2) / speed**exponent * reference_speed**(exponent - 1)
+    # (terrain_ssl.core.label_model); floor 0 and exponent 1 (shock / speed) suit a car at
+    # 3-7 m/s, where the vibration floor of motor, drivetrain and IMU is far below the terrain's.
     label_speed_exponent: float = 1.0
     label_floor: float = 0.0                 # vibration floor removed from each shock (m/s^2)
+    label_reference_speed: float = 1.0       # where roughness x speed is the terrain's shock (m/s)
     label_min_window_s: float = 0.1          # shortest shock window (s), centred on the crossing
     # A crossing whose window the IMU has covered waits up to this long (s) for the crossings
     # completing right after it: they are measured and published as one batch. 0: each one as
@@ -88,7 +89,8 @@ class LabelerConfig:
         positive = ['vibration_band_low_hz', 'vibration_band_high_hz', 'vibration_gravity_tau_s',
                     'imu_max_gap_s', 'imu_max_wait_s', 'patch_size', 'patch_max_range',
                     'map_max_age_s', 'footprint_length', 'footprint_width',
-                    'time_reset_backwards_s', 'odom_max_interval_s', 'label_min_window_s']
+                    'time_reset_backwards_s', 'odom_max_interval_s', 'label_min_window_s',
+                    'label_reference_speed']
         for name in positive:
             value = getattr(self, name)
             if not np.isfinite(value) or value <= 0:
@@ -398,7 +400,8 @@ class Labeler:
         labeled = ready.take(np.array(keep, dtype=np.int64))
         shock = np.array(shock)
         speed = np.array(speed)
-        roughness = label_roughness(shock, speed, c.label_floor, c.label_speed_exponent)
+        roughness = label_roughness(shock, speed, c.label_floor, c.label_speed_exponent,
+                                    c.label_reference_speed)
         self._ready.append(LabeledPatches(
             t_ns=int(labeled.exit_ns.max()), keys=labeled.keys, centres=labeled.centres,
             features=labeled.features, roughness=roughness,

@@ -189,7 +189,7 @@ def plot_roughness_vs_speed(drives, calibration: Calibration, path: Path) -> Non
         ax.annotate(name, (ax.get_xlim()[1], value), ha='right', va='bottom', fontsize=8)
     model = calibration.model
     ax.set_xlabel('ground speed (m/s)')
-    ax.set_ylabel(f'roughness ((m/s²)/(m/s)^{model.speed_exponent:.2f})')
+    ax.set_ylabel(f'roughness ((m/s²)/(m/s) at {model.reference_speed:.2f} m/s)')
     ax.set_title(f'floor {model.floor:.3f} m/s², speed exponent {model.speed_exponent:.2f}')
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()

@@ -90,8 +90,12 @@ CONFIG_PARAMS = [
     _spec('footprint.offset_x', 'Footprint centre ahead of base_link (m).', min=-50.0,
           max=50.0),
     _spec('label.min_speed', 'No label below this ground speed (m/s).', min=0.0, max=100.0),
-    _spec('label.speed_exponent', 'roughness = sqrt(shock^2 - floor^2) / speed**exponent '
-          '((m/s^2)/(m/s)^exponent); `terrain-ssl calibrate` fits it.', min=0.0, max=3.0),
+    _spec('label.speed_exponent', 'roughness = sqrt(shock^2 - floor^2) / speed**exponent x '
+          'reference_speed**(exponent - 1) ((m/s^2)/(m/s)); `terrain-ssl calibrate` fits it.',
+          min=0.0, max=3.0),
+    _spec('label.reference_speed', 'Speed at which roughness x speed is the terrain shock '
+          '(m/s); no effect at speed_exponent 1. `terrain-ssl calibrate` sets the typical speed.',
+          min=0.01, max=100.0),
     _spec('label.floor', 'Vibration floor (motor, drivetrain, IMU noise) removed from each '
           'shock before the speed normalisation (m/s^2); `terrain-ssl calibrate` fits it.',
           min=0.0, max=100.0),
