@@ -51,10 +51,10 @@ def drive(tmp_path_factory):
 
 def label_drive(events, truth, imu_glitch=0.0, bad_odometry=0.0, seed=0):
     """Feed the drive to a Labeler, glitching the given shares of messages: (labels, Spearman
-    of labels vs true roughness, labeler)."""
+    of labels vs true roughness, labeler, odometry messages made bad)."""
     rng = np.random.default_rng(seed)
     labeler = Labeler(LabelerConfig())
-    labeler.corrupted = 0  # odometry messages made bad here
+    corrupted = 0  # odometry messages made bad here
     batches = []
     for event in events:
         if event[0] == 'imu':
@@ -63,7 +63,7 @@ def label_drive(events, truth, imu_glitch=0.0, bad_odometry=0.0, seed=0):
         elif event[0] == 'odom':
             _, t_ns, position, quat, linear, angular = event
             if rng.random() < bad_odometry:
-                labeler.corrupted += 1
+                corrupted += 1
                 if rng.random() < 0.5:
                     position = (math.inf, position[1], position[2])
                 else:
@@ -77,18 +77,19 @@ def label_drive(events, truth, imu_glitch=0.0, bad_odometry=0.0, seed=0):
     if labeler.has_labels:
         batches.append(labeler.pop_labels())
     if not batches:
-        return 0, float('nan'), labeler
+        return 0, float('nan'), labeler, corrupted
     centres = np.concatenate([batch.centres for batch in batches])
     roughness = np.concatenate([batch.roughness for batch in batches])
     true = truth.roughness_at(centres[:, :2])
     inside = np.isfinite(true)
-    return roughness.shape[0], float(spearmanr(roughness[inside], true[inside])[0]), labeler
+    rho = float(spearmanr(roughness[inside], true[inside])[0])
+    return roughness.shape[0], rho, labeler, corrupted
 
 
 def test_imu_stamps_out_of_line_keep_the_labels(drive):
     events, truth, (clean, clean_rho) = drive
     assert clean > 500 and clean_rho > 0.8
-    labels, rho, labeler = label_drive(events, truth, imu_glitch=0.02)
+    labels, rho, labeler, _ = label_drive(events, truth, imu_glitch=0.02)
     assert labels >= 0.95 * clean
     assert rho == pytest.approx(clean_rho, abs=0.02)
     assert labeler.stats['resets'] == 0
@@ -100,17 +101,17 @@ def test_imu_stamps_out_of_line_keep_the_labels(drive):
 
 def test_bad_odometry_costs_no_more_than_its_share(drive):
     events, truth, (clean, clean_rho) = drive
-    labels, rho, labeler = label_drive(events, truth, bad_odometry=0.02)
+    labels, rho, labeler, corrupted = label_drive(events, truth, bad_odometry=0.02)
     assert abs(labels - clean) <= 0.03 * clean
     assert rho == pytest.approx(clean_rho, abs=0.03 * clean_rho)
     # Every bad message rejected (an accepted infinite position sends the footprint away and
     # back: every cell under it completes a crossing early, and the labels get worse).
-    assert labeler.rejects['nonfinite_odometry'] == labeler.corrupted > 0
+    assert labeler.rejects['nonfinite_odometry'] == corrupted > 0
     assert rho == pytest.approx(clean_rho, abs=0.005)
 
 
 def test_a_looping_drive_still_resets(drive):
     events, truth, (first, _) = drive
-    labels, _, labeler = label_drive(events + events, truth)
+    labels, _, labeler, _ = label_drive(events + events, truth)
     assert labeler.stats['resets'] == 1 and labeler.rejects['time_backwards'] == 1
     assert labels >= 1.9 * first  # the second lap labeled again after the reset
