@@ -149,3 +149,18 @@ def test_params_file_drives_replay_and_node(tmp_path, capsys):
         node.destroy_node()
     finally:
         context.try_shutdown()
+
+
+def test_a_drive_that_never_moves_is_too_slow():
+    from terrain_ssl.core.calibration import drive_windows
+
+    rng = np.random.default_rng(0)
+    imu_t = np.arange(3000, dtype=np.int64) * 10_000_000          # 30 s at 100 Hz
+    accel = np.column_stack([rng.normal(0, 0.05, (3000, 2)), 9.81 + rng.normal(0, 0.05, 3000)])
+    odom_t = np.arange(600, dtype=np.int64) * 50_000_000           # 30 s at 20 Hz
+    crawl = np.full(600, 0.01)                                     # m/s: wheels barely turning
+    windows = drive_windows('parked', imu_t, accel, odom_t, crawl)
+    assert windows.problem == 'too slow (never moved)'
+    assert windows.speed.shape[0] > 0 and np.all(windows.speed < 0.02)  # standstill windows
+    moving = drive_windows('moving', imu_t, accel, odom_t, np.full(600, 1.5))
+    assert moving.problem == '' and moving.moving.sum() >= 3

@@ -5,8 +5,9 @@
     IMU   --> VibrationFilter --> shock over each pending crossing's window / speed --> labels
 
 Inputs are checked here: non-finite values, empty scans, time going backwards (a looping bag:
-everything resets), out-of-order or duplicate stamps, IMU gaps and scans without odometry are
-counted by reason in `rejects` (and reported through `on_reject`), never raised.
+everything resets; a lone stamp far out of line is dropped, see terrain_ssl.core.stamps),
+out-of-order or duplicate stamps, IMU gaps and scans without odometry are counted by reason in
+`rejects` (and reported through `on_reject`), never raised.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class LabelerConfig:
     label_moderate_threshold: float = 0.1    # roughness at which "moderate" starts
     label_rough_threshold: float = 0.3       # roughness at which "rough" starts
     # Time
-    time_reset_backwards_s: float = 1.0      # a stamp this far back means a new run: reset (s)
+    time_reset_backwards_s: float = 1.0      # a jump this far back may be a new run: reset (s)
     odom_max_extrapolation_s: float = 0.1    # scan newer than the last odometry by at most (s)
     odom_max_interval_s: float = 0.5         # odometry bracketing a scan at most this apart (s)
 

@@ -108,8 +108,9 @@ CONFIG_PARAMS = [
           'moderate; applies to the next label.', min=0.0, max=1e6),
     _spec('label.rough_threshold', 'Roughness ((m/s^2)/(m/s)) from which a label is rough; '
           'applies to the next label.', min=0.0, max=1e6),
-    _spec('time.reset_backwards_s', 'A stamp this far behind its stream resets all state '
-          '(looping bag) (s); smaller steps back are dropped as out of order.',
+    _spec('time.reset_backwards_s', 'A jump back this far (s) resets all state once its stream '
+          'stays on the new time line or another stream agrees (looping bag); a lone stamp that '
+          'far back is dropped (stamp_out_of_line), smaller steps back as out of order.',
           min=0.001, max=3600.0),
     _spec('odom.max_extrapolation_s', 'A scan may be newer than the last odometry by at most '
           'this (s).', min=0.0, max=5.0),
