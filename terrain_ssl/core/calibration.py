@@ -23,6 +23,7 @@ from typing import Optional
 
 import numpy as np
 
+from terrain_ssl.core.comfort import ISO2631_COMFORT_LIMITS
 from terrain_ssl.core.label_model import STANDSTILL_MPS, LabelModel, fit_label_model
 from terrain_ssl.core.labeler import LabelerConfig
 from terrain_ssl.core.vibration import VibrationFilter
@@ -34,16 +35,6 @@ MIN_MOVING_WINDOWS = 3        # fewer in a drive: it cannot be calibrated
 SEGMENT_S = 10.0              # stretch of a drive assumed to be one terrain in the fit (s)
 MIN_DURATION_S = 15.0         # a shorter drive is too short to calibrate (filters settle 2 s)
 LABEL_QUANTILES = (0.6, 0.9)  # moderate, rough thresholds from the label distribution
-# ISO 2631-1:1997 Annex C, likely reactions to weighted RMS acceleration (m/s^2) in public
-# transport; each name's limit is the upper end of its range ("extremely uncomfortable", above
-# 2 m/s^2, has none).
-ISO2631_COMFORT_LIMITS = {
-    'not_uncomfortable': 0.315,
-    'a_little_uncomfortable': 0.63,
-    'fairly_uncomfortable': 1.0,
-    'uncomfortable': 1.6,
-    'very_uncomfortable': 2.5,
-}
 
 
 @dataclass

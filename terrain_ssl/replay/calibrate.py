@@ -17,15 +17,16 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
-from terrain_ssl.core.calibration import (ISO2631_COMFORT_LIMITS, Calibration, DriveWindows,
-                                          calibrate, drive_windows)
-from terrain_ssl.core.labeler import LabelerConfig
-from terrain_ssl.ros.conversions import stamp_to_ns
-from terrain_ssl.ros.labeler_node import CONFIG_PARAMS, config_from_values
+from terrain_ssl.core.comfort import ISO2631_COMFORT_LIMITS
+
+if TYPE_CHECKING:  # the CLI imports this module to list its options: rclpy and scipy load later
+    from terrain_ssl.core.calibration import Calibration, DriveWindows
+    from terrain_ssl.core.labeler import LabelerConfig
 
 IMU_TYPE, ODOM_TYPE = 'sensor_msgs/msg/Imu', 'nav_msgs/msg/Odometry'
 LABELER_KEYS = ('/**/roughness_labeler', 'roughness_labeler', '/roughness_labeler', '/**')
@@ -45,9 +46,11 @@ def register(subparsers) -> None:
     limit.add_argument('--shock-limit', type=float, metavar='M/S2',
                        help='thresholds from this shock limit (m/s^2) at the typical speed, '
                             'instead of from the label distribution')
-    limit.add_argument('--comfort', choices=sorted(ISO2631_COMFORT_LIMITS),
+    limit.add_argument('--comfort', choices=sorted(ISO2631_COMFORT_LIMITS), metavar='CLASS',
                        help='ISO 2631-1 comfort class whose upper limit (Wk-weighted RMS, '
-                            'm/s^2) is the shock limit; selects the wk_rms shock measure')
+                            'm/s^2) is the shock limit; selects the wk_rms shock measure: ' +
+                            ', '.join(f'{name} ({limit})' for name, limit
+                                      in ISO2631_COMFORT_LIMITS.items()))
     parser.add_argument('--config', help='parameters file of your robot (footprint, patch '
                         'size, vibration band...); its labeler values are the starting point '
                         'and are copied to params.yaml')
@@ -71,6 +74,8 @@ def labeler_parameters(path) -> dict:
 
 def labeler_config(values: dict) -> LabelerConfig:
     """LabelerConfig from parameter values (ROS names), defaults for the rest."""
+    from terrain_ssl.ros.labeler_node import CONFIG_PARAMS, config_from_values
+
     merged = {spec.name: spec.default for spec in CONFIG_PARAMS}
     merged.update({name: value for name, value in values.items() if name in merged})
     return config_from_values(merged)
@@ -92,6 +97,7 @@ def read_drive(path, imu_topic=None, odom_topic=None) -> dict:
     """IMU and odometry of a bag as arrays: imu_t_ns, imu_accel, imu_quat (or None),
     odom_t_ns, odom_speed (m/s). Messages with non-finite values are left out."""
     from terrain_ssl.replay.bag import Bag, ReadCounts
+    from terrain_ssl.ros.conversions import stamp_to_ns
 
     imu_t, accel, quats, odom_t, speed = [], [], [], [], []
     with Bag(path) as bag:
@@ -138,6 +144,7 @@ def _clean(drive: dict) -> dict:
 
 
 def windows_of(path, config: LabelerConfig, imu_topic=None, odom_topic=None) -> DriveWindows:
+    from terrain_ssl.core.calibration import DriveWindows, drive_windows
     from terrain_ssl.replay.bag import BagError
 
     name = Path(path).name
@@ -216,6 +223,9 @@ def summary_table(drives, calibration) -> list:
 
 
 def run_calibrate_command(args) -> int:
+    from terrain_ssl.core.calibration import calibrate
+    from terrain_ssl.core.labeler import LabelerConfig
+
     base = {}
     if args.config:
         try:
