@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = (
     'terrain_ssl.demo',
     'terrain_ssl.sim.cli',
     'terrain_ssl.replay.cli',
+    'terrain_ssl.replay.calibrate',
     'terrain_ssl.sim.closed_loop_cli',
     'terrain_ssl.ros.bringup',
 )

@@ -181,8 +181,12 @@ def test_reset_keeps_the_labels_already_covered(drive):
     labeler = Labeler(replace(LabelerConfig(), label_batch_s=0.3))
     popped = sum(map(len, run(labeler, drive)))
     assert popped < complete  # a batch is waiting
-    _, t_ns, *payload = next(event for event in drive if event[0] == 'imu')
-    labeler.add_imu(t_ns, *payload)  # back by the drive's length: a looping bag
+    first_imu = [event for event in drive if event[0] == 'imu'][:5]
+    _, t_ns, *payload = first_imu[0]
+    labeler.add_imu(t_ns, *payload)  # back by the drive's length: a lone stamp out of line ...
+    assert labeler.stats['resets'] == 0 and labeler.rejects['stamp_out_of_line'] == 1
+    for _, t_ns, *payload in first_imu[1:]:  # ... until the stream stays on the new time line
+        labeler.add_imu(t_ns, *payload)
     assert labeler.stats['resets'] == 1
     kept = labeler.pop_labels()
     assert kept is not None and popped + len(kept) == complete

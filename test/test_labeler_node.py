@@ -196,7 +196,9 @@ def test_bad_input_is_counted_in_diagnostics(ros_context):
         node.on_points(broken)                                                 # field past end
         node.on_points(scan_msg(t_ns + 10 * S, np.ones((100, 3))))             # no odometry then
         node.on_imu(imu_msg(t_ns + S // 2, [0.0, 0.0, 9.8]))                   # IMU gap
-        node.on_imu(imu_msg(t_ns - 50 * S, [0.0, 0.0, 9.8]))                   # bag loops: reset
+        node.on_imu(imu_msg(t_ns - 50 * S, [0.0, 0.0, 9.8]))                   # out of line
+        for step in range(1, 5):                                               # bag loops: reset
+            node.on_imu(imu_msg(t_ns - 50 * S + step * S // 100, [0.0, 0.0, 9.8]))
         level, message, values = node.collect_diagnostics()
         assert values['rejected_nonfinite_imu'] == 2
         assert values['rejected_empty_cloud'] == 2
@@ -205,6 +207,7 @@ def test_bad_input_is_counted_in_diagnostics(ros_context):
         assert values['rejected_odom_missing'] >= 1
         assert values['rejected_imu_gap'] == 1
         assert values['rejected_time_backwards'] == 1 and values['resets'] == 1
+        assert values['rejected_stamp_out_of_line'] == 4  # held until the jump was believed
         assert values['points_nonfinite'] == 50
         assert len(node.labeler.cells) == 0  # the reset forgot the map
     finally:

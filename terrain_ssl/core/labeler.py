@@ -5,8 +5,9 @@
     IMU   --> VibrationFilter --> shock over each pending crossing's window / speed --> labels
 
 Inputs are checked here: non-finite values, empty scans, time going backwards (a looping bag:
-everything resets), out-of-order or duplicate stamps, IMU gaps and scans without odometry are
-counted by reason in `rejects` (and reported through `on_reject`), never raised.
+everything resets; a lone stamp far out of line is dropped, see terrain_ssl.core.stamps),
+out-of-order or duplicate stamps, IMU gaps and scans without odometry are counted by reason in
+`rejects` (and reported through `on_reject`), never raised.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import numpy as np
 
 from terrain_ssl.core.association import CellMap, Crossings
 from terrain_ssl.core.geometry import PoseHistory, make_transform, quat_from_rpy
+from terrain_ssl.core.label_model import label_roughness
 from terrain_ssl.core.patches import (FEATURE_NAMES, PatchSet, compute_patches_xyz,
                                       count_finite_points, finite_points_to_frame)
+from terrain_ssl.core.stamps import ACCEPT, NEW_RUN, OUT_OF_ORDER, StampGuard
 from terrain_ssl.core.vibration import GRAVITY_SOURCES, SHOCK_MEASURES, VibrationFilter
 
 NS_PER_S = 1_000_000_000
@@ -62,7 +65,12 @@ class LabelerConfig:
     footprint_offset_x: float = 1.3          # footprint centre ahead of base_link (m)
     # Labels
     label_min_speed: float = 1.0             # no label below this ground speed (m/s)
-    label_speed_exponent: float = 1.0        # roughness = shock / speed**exponent
+    # roughness = sqrt(shock^2 - floor^2) / speed**exponent * reference_speed**(exponent - 1)
+    # (terrain_ssl.core.label_model); floor 0 and exponent 1 (shock / speed) suit a car at
+    # 3-7 m/s, where the vibration floor of motor, drivetrain and IMU is far below the terrain's.
+    label_speed_exponent: float = 1.0
+    label_floor: float = 0.0                 # vibration floor removed from each shock (m/s^2)
+    label_reference_speed: float = 1.0       # where roughness x speed is the terrain's shock (m/s)
     label_min_window_s: float = 0.1          # shortest shock window (s), centred on the crossing
     # A crossing whose window the IMU has covered waits up to this long (s) for the crossings
     # completing right after it: they are measured and published as one batch. 0: each one as
@@ -73,7 +81,7 @@ class LabelerConfig:
     label_moderate_threshold: float = 0.1    # roughness at which "moderate" starts
     label_rough_threshold: float = 0.3       # roughness at which "rough" starts
     # Time
-    time_reset_backwards_s: float = 1.0      # a stamp this far back means a new run: reset (s)
+    time_reset_backwards_s: float = 1.0      # a jump this far back may be a new run: reset (s)
     odom_max_extrapolation_s: float = 0.1    # scan newer than the last odometry by at most (s)
     odom_max_interval_s: float = 0.5         # odometry bracketing a scan at most this apart (s)
 
@@ -82,13 +90,14 @@ class LabelerConfig:
         positive = ['vibration_band_low_hz', 'vibration_band_high_hz', 'vibration_gravity_tau_s',
                     'imu_max_gap_s', 'imu_max_wait_s', 'patch_size', 'patch_max_range',
                     'map_max_age_s', 'footprint_length', 'footprint_width',
-                    'time_reset_backwards_s', 'odom_max_interval_s', 'label_min_window_s']
+                    'time_reset_backwards_s', 'odom_max_interval_s', 'label_min_window_s',
+                    'label_reference_speed']
         for name in positive:
             value = getattr(self, name)
             if not np.isfinite(value) or value <= 0:
                 return f'{name} must be > 0, got {value}'
         non_negative = ['patch_ground_band', 'patch_min_range', 'label_min_speed',
-                        'label_moderate_threshold', 'label_speed_exponent',
+                        'label_moderate_threshold', 'label_speed_exponent', 'label_floor',
                         'label_batch_s', 'odom_max_extrapolation_s']
         for name in non_negative:
             value = getattr(self, name)
@@ -176,7 +185,8 @@ class Labeler:
                                                              c.lidar_yaw))
         self._set_pending(Crossings.empty())
         self._ready: list = []
-        self._last = {'imu': None, 'odometry': None, 'scan': None}
+        self._stamps = StampGuard(('imu', 'odometry', 'scan'), c.time_reset_backwards_s)
+        self._last = self._stamps.last  # stream -> last accepted stamp (ns)
         self._imu_gaps_seen = 0
 
     def reconfigure(self, config: LabelerConfig) -> None:
@@ -198,6 +208,7 @@ class Labeler:
             stats, rejects = self.stats, self.rejects
             self._build()
             self.stats, self.rejects = stats, rejects
+        self._stamps.reset_backwards_ns = int(config.time_reset_backwards_s * NS_PER_S)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -216,18 +227,20 @@ class Labeler:
         self.stats, self.rejects, self._ready = stats, rejects, ready
 
     def _accept_stamp(self, stream: str, t_ns: int) -> bool:
-        """Stamps must increase per stream; a big jump back resets everything."""
-        last = self._last[stream]
-        if last is not None and t_ns <= last:
-            if last - t_ns > self.config.time_reset_backwards_s * NS_PER_S:
-                self._reject('time_backwards', f'{stream} stamp went back '
-                             f'{(last - t_ns) / NS_PER_S:.3f} s: state reset')
-                self.reset()
-            else:
-                self._reject('out_of_order', f'{stream} stamp not after the previous one')
-                return False
-        self._last[stream] = t_ns
-        return True
+        """Stamps must increase per stream; a jump back the streams agree on resets everything
+        (see terrain_ssl.core.stamps), a lone stamp out of line is dropped and counted."""
+        verdict = self._stamps.check(stream, t_ns)
+        if verdict == ACCEPT:
+            return True
+        if verdict == NEW_RUN:
+            self._reject(NEW_RUN, f'{stream} stamps went back to {t_ns} ns: state reset')
+            self.reset()
+            self._stamps.check(stream, t_ns)
+            return True
+        detail = ('stamp not after the previous one' if verdict == OUT_OF_ORDER else
+                  'stamp far behind the previous one, not (yet) followed by the others')
+        self._reject(verdict, f'{stream} {detail}')
+        return False
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -388,7 +401,8 @@ class Labeler:
         labeled = ready.take(np.array(keep, dtype=np.int64))
         shock = np.array(shock)
         speed = np.array(speed)
-        roughness = shock / speed ** c.label_speed_exponent
+        roughness = label_roughness(shock, speed, c.label_floor, c.label_speed_exponent,
+                                    c.label_reference_speed)
         self._ready.append(LabeledPatches(
             t_ns=int(labeled.exit_ns.max()), keys=labeled.keys, centres=labeled.centres,
             features=labeled.features, roughness=roughness,

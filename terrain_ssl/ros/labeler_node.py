@@ -91,8 +91,15 @@ CONFIG_PARAMS = [
     _spec('footprint.offset_x', 'Footprint centre ahead of base_link (m).', min=-50.0,
           max=50.0),
     _spec('label.min_speed', 'No label below this ground speed (m/s).', min=0.0, max=100.0),
-    _spec('label.speed_exponent', 'roughness = shock / speed**exponent ((m/s^2)/(m/s) at 1).',
+    _spec('label.speed_exponent', 'roughness = sqrt(shock^2 - floor^2) / speed**exponent x '
+          'reference_speed**(exponent - 1) ((m/s^2)/(m/s)); `terrain-ssl calibrate` fits it.',
           min=0.0, max=3.0),
+    _spec('label.reference_speed', 'Speed at which roughness x speed is the terrain shock '
+          '(m/s); no effect at speed_exponent 1. `terrain-ssl calibrate` sets the typical speed.',
+          min=0.01, max=100.0),
+    _spec('label.floor', 'Vibration floor (motor, drivetrain, IMU noise) removed from each '
+          'shock before the speed normalisation (m/s^2); `terrain-ssl calibrate` fits it.',
+          min=0.0, max=100.0),
     _spec('label.min_window_s', 'Shortest shock window around a crossing (s).', min=0.005,
           max=10.0),
     _spec('label.batch_s', 'A crossing covered by the IMU waits up to this long for the ones '
@@ -102,8 +109,9 @@ CONFIG_PARAMS = [
           'moderate; applies to the next label.', min=0.0, max=1e6),
     _spec('label.rough_threshold', 'Roughness ((m/s^2)/(m/s)) from which a label is rough; '
           'applies to the next label.', min=0.0, max=1e6),
-    _spec('time.reset_backwards_s', 'A stamp this far behind its stream resets all state '
-          '(looping bag) (s); smaller steps back are dropped as out of order.',
+    _spec('time.reset_backwards_s', 'A jump back this far (s) resets all state once its stream '
+          'stays on the new time line or another stream agrees (looping bag); a lone stamp that '
+          'far back is dropped (stamp_out_of_line), smaller steps back as out of order.',
           min=0.001, max=3600.0),
     _spec('odom.max_extrapolation_s', 'A scan may be newer than the last odometry by at most '
           'this (s).', min=0.0, max=5.0),
