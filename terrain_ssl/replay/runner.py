@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from terrain_ssl.replay.bag import READ_CHUNK_MESSAGES, Bag, BagError, ReadCounts
+from terrain_ssl.replay.bag_tf import with_bag_extrinsics
 from terrain_ssl.replay.report import ReplayRecord
 
 # Where the nodes listen for each input role (default names; replay calls the callbacks directly,
@@ -118,6 +119,7 @@ def rare_garbage_collection(young_threshold: int = 50_000):
 
 def run_replay(options: ReplayOptions) -> ReplayRecord:
     """Replay `options.bag`; returns everything the report needs. Raises BagError/ReplayError."""
+    options = with_bag_extrinsics(options)  # base_link -> lidar from the bag's TF (issue 18)
     with single_threaded_math():
         return _run_replay(options)
 
