@@ -17,9 +17,8 @@ detected from the sign of the values (negative: end-stamped; otherwise start-sta
 forced: ``end`` on non-negative times (from the sweep start, stamped at its end) shifts them so
 that the last point fires at the stamp.
 
-`deskew_to_frame` interpolates the odometry at `bins` instants spanning the sweep and moves each
-point with the pose of its bin: with 64 bins over 0.1 s a point's pose is at most 0.8 ms off,
-5 mm at 6 m/s.
+`deskew_to_frame` moves each point with the sensor pose at its firing time, interpolated from
+the odometry poses at the first, middle and last firing times of the sweep.
 """
 
 from __future__ import annotations
@@ -64,40 +63,73 @@ def detected_convention(offsets_s: np.ndarray) -> str:
 
 
 def deskew_to_frame(points: np.ndarray, offsets_s: np.ndarray, stamp_ns: int,
-                    frame_at: Callable[[int], Optional[np.ndarray]],
-                    bins: int = 64) -> Optional[tuple]:
-    """Finite points (N, 3) of one sweep, each moved with the 4x4 transform (target <- sensor)
-    at its firing time; returns three float64 columns x, y, z, or None when no instant of the
-    sweep has a transform.
+                    frame_at: Callable[[int], Optional[np.ndarray]]) -> Optional[tuple]:
+    """Finite points (N, 3) of one sweep (sensor frame, m), each moved with the transform
+    (target <- sensor) at its firing time `stamp_ns + offsets_s` (s); returns three float64
+    columns x, y, z (m), or None when the middle of the sweep has no transform.
 
-    `frame_at(t_ns)` gives the transform at a stamp, or None where unknown (e.g. beyond the
-    odometry): those bins take the transform of the nearest bin that has one.
+    `frame_at(t_ns)` gives the 4x4 transform at a stamp, or None where unknown (e.g. beyond
+    the odometry: that half of the sweep then keeps the middle's transform). The transform is
+    interpolated linearly in time between the sweep's first, middle and last firing times: the
+    odometry is smooth over 0.05 s, and the points are moved with a few whole-array operations
+    (no per-point pose look-up). The rotation in each half is applied to second order: within
+    1 mm of the exact rotation for yaw rates up to 1 rad/s at 25 m.
     """
     points = np.asarray(points)
-    finite = np.isfinite(points).all(axis=1)
+    offsets_s = np.asarray(offsets_s, dtype=np.float64)
+    columns = [points[:, axis] for axis in range(3)]
+    # Column by column: a row-wise mask and index of an (N, 3) array is ~10x slower.
+    finite = np.isfinite(columns[0])
+    finite &= np.isfinite(columns[1])
+    finite &= np.isfinite(columns[2])
     if not finite.all():
-        points, offsets_s = points[finite], offsets_s[finite]
+        columns = [column[finite] for column in columns]
+        offsets_s = offsets_s[finite]
+    columns = [column.astype(np.float64, copy=False) for column in columns]
     low, high = float(offsets_s.min(initial=0.0)), float(offsets_s.max(initial=0.0))
-    bins = max(1, min(int(bins), points.shape[0]))
-    width = (high - low) / bins
-    centres_s = low + width * (np.arange(bins) + 0.5)
-    transforms = [frame_at(stamp_ns + int(round(t * 1e9))) for t in centres_s]
-    known = np.array([transform is not None for transform in transforms])
-    if not known.any():
+    middle_s = 0.5 * (low + high)
+    middle = frame_at(stamp_ns + int(round(middle_s * 1e9)))
+    if middle is None:
         return None
-    nearest = np.flatnonzero(known)[np.abs(np.flatnonzero(known)[None, :]
-                                           - np.arange(bins)[:, None]).argmin(axis=1)]
-    matrices = np.stack([transforms[index] for index in nearest])  # (bins, 4, 4)
-    if width > 0:
-        which = np.minimum(((offsets_s - low) / width).astype(np.int64), bins - 1)
-    else:
-        which = np.zeros(points.shape[0], dtype=np.int64)
-    px, py, pz = (points[:, axis].astype(np.float64) for axis in range(3))
-    columns = []
-    for row in range(3):
-        r0, r1, r2, t = (matrices[:, row, col][which] for col in range(4))
-        columns.append(r0 * px + r1 * py + r2 * pz + t)
-    return tuple(columns)
+    rotation, origin = middle[:3, :3], middle[:3, 3]
+    # Relative to the sensor's origin at mid-sweep (odom coordinates are large far from the
+    # start, and the rotation is linearised about this point).
+    relative = [rotation[row, 0] * columns[0] + rotation[row, 1] * columns[1]
+                + rotation[row, 2] * columns[2] for row in range(3)]
+    before = np.minimum(offsets_s - middle_s, 0.0)
+    after = np.maximum(offsets_s - middle_s, 0.0)
+    rates = [_twist_rate(frame_at, stamp_ns, end_s, middle_s, middle) for end_s in (low, high)]
+    w = [before * rates[0][0][axis] + after * rates[1][0][axis] for axis in range(3)]
+    # Rotation by the vector w to second order: r + w x r + (w x (w x r)) / 2.
+    first = _cross(w, relative)
+    second = _cross(w, first)
+    out = []
+    for axis in range(3):
+        shift = before * rates[0][1][axis] + after * rates[1][1][axis]
+        out.append(relative[axis] + first[axis] + 0.5 * second[axis] + shift + origin[axis])
+    return tuple(out)
+
+
+def _cross(a, b) -> list:
+    """Per-point cross products of two vectors given as three (N,) columns each."""
+    return [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+
+
+def _twist_rate(frame_at, stamp_ns: int, end_s: float, middle_s: float,
+                middle: np.ndarray) -> tuple:
+    """(rotation vector per s (3,), sensor-origin velocity (3,) m/s) from mid-sweep to
+    `end_s`, in the target frame; zeros where the end has no transform."""
+    dt = end_s - middle_s
+    end = frame_at(stamp_ns + int(round(end_s * 1e9))) if dt != 0.0 else None
+    if end is None:
+        return np.zeros(3), np.zeros(3)
+    delta = end[:3, :3] @ middle[:3, :3].T
+    vee = 0.5 * np.array([delta[2, 1] - delta[1, 2], delta[0, 2] - delta[2, 0],
+                          delta[1, 0] - delta[0, 1]])
+    sine = float(np.linalg.norm(vee))
+    angle = np.arctan2(sine, 0.5 * (np.trace(delta) - 1.0))
+    rotation_vector = vee * (angle / sine if sine > 1e-12 else 1.0)
+    return rotation_vector / dt, (end[:3, 3] - middle[:3, 3]) / dt
 
 
 __all__ = ['STAMP_CONVENTIONS', 'TIME_FIELDS', 'deskew_to_frame', 'detected_convention',
