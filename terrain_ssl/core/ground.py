@@ -48,13 +48,14 @@ class GroundConfig:
     max_slope_rad: float = 0.7       # a steeper cell is a face, not ground (rad, ~40 deg)
     max_step_m: float = 0.25         # neighbour cells this close in height: one surface (m)
     min_surface_cells: int = 4       # smaller surfaces are judged against a 3x wider window
+    edge_slope_rad: float = 0.26     # ground slope (rad) that explains a cell above the lowest
     sensor_height_m: float = 1.6     # patchwork: sensor above the ground under the robot (m)
 
     def validate(self) -> Optional[str]:
         if self.method not in GROUND_METHODS:
             return f'ground method must be one of {GROUND_METHODS}, not {self.method!r}'
         for name in ('window_m', 'max_height_m', 'max_slope_rad', 'max_step_m',
-                     'min_surface_cells', 'sensor_height_m'):
+                     'min_surface_cells', 'edge_slope_rad', 'sensor_height_m'):
             value = getattr(self, name)
             if not np.isfinite(value) or value <= 0:
                 return f'ground {name} must be > 0, got {value}'
@@ -145,8 +146,13 @@ class GroundSegmenter:
         ix0, iy0 = int(ix.min()), int(iy.min())
         shape = (int(ix.max()) - ix0 + 1, int(iy.max()) - iy0 + 1)
         local = (ix - ix0, iy - iy0)
-        height_above = first.centres[:, 2] - lower_envelope(
-            local, first.centres[:, 2], shape, self.config.window_m / geometry.cell_size)
+        window_cells = self.config.window_m / geometry.cell_size
+        opened, eroded = lower_envelope(local, first.centres[:, 2], shape, window_cells)
+        # Standing above the opening is not enough where the lowest cell around is close: a
+        # ground slope of up to `edge_slope_rad` descends that much within the window (the
+        # rim of a ramp or of a ditch).
+        allowance = np.tan(self.config.edge_slope_rad) * self.config.window_m / np.sqrt(2)
+        height_above = first.centres[:, 2] - np.maximum(opened, eroded + allowance)
         slope = first.features[:, FEATURE_INDEX['slope']]
         steep = slope > self.config.max_slope_rad
         # A cell above the envelope is still ground when the smooth surface it belongs to is
@@ -154,15 +160,18 @@ class GroundSegmenter:
         # envelope as a car roof, but it continues into ground that is not.
         surface = smooth_surfaces(local, first.centres[:, 2], shape, ~steep,
                                   self.config.max_step_m)
-        # A surface of a few cells often has no ground within the window (a patch of a roof,
-        # a wall top seen alone): it is measured against a window three times wider.
+        # A surface with nothing lower within the window (no cell of it stands above the
+        # envelope), or of a few cells only, is often a roof or a wall top seen without the
+        # ground beside it: it is measured against a window three times wider.
         sizes = np.bincount(surface)
-        small = sizes[surface] < self.config.min_surface_cells
-        if small.any():
+        highest = np.zeros(sizes.shape[0])
+        np.maximum.at(highest, surface, height_above)
+        unsupported = (sizes[surface] < self.config.min_surface_cells) \
+            | (highest[surface] < 0.5 * self.config.max_height_m)
+        if unsupported.any():
             wide = first.centres[:, 2] - lower_envelope(
-                local, first.centres[:, 2], shape,
-                3 * self.config.window_m / geometry.cell_size)
-            height_above = np.where(small, wide, height_above)
+                local, first.centres[:, 2], shape, 3 * window_cells)[0]
+            height_above = np.where(unsupported, wide, height_above)
         above = height_above > self.config.max_height_m
         above_share = np.bincount(surface, weights=above) / sizes
         reasons = np.full(len(first), -1, dtype=np.int64)
@@ -213,18 +222,19 @@ class GroundSegmenter:
         return patches
 
 
-def lower_envelope(cells, heights, shape, window_cells: float) -> np.ndarray:
-    """Grey opening of the cell heights (m) over a square window `window_cells` wide, at the
-    cells themselves: the local ground under each cell. `cells` is (ix, iy) in a grid of
-    `shape`; cells without a height take no part."""
+def lower_envelope(cells, heights, shape, window_cells: float) -> tuple:
+    """(opening, erosion) of the cell heights (m) over a square window `window_cells` wide, at
+    the cells themselves: the local ground under each cell, and the lowest cell around it.
+    `cells` is (ix, iy) in a grid of `shape`; cells without a height take no part."""
     size = max(int(round(window_cells)) | 1, 3)  # odd, so that the window is centred
     grid = np.full(shape, np.inf)
     grid[cells] = heights
     eroded = ndimage.minimum_filter(grid, size=size, mode='constant', cval=np.inf)
+    lowest = eroded[cells]
     # Dilate the eroded surface back, over the cells that have one (others: -inf, no part).
     eroded[~np.isfinite(eroded)] = -np.inf
     opened = ndimage.maximum_filter(eroded, size=size, mode='constant', cval=-np.inf)
-    return opened[cells]
+    return opened[cells], lowest
 
 
 def smooth_surfaces(cells, heights, shape, usable, max_step: float) -> np.ndarray:
