@@ -471,8 +471,8 @@ class World:
         poses = np.concatenate(self._pose_log)   # rows for steps _pose_log_k0 .. _k
         while (self._next_scan + 1) * every <= self._k:
             k_start = self._next_scan * every
-            rows = k_start - self._pose_log_k0 + (
-                self._lidar_columns_step if self.config.lidar_motion_distortion else 0)
+            rows = k_start - self._pose_log_k0 + self._lidar_columns_step * int(
+                self.config.lidar_motion_distortion)
             p = poses[rows]
             r_body = rotation_matrices(p[:, 3], p[:, 4], p[:, 5])
             origins = p[:, :3] + r_body @ np.asarray(self.config.lidar_translation_m)
