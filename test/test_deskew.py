@@ -83,6 +83,11 @@ def test_a_scan_without_time_field_gives_what_deskew_off_gives():
     np.testing.assert_allclose(plain.features, off.features, rtol=1e-9, atol=1e-12)
     # With the times, the late half of the sweep moves ahead with the vehicle.
     assert not np.array_equal(plain.keys, on.keys)
+    # Times that do not match the points: counted, and the scan is used as without them.
+    labeler = _labeler()
+    short = labeler.add_scan(STAMP_NS, points, ('time', times[:-1]))
+    assert labeler.rejects == {'time_field_length': 1}
+    np.testing.assert_array_equal(short.keys, plain.keys)
 
 
 @pytest.mark.parametrize('stamp', ['start', 'end'])

@@ -101,9 +101,18 @@ def deskew_to_frame(points: np.ndarray, offsets_s: np.ndarray, stamp_ns: int,
     first = _cross(omega.astype(np.float32), relative)      # omega x r
     second = _cross(omega.astype(np.float32), first)        # omega x (omega x r)
     half_s2 = np.float32(0.5) * s * s
-    return tuple((relative[axis] + s * (first[axis] + np.float32(velocity[axis]))
-                  + half_s2 * second[axis]).astype(np.float64) + middle[axis, 3]
-                 for axis in range(3))
+    out = []
+    for axis in range(3):  # in place: fewer fresh temporaries of the scan's size
+        moved = first[axis]
+        moved += np.float32(velocity[axis])
+        moved *= s
+        moved += relative[axis]
+        second[axis] *= half_s2
+        moved += second[axis]
+        placed = moved.astype(np.float64)
+        placed += middle[axis, 3]
+        out.append(placed)
+    return tuple(out)
 
 
 def _cross(a, b) -> list:

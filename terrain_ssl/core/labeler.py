@@ -342,7 +342,10 @@ class Labeler:
         odom_to_lidar = make_transform(*pose) @ self._base_to_lidar
         rotation, origin = odom_to_lidar[:3, :3], odom_to_lidar[:3, 3]
         columns = None
-        if point_times is not None and c.deskew_stamp != 'off':
+        if point_times is not None and len(point_times[1]) != points.shape[0]:
+            self._reject('time_field_length', f'{len(point_times[1])} point times for '
+                         f'{points.shape[0]} points: scan not deskewed')
+        elif point_times is not None and c.deskew_stamp != 'off':
             offsets = point_offsets_s(point_times[0], point_times[1], t_ns, c.deskew_stamp)
             columns = deskew_to_frame(points, offsets, t_ns, self._odom_to_lidar_at)
         if columns is None:
