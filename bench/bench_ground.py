@@ -119,7 +119,7 @@ def drive(duration_s: float, seed: int) -> dict:
                                       storage='mcap', speed='5.5:6.5', world_config=config)
         for label, bag, parameters in (
                 ('undistorted scans', 'undistorted', []),
-                ('distorted scans, deskew off', 'distorted', ['deskew.stamp:=off']),
+                ('distorted scans, deskew off', 'distorted', ['deskew.stamp:=none']),
                 ('distorted scans, deskew on', 'distorted', [])):
             record = run_replay(ReplayOptions(bag=str(bags[bag]), config=default_config_path(),
                                               parameters=parameters, progress=False))

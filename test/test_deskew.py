@@ -77,7 +77,7 @@ def _flat_scan(n_columns=720, rings=16):
 def test_a_scan_without_time_field_gives_what_deskew_off_gives():
     points, times = _flat_scan()
     plain = _labeler().add_scan(STAMP_NS, points)
-    off = _labeler(deskew_stamp='off').add_scan(STAMP_NS, points, ('time', times))
+    off = _labeler(deskew_stamp='none').add_scan(STAMP_NS, points, ('time', times))
     on = _labeler().add_scan(STAMP_NS, points, ('time', times))
     np.testing.assert_array_equal(plain.keys, off.keys)
     np.testing.assert_allclose(plain.features, off.features, rtol=1e-9, atol=1e-12)

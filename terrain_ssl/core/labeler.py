@@ -53,7 +53,7 @@ class LabelerConfig:
     ground_window: float = 5.0               # lower-envelope window edge (m)
     ground_max_height: float = 0.3           # cells higher above the local ground: not ground (m)
     ground_max_slope: float = 0.7            # steeper cells are faces, not ground (rad)
-    # Deskew with the per-point time field: auto (from its sign) | start | end | off
+    # Deskew with the per-point time field: auto (from its sign) | start | end | none
     deskew_stamp: str = 'auto'
     # Lidar extrinsic base_link -> lidar_link
     lidar_x: float = 0.3                     # (m)
@@ -121,8 +121,8 @@ class LabelerConfig:
         problem = ground_config(self).validate()
         if problem:
             return problem
-        if self.deskew_stamp not in STAMP_CONVENTIONS + ('off',):
-            return f'deskew_stamp must be one of {STAMP_CONVENTIONS + ("off",)}'
+        if self.deskew_stamp not in STAMP_CONVENTIONS + ('none',):
+            return f'deskew_stamp must be one of {STAMP_CONVENTIONS + ("none",)}'
         if self.label_moderate_threshold >= self.label_rough_threshold:
             return (f'label thresholds: moderate ({self.label_moderate_threshold}) must be below '
                     f'rough ({self.label_rough_threshold})')
@@ -345,7 +345,7 @@ class Labeler:
         if point_times is not None and len(point_times[1]) != points.shape[0]:
             self._reject('time_field_length', f'{len(point_times[1])} point times for '
                          f'{points.shape[0]} points: scan not deskewed')
-        elif point_times is not None and c.deskew_stamp != 'off':
+        elif point_times is not None and c.deskew_stamp != 'none':
             offsets = point_offsets_s(point_times[0], point_times[1], t_ns, c.deskew_stamp)
             columns = deskew_to_frame(points, offsets, t_ns, self._odom_to_lidar_at)
         if columns is None:

@@ -87,7 +87,7 @@ CONFIG_PARAMS = [
     _spec('ground.max_slope', 'Cells steeper than this are faces, not ground (rad).',
           min=0.05, max=1.57),
     _spec('deskew.stamp', 'Header stamp of clouds with a per-point time field: auto (from the '
-          'sign), start, end; off: no deskew.', choices=STAMP_CONVENTIONS + ('off',)),
+          'sign), start, end; none: no deskew.', choices=STAMP_CONVENTIONS + ('none',)),
     _spec('lidar.x', 'Lidar position in base_link, x (m).', min=-10.0, max=10.0),
     _spec('lidar.y', 'Lidar position in base_link, y (m).', min=-10.0, max=10.0),
     _spec('lidar.z', 'Lidar position in base_link, z (m).', min=-10.0, max=10.0),
