@@ -43,6 +43,7 @@ setup(
     install_requires=['numpy', 'scipy', 'scikit-learn', 'rosbags'],
     extras_require={
         'report': ['matplotlib'],
+        'patchwork': ['pypatchworkpp'],  # ground.method: patchwork (Patchwork++)
         'test': ['pytest', 'PyYAML', 'ruff'],
     },
     zip_safe=False,

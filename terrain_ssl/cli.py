@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     'terrain_ssl.replay.calibrate',
     'terrain_ssl.sim.closed_loop_cli',
     'terrain_ssl.ros.bringup',
+    'terrain_ssl.patches_cli',
 )
 
 

@@ -19,9 +19,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from terrain_ssl.core.association import CellMap, Crossings
+from terrain_ssl.core.deskew import STAMP_CONVENTIONS, deskew_to_frame, point_offsets_s
 from terrain_ssl.core.geometry import PoseHistory, make_transform, quat_from_rpy
+from terrain_ssl.core.ground import CellGeometry, GroundConfig, GroundSegmenter
 from terrain_ssl.core.label_model import label_roughness
-from terrain_ssl.core.patches import (FEATURE_NAMES, PatchSet, compute_patches_xyz,
+from terrain_ssl.core.patches import (FEATURE_NAMES, PatchSet,
                                       count_finite_points, finite_points_to_frame)
 from terrain_ssl.core.stamps import ACCEPT, NEW_RUN, OUT_OF_ORDER, StampGuard
 from terrain_ssl.core.vibration import GRAVITY_SOURCES, SHOCK_MEASURES, VibrationFilter
@@ -49,6 +51,13 @@ class LabelerConfig:
     patch_ground_band: float = 0.3           # max height above the cell's lowest point (m)
     patch_min_range: float = 2.0             # horizontal distance from the lidar (m)
     patch_max_range: float = 25.0            # (m)
+    # Ground segmentation (terrain_ssl.core.ground): envelope | patchwork | none
+    ground_method: str = 'envelope'
+    ground_window: float = 5.0               # lower-envelope window edge (m)
+    ground_max_height: float = 0.3           # cells higher above the local ground: not ground (m)
+    ground_max_slope: float = 0.7            # steeper cells are faces, not ground (rad)
+    # Deskew with the per-point time field: auto (from its sign) | start | end | none
+    deskew_stamp: str = 'auto'
     # Lidar extrinsic base_link -> lidar_link
     lidar_x: float = 0.3                     # (m)
     lidar_y: float = 0.0                     # (m)
@@ -118,6 +127,11 @@ class LabelerConfig:
             return 'patch_min_points must be >= 3 (a plane needs 3 points)'
         if self.map_max_cells < 1:
             return 'map_max_cells must be >= 1'
+        problem = GroundConfig.of_labeler(self).validate()
+        if problem:
+            return problem
+        if self.deskew_stamp not in STAMP_CONVENTIONS + ('none',):
+            return f'deskew_stamp must be one of {STAMP_CONVENTIONS + ("none",)}'
         if self.label_moderate_threshold >= self.label_rough_threshold:
             return (f'label thresholds: moderate ({self.label_moderate_threshold}) must be below '
                     f'rough ({self.label_rough_threshold})')
@@ -183,6 +197,7 @@ class Labeler:
         self._base_to_lidar = make_transform(
             [c.lidar_x, c.lidar_y, c.lidar_z], quat_from_rpy(c.lidar_roll, c.lidar_pitch,
                                                              c.lidar_yaw))
+        self.ground = GroundSegmenter(GroundConfig.of_labeler(c))
         self._set_pending(Crossings.empty())
         self._ready: list = []
         self._stamps = StampGuard(('imu', 'odometry', 'scan'), c.time_reset_backwards_s)
@@ -203,7 +218,7 @@ class Labeler:
         changed = {f.name for f in fields(LabelerConfig)
                    if getattr(old, f.name) != getattr(config, f.name)}
         rebuild_prefixes = ('vibration_band', 'vibration_gravity', 'imu_max_gap', 'patch_size',
-                            'map_', 'footprint_', 'lidar_')
+                            'map_', 'footprint_', 'lidar_', 'ground_')
         if any(name.startswith(rebuild_prefixes) for name in changed):
             stats, rejects = self.stats, self.rejects
             self._build()
@@ -298,10 +313,13 @@ class Labeler:
             self._set_pending(Crossings.concatenate([self._pending, done]))
         self._label_pending()
 
-    def add_scan(self, t_ns: int, points_lidar: np.ndarray) -> Optional[PatchSet]:
+    def add_scan(self, t_ns: int, points_lidar: np.ndarray,
+                 point_times: Optional[tuple] = None) -> Optional[PatchSet]:
         """(N, 3) points in the lidar frame (m), stamped t_ns -> lookahead patches, or None.
 
         Non-finite points (no-return markers) are dropped and counted in stats.
+        point_times: (field name, (N,) values) of the driver's per-point time field (see
+        terrain_ssl.core.deskew), or None: every point moves with the pose at t_ns.
         """
         t_ns = int(t_ns)
         points = np.asarray(points_lidar)
@@ -325,15 +343,34 @@ class Labeler:
             self._reject('odom_missing', f'no odometry pose at scan stamp {t_ns} ns')
             return None
         self.stats['scans'] += 1
-        odom_to_lidar = make_transform(*pose) @ self._base_to_lidar
-        rotation, origin = odom_to_lidar[:3, :3], odom_to_lidar[:3, 3]
-        x, y, z = finite_points_to_frame(points, rotation, origin)
-        c = self.config
-        patches = compute_patches_xyz(x, y, z, origin, t_ns, c.patch_size, c.patch_min_points,
-                                      c.patch_ground_band, c.patch_min_range, c.patch_max_range)
+        patches = self._scan_patches(t_ns, pose, points, point_times)
         self.cells.observe(patches)
         self.stats['patches'] += len(patches)
         return patches
+
+    def _scan_patches(self, t_ns: int, pose, points, point_times) -> PatchSet:
+        """The ground patches of one scan: points into odom (deskewed when they carry times),
+        then ground segmentation and cell features."""
+        c = self.config
+        odom_to_lidar = make_transform(*pose) @ self._base_to_lidar
+        rotation, origin = odom_to_lidar[:3, :3], odom_to_lidar[:3, 3]
+        columns = None
+        if point_times is not None and len(point_times[1]) != points.shape[0]:
+            self._reject('time_field_length', f'{len(point_times[1])} point times for '
+                         f'{points.shape[0]} points: scan not deskewed')
+        elif point_times is not None and c.deskew_stamp != 'none':
+            offsets = point_offsets_s(point_times[0], point_times[1], t_ns, c.deskew_stamp)
+            columns = deskew_to_frame(points, offsets, t_ns, self._odom_to_lidar_at)
+        if columns is None:
+            columns = finite_points_to_frame(points, rotation, origin)
+        geometry = CellGeometry(c.patch_size, c.patch_min_points, c.patch_ground_band,
+                                c.patch_min_range, c.patch_max_range)
+        return self.ground.patches(*columns, origin, t_ns, geometry)
+
+    def _odom_to_lidar_at(self, t_ns: int):
+        pose = self.poses.pose_at(t_ns, self.config.odom_max_extrapolation_s,
+                                  self.config.odom_max_interval_s)
+        return None if pose is None else make_transform(*pose) @ self._base_to_lidar
 
     # -- labels ------------------------------------------------------------------------------
 

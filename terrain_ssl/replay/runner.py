@@ -27,6 +27,7 @@ from terrain_ssl.replay.options import (ROLE_TOPICS, ReplayError, ReplayOptions,
                                         ros_arguments)
 from terrain_ssl.replay.profiler import CallbackProfiler, profiled
 from terrain_ssl.replay.recorders import add_ground_truth
+from terrain_ssl.replay.bag_tf import with_bag_extrinsics
 from terrain_ssl.replay.report import ReplayRecord
 from terrain_ssl.replay.runtime import rare_garbage_collection, single_threaded_math
 from terrain_ssl.replay.stage_process import LearnerAdvisorProcess, StageProcessError
@@ -36,6 +37,7 @@ from terrain_ssl.ros.wiring import BagTimeDriver, linked_publishers_of, subscrip
 
 def run_replay(options: ReplayOptions) -> ReplayRecord:
     """Replay `options.bag`; returns everything the report needs. Raises BagError/ReplayError."""
+    options = with_bag_extrinsics(options)  # base_link -> lidar from the bag's TF, unless given
     with single_threaded_math():
         return ReplayPipeline(options).run()
 

@@ -12,6 +12,8 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import PointCloud2, PointField
 
+from terrain_ssl.core.deskew import TIME_FIELDS
+
 __all__ = [
     'MalformedCloudError',
     'stamp_to_ns',
@@ -20,6 +22,7 @@ __all__ = [
     'pointcloud2_to_array',
     'pointcloud2_to_xyz',
     'pointcloud2_xyz_view',
+    'pointcloud2_point_times',
     'structured_columns',
     'array_to_pointcloud2',
     'xyz_fields_to_pointcloud2',
@@ -205,6 +208,18 @@ def pointcloud2_xyz_view(msg: PointCloud2) -> np.ndarray:
                                                strides=(points.strides[0], size),
                                                writeable=False)
     return _stack_xyz(columns)
+
+
+def pointcloud2_point_times(msg: PointCloud2):
+    """(field name, (N,) values) of the driver's per-point time field (`time`, `t`,
+    `offset_time` or `timestamp`, the first present; see terrain_ssl.core.deskew), in the
+    points' order, or None when the cloud has none (or it is not a scalar field)."""
+    names = [field.name for field in msg.fields]
+    name = next((name for name in TIME_FIELDS if name in names), None)
+    if name is None:
+        return None
+    values = pointcloud2_to_array(msg)[name]
+    return None if values.ndim != 1 else (name, values)
 
 
 def pointcloud2_to_xyz(msg: PointCloud2, skip_nans: bool = True) -> np.ndarray:

@@ -23,6 +23,8 @@ from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from sensor_msgs.msg import Imu, PointCloud2
 
+from terrain_ssl.core.deskew import STAMP_CONVENTIONS
+from terrain_ssl.core.ground import GROUND_METHODS
 from terrain_ssl.core.labeler import Labeler, LabelerConfig
 from terrain_ssl.core.patches import FEATURE_NAMES
 from terrain_ssl.core.vibration import GRAVITY_SOURCES, SHOCK_MEASURES
@@ -32,7 +34,8 @@ from terrain_ssl.ros.node_main import run_node
 from terrain_ssl.ros.parameters import LiveParameters, ParamSpec
 from terrain_ssl.ros.qos import HIGH_RATE_SENSOR_QOS, LABELS_QOS, RELIABLE_QOS, SENSOR_QOS
 from terrain_ssl.ros.conversions import (MalformedCloudError, float_matrix_to_pointcloud2,
-                                         pointcloud2_xyz_view, stamp_to_ns)
+                                         pointcloud2_point_times, pointcloud2_xyz_view,
+                                         stamp_to_ns)
 
 _DEFAULT = LabelerConfig()
 # Fields of the output clouds, in order (all float32).
@@ -75,6 +78,17 @@ CONFIG_PARAMS = [
           min=0.0, max=100.0),
     _spec('patch.max_range', 'Ignore returns farther from the lidar than this (m, horizontal).',
           min=1.0, max=300.0),
+    _spec('ground.method', 'Ground segmentation: envelope (lower envelope of the scan\'s cells), '
+          'patchwork (Patchwork++, needs pypatchworkpp) or none (every return).',
+          choices=GROUND_METHODS),
+    _spec('ground.window', 'Lower-envelope window edge (m): wider than what stands up.',
+          min=0.5, max=50.0),
+    _spec('ground.max_height', 'Cells higher than this above the local ground are not ground '
+          '(m).', min=0.01, max=10.0),
+    _spec('ground.max_slope', 'Cells steeper than this are faces, not ground (rad).',
+          min=0.05, max=1.57),
+    _spec('deskew.stamp', 'Header stamp of clouds with a per-point time field: auto (from the '
+          'sign), start, end; none: no deskew.', choices=STAMP_CONVENTIONS + ('none',)),
     _spec('lidar.x', 'Lidar position in base_link, x (m).', min=-10.0, max=10.0),
     _spec('lidar.y', 'Lidar position in base_link, y (m).', min=-10.0, max=10.0),
     _spec('lidar.z', 'Lidar position in base_link, z (m).', min=-10.0, max=10.0),
@@ -122,6 +136,10 @@ NODE_PARAMS = [
     ParamSpec('diagnostics_period_s', 1.0, 'Period of /diagnostics (s).', min=0.05, max=60.0,
               read_only=True),
     ParamSpec('publish_lookahead', True, 'Publish terrain_ssl/lookahead_patches.'),
+    ParamSpec('frames.base', 'base_link', 'Vehicle frame of the lidar extrinsic (TF lookups).',
+              read_only=True),
+    ParamSpec('frames.lidar', '', 'Lidar frame for TF lookups; empty: the clouds\' frame_id.',
+              read_only=True),
 ]
 
 
@@ -201,7 +219,7 @@ class RoughnessLabelerNode(Node):
             self.rejects.reject(reason, str(error))
             return
         t_ns = stamp_to_ns(msg.header.stamp)
-        patches = self.labeler.add_scan(t_ns, points)
+        patches = self.labeler.add_scan(t_ns, points, pointcloud2_point_times(msg))
         if patches is None or not len(patches) or not self.params.values['publish_lookahead']:
             return
         # Straight into float32, the cloud's type (np.hstack made a float64 copy first).

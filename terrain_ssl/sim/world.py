@@ -7,7 +7,7 @@
 Time: physics step k (default 1 kHz) is at start_time_ns + k * step. The IMU samples at steps
 that are multiples of physics_rate / imu_rate (first sample one IMU period after the start),
 odometry likewise; lidar revolution i covers steps [i K, (i + 1) K) with K = physics_rate /
-lidar_rate, is stamped at its first column and delivered (log time) when it completes.
+lidar_rate, is stamped at its first (or last) column and delivered when it completes.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -72,6 +72,9 @@ class WorldConfig:
     lidar_overrides: tuple = ()          # ((field, value), ...) applied to the preset
     lidar_translation_m: tuple = (0.3, 0.0, 1.6)
     lidar_rpy_rad: tuple = (0.0, 0.0, 0.0)
+    # As drivers: each column from the pose at its firing time (False: all from the first's).
+    lidar_motion_distortion: bool = True
+    lidar_stamp: str = 'start'           # sweep start (times >= 0) or 'end' (<= 0, Velodyne)
     start_s_m: float = 0.0               # where on the route the vehicle starts (arc length)
     initial_speed_mps: float = 0.0
     lateral_wander_m: float = 1.0        # the driven line weaves about the centreline
@@ -84,6 +87,10 @@ class WorldConfig:
     points_topic: str = '/points'
     odom_topic: str = '/odom'
     tf_static_topic: str = '/tf_static'
+
+    def __post_init__(self):
+        if self.lidar_stamp not in ('start', 'end'):
+            raise ValueError(f"lidar_stamp must be 'start' or 'end', not {self.lidar_stamp!r}")
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ('terrain', 'vehicle')}
@@ -464,7 +471,8 @@ class World:
         poses = np.concatenate(self._pose_log)   # rows for steps _pose_log_k0 .. _k
         while (self._next_scan + 1) * every <= self._k:
             k_start = self._next_scan * every
-            rows = k_start - self._pose_log_k0 + self._lidar_columns_step
+            rows = k_start - self._pose_log_k0 + self._lidar_columns_step * int(
+                self.config.lidar_motion_distortion)
             p = poses[rows]
             r_body = rotation_matrices(p[:, 3], p[:, 4], p[:, 5])
             origins = p[:, :3] + r_body @ np.asarray(self.config.lidar_translation_m)
@@ -476,7 +484,9 @@ class World:
             cloud['intensity'] = scan.intensity
             cloud['ring'] = scan.ring
             cloud['time'] = scan.time_offset_s
-            stamp = self._stamp(k_start)
+            stamp = self._stamp(k_start + every * (self.config.lidar_stamp == 'end'))
+            if self.config.lidar_stamp == 'end':
+                cloud['time'] -= np.float32(1.0 / self.lidar.preset.rate_hz)
             out.append(messages.SimMessage(
                 self.config.points_topic, stamp, messages.POINTCLOUD2_TYPE,
                 messages.pointcloud2_cdr(stamp, self.config.lidar_frame, cloud),
