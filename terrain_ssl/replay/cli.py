@@ -120,4 +120,9 @@ def run_play_command(args) -> int:
     skipped = undecodable_warning(counts.undecodable, counts.last_error)
     if skipped:
         print(f'warning: {skipped}', file=sys.stderr)
+    lost = counts.mismatches()
+    if lost:
+        detail = ', '.join(f'{t}: bag has {e}, read {r}' for t, (e, r) in sorted(lost.items()))
+        print(f'error: messages lost while reading {args.bag}: {detail}', file=sys.stderr)
+        return 1
     return 0
