@@ -1,5 +1,7 @@
 """Reading bags of every supported kind into rclpy messages, with counts checked."""
 
+from pathlib import Path
+
 import numpy as np
 from sensor_msgs.msg import PointCloud2
 import pytest
@@ -151,3 +153,49 @@ def test_not_a_bag(tmp_path):
     (tmp_path / 'dir').mkdir()
     with pytest.raises(BagError, match='metadata.yaml'):
         Bag(tmp_path / 'dir')
+
+
+def _bag_with_messages_in_its_write_ahead_log(source, target, from_ns):
+    """A copy of sqlite3 bag `source` whose messages from `from_ns` on are still in the
+    database's write-ahead log (-wal file), as when a recorder stops before a checkpoint.
+    rosbags opens the database immutable, so it reads only the main file: the bag reads short,
+    while its index (the `messages` table, read through sqlite) holds every message."""
+    import shutil
+    import sqlite3
+
+    (database,) = Path(source).glob('*.db3')
+    connection = sqlite3.connect(database)
+    connection.execute('PRAGMA journal_mode=WAL')
+    rows = connection.execute('SELECT * FROM messages WHERE timestamp >= ?',
+                              (from_ns,)).fetchall()
+    connection.execute('DELETE FROM messages WHERE timestamp >= ?', (from_ns,))
+    connection.commit()
+    connection.execute('PRAGMA wal_checkpoint(TRUNCATE)')
+    connection.executemany(f'INSERT INTO messages VALUES ({",".join("?" * len(rows[0]))})',
+                           rows)
+    connection.commit()
+    target.mkdir()
+    for path in Path(source).iterdir():  # copied while open: the log is not checkpointed
+        shutil.copy(path, target / path.name)
+    connection.close()
+    return target, len(rows)
+
+
+def test_a_bag_that_reads_short_is_a_loss_in_full_and_in_a_window(tmp_path):
+    """Loss detection does not depend on the window: the expected counts come from the bag's
+    index within the window, never from what was read."""
+    expected = make_messages(duration_s=2.0)
+    path = write_rosbag2(tmp_path / 'bag', expected, 'sqlite3')
+    t0 = expected[0][1]
+    short, in_log = _bag_with_messages_in_its_write_ahead_log(path, tmp_path / 'short',
+                                                              t0 + 1_500_000_000)
+    assert in_log > 0
+    for window in [(None, None), (t0 + 1_000_000_000, t0 + 1_800_000_000)]:
+        counts = ReadCounts()
+        with Bag(short) as bag:
+            list(bag.messages(bag.resolve_inputs().values(), counts, *window))
+        lost = counts.mismatches()
+        assert lost and all(read < bag_has for bag_has, read in lost.values())
+        assert sum(e - r for e, r in lost.values()) == sum(
+            1 for _, stamp, _ in expected if stamp >= t0 + 1_500_000_000
+            and (window[1] is None or stamp < window[1]))

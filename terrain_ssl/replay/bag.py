@@ -192,11 +192,10 @@ class Bag:
 
     def expected_counts(self, topics, start_ns: Optional[int] = None,
                         end_ns: Optional[int] = None) -> dict:
-        """Topic -> messages the bag holds on it in [start_ns, end_ns) by its own index."""
+        """Topic -> messages the bag holds on it in [start_ns, end_ns) by its own index (the
+        sqlite3 `messages` table, write-ahead log included; the mcap message indexes; the ROS 1
+        index), counted apart from the reading."""
         topics = list(topics)
-        if start_ns is None and end_ns is None:
-            info = self.topics()
-            return {name: info[name].count for name in topics}
         if self._files is not None:
             try:
                 return self._files.counts_between(topics, start_ns, end_ns)

@@ -32,6 +32,10 @@ def register(subparsers) -> None:
                              'the bag reader and the labeler; same results, ~1.6x faster when a '
                              'second core is free. 1: all nodes in one process. Default: 2 when '
                              'this process may use two or more CPUs')
+    parser.add_argument('--no-mcap', action='store_true',
+                        help='do not write outputs.mcap (the published topics, for Foxglove)')
+    parser.add_argument('--with-inputs', action='store_true',
+                        help='outputs.mcap also holds the input topics (lidar, IMU, odometry)')
     parser.set_defaults(func=run_replay_command)
 
     player = subparsers.add_parser(
@@ -67,6 +71,7 @@ def run_replay_command(args) -> int:
             print(f'error: --model-in: {error}', file=sys.stderr)
             return 1
     out = Path(args.out) if args.out else bag.with_name(bag.stem + '_replay')
+    created = not out.exists()
     problem = prepare_output_folder(out)
     if problem:
         print(f'error: {problem}', file=sys.stderr)
@@ -77,11 +82,18 @@ def run_replay_command(args) -> int:
         parameters=list(args.param) + _extrinsic_parameters(args.lidar_extrinsic),
         start_s=args.start, duration_s=args.duration, model_in=args.model_in,
         model_out=str(out / 'model.npz'), progress=not args.no_progress,
-        processes=args.processes or default_processes())
+        processes=args.processes or default_processes(),
+        outputs_mcap=None if args.no_mcap else str(out / 'outputs.mcap'),
+        mcap_inputs=args.with_inputs)
     try:
         record = run_replay(options)
     except (BagError, ReplayError) as error:
         print(f'error: {error}', file=sys.stderr)
+        if created:  # a failed replay leaves no empty folder behind
+            try:
+                out.rmdir()
+            except OSError:
+                pass  # not empty: something in it is worth keeping
         return 1
     metrics = write_report(record, out)
     _print_summary(metrics, record.timing, out)

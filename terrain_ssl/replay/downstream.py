@@ -118,7 +118,9 @@ class DownstreamStage:
     the caller has built them already (in its `context`).
     """
 
-    def __init__(self, context, options, upstream_topics, node_clock=None, nodes=None):
+    def __init__(self, context, options, upstream_topics, node_clock=None, nodes=None,
+                 outputs=None):
+        from terrain_ssl.replay.outputs_mcap import open_outputs
         from terrain_ssl.replay.runner import (MAP_TOPIC, ROLE_TOPICS, SPEED_TOPIC,
                                                _RouteMapAccumulator, _SampleRecorder, _timed)
         from terrain_ssl.ros.pipeline import node_class
@@ -167,6 +169,12 @@ class DownstreamStage:
         for outlet in outlets_of(self.learner):
             if outlet.topic_name == MAP_TOPIC:
                 outlet.connect(_timed(node_clock, 'replay_recording', self.route_map.add))
+        # MCAP hook: the caller's recorder in one process; in the downstream process, a part
+        # file of its own (runner copies it in at the end).
+        self._own_outputs = None if outputs is not None else open_outputs(options,
+                                                                          downstream=True)
+        if outputs is not None or self._own_outputs is not None:
+            (outputs or self._own_outputs).attach(self.nodes, lambda: self.driver.now_ns)
 
     def input_topics(self) -> list:
         return sorted(self.callbacks)
@@ -206,6 +214,8 @@ class DownstreamStage:
 
     def finish(self, first_ns: Optional[int]) -> dict:
         """Flush, save the model when asked; what the report needs from this stage."""
+        from terrain_ssl.replay.outputs_mcap import published_counts
+
         self._apply_pending_time()
         self.learner.flush_training()
         if self.model_out and self.learner.model.is_fitted:
@@ -215,7 +225,11 @@ class DownstreamStage:
             'speed': {},
             'final_map': self.route_map.result(),
             'rejected': {node.get_name(): dict(node.rejects.counts) for node in self.nodes},
+            'published': published_counts(self.nodes),
         }
+        if self._own_outputs is not None:
+            self._own_outputs.close()
+            self._own_outputs = None
         if self.speed_rows:
             rows = np.array(self.speed_rows, dtype=float)
             result['speed'] = {'t_s': (rows[:, 0] - (first_ns or 0)) / 1e9,
@@ -224,6 +238,8 @@ class DownstreamStage:
         return result
 
     def destroy(self) -> None:
+        if self._own_outputs is not None:  # stopped before finish: no part left behind
+            self._own_outputs.discard()
         for node in self.nodes:
             node.destroy_node()
 
@@ -324,6 +340,12 @@ class DownstreamProcess:
         result = self._receive('done')
         self._finished = True
         return result
+
+    def outputs_part(self) -> str:
+        """The MCAP part file the process wrote (options.outputs_mcap)."""
+        from terrain_ssl.replay.outputs_mcap import DOWNSTREAM_PART_SUFFIX
+
+        return str(self.options.outputs_mcap) + DOWNSTREAM_PART_SUFFIX
 
     def close(self) -> None:
         """Wait for the process to exit (stop it after an error) and release the pipe."""
