@@ -223,12 +223,11 @@ class Rosbag2Files:
             try:
                 recorded[topic.get('name')] = parse_qos(topic.get('offered_qos_profiles', []))
             except (TypeError, ValueError, KeyError, AttributeError, yaml.YAMLError):
-                recorded[topic.get('name')] = None  # unreadable: cannot differ usefully
+                recorded[topic.get('name')] = None  # unreadable: not compared
         for storage in self._storages:
             for connection in storage.connections:
                 qos = recorded.get(connection.topic)
-                if qos and connection.ext.offered_qos_profiles and \
-                        qos != connection.ext.offered_qos_profiles:
+                if qos is not None and qos != connection.ext.offered_qos_profiles:
                     return True
         return False
 

@@ -1,0 +1,133 @@
+"""`terrain-ssl replay` writes outputs.mcap: every published topic in bag time, ROS 2 schemas,
+as many messages as metrics.json says were published; and bag metadata does not change a
+replay's results."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from terrain_ssl.cli import main as cli_main
+
+OUTPUT_TOPICS = {'/terrain_ssl/lookahead_patches', '/terrain_ssl/labeled_patches',
+                 '/terrain_ssl/roughness_map', '/terrain_ssl/roughness_grid',
+                 '/terrain_ssl/speed_limit', '/diagnostics'}
+
+
+@pytest.fixture(scope='module')
+def sim_bag(tmp_path_factory):
+    from terrain_ssl.sim.bag import simulate_bag
+    return simulate_bag(tmp_path_factory.mktemp('mcap') / 'drive', duration_s=10.0, seed=5,
+                        storage='sqlite3', speed='3:6', start_s_m=60.0)
+
+
+def _replay(bag, out, *extra) -> int:
+    return cli_main(['replay', str(bag), '--out', str(out), '--no-progress', *extra])
+
+
+def _mcap_contents(path):
+    """Topic -> (schema name, [(log time, decoded message)]), read with the mcap reader and
+    decoded from the file's own schemas by mcap-ros2-support (as Foxglove does)."""
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    contents: dict = {}
+    with open(path, 'rb') as stream:
+        reader = make_reader(stream, decoder_factories=[DecoderFactory()])
+        for schema, channel, message, decoded in reader.iter_decoded_messages(
+                log_time_order=True):
+            assert schema.encoding == 'ros2msg' and channel.message_encoding == 'cdr'
+            entry = contents.setdefault(channel.topic, (schema.name, []))
+            entry[1].append((message.log_time, decoded))
+    return contents
+
+
+@pytest.mark.parametrize('processes', ['1', '2'])
+def test_outputs_mcap_holds_every_published_message_in_bag_time(sim_bag, tmp_path, processes):
+    out = tmp_path / 'out'
+    assert _replay(sim_bag, out, '--processes', processes, '--with-inputs') == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    published = metrics['info']['messages_published']
+    read = metrics['info']['messages_read']
+    contents = _mcap_contents(out / 'outputs.mcap')
+    assert OUTPUT_TOPICS <= set(published)
+    assert {topic: len(messages) for topic, (_, messages) in contents.items()} == \
+        {**published, **read}
+    assert contents['/terrain_ssl/speed_limit'][0] == 'std_msgs/msg/Float32'
+    assert contents['/terrain_ssl/roughness_map'][0] == 'sensor_msgs/msg/PointCloud2'
+    # bag time: within the bag's span, and a message's header stamp where it has one
+    imu = contents['/imu/data'][1]
+    first, last = imu[0][0], imu[-1][0]
+    for topic, (_, messages) in contents.items():
+        assert all(first <= stamp <= last + 1_000_000_000 for stamp, _ in messages), topic
+    for stamp, grid in contents['/terrain_ssl/roughness_map'][1]:
+        header = grid.header.stamp.sec * 10**9 + grid.header.stamp.nanosec
+        assert header <= stamp
+    limits = [message.data for _, message in contents['/terrain_ssl/speed_limit'][1]]
+    assert min(limits) > 0.0 and len(limits) == published['/terrain_ssl/speed_limit']
+    assert not list(out.glob('*.part'))
+
+
+def test_without_inputs_and_without_mcap(sim_bag, tmp_path):
+    assert _replay(sim_bag, tmp_path / 'outputs_only') == 0
+    contents = _mcap_contents(tmp_path / 'outputs_only' / 'outputs.mcap')
+    assert set(contents) == OUTPUT_TOPICS
+    assert _replay(sim_bag, tmp_path / 'none', '--no-mcap') == 0
+    assert not (tmp_path / 'none' / 'outputs.mcap').exists()
+
+
+def test_a_bag_whose_metadata_qos_was_edited_replays_like_the_original(sim_bag, tmp_path):
+    """metadata.yaml's QoS no longer matches the storage's (as in rosbag2's talker bags): the
+    storage is read, and the labels are byte-identical."""
+    edited = tmp_path / 'edited'
+    shutil.copytree(sim_bag, edited)
+    metadata_path = edited / 'metadata.yaml'
+    metadata = yaml.safe_load(metadata_path.read_text())
+    for entry in metadata['rosbag2_bagfile_information']['topics_with_message_count']:
+        for profile in entry['topic_metadata']['offered_qos_profiles']:
+            profile['depth'] += 7
+            profile['reliability'] = {'reliable': 'best_effort'}.get(profile['reliability'],
+                                                                     'reliable')
+    metadata_path.write_text(yaml.safe_dump(metadata))
+    from terrain_ssl.replay.bag import Bag
+    with Bag(edited) as bag:
+        assert any('QoS' in note for note in bag.notes)
+    with Bag(sim_bag) as bag:
+        assert bag.notes == []
+    assert _replay(sim_bag, tmp_path / 'a', '--no-mcap') == 0
+    assert _replay(edited, tmp_path / 'b', '--no-mcap') == 0
+    original = (tmp_path / 'a' / 'labels.csv').read_bytes()
+    assert original.count(b'\n') > 20
+    assert (tmp_path / 'b' / 'labels.csv').read_bytes() == original
+
+
+def test_a_failed_replay_leaves_no_output_folder_and_names_the_loss(sim_bag, tmp_path, capsys):
+    """A windowed replay of a bag that reads short (messages still in the sqlite write-ahead
+    log): `messages lost` in one line, exit 1, and the folder it made is gone."""
+    from test_bag_reading import _bag_with_messages_in_its_write_ahead_log
+
+    from terrain_ssl.replay.bag import Bag
+    with Bag(sim_bag) as bag:
+        middle_ns = (bag.start_ns + bag.end_ns) // 2
+    short, _ = _bag_with_messages_in_its_write_ahead_log(sim_bag, tmp_path / 'short',
+                                                         middle_ns)
+    capsys.readouterr()
+    out = tmp_path / 'out'
+    assert _replay(short, out, '--start', '2', '--duration', '6') == 1
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith('error:')]
+    assert len(errors) == 1 and 'messages lost while reading' in errors[0]
+    assert not out.exists()
+
+
+def test_report_lists_model_file_only_when_written(tmp_path):
+    """0 labels -> no model.npz, and report.md does not claim one."""
+    from bag_factory import make_messages, write_rosbag2
+
+    bag = write_rosbag2(tmp_path / 'bag', make_messages(duration_s=0.5), 'mcap')
+    out = tmp_path / 'out'
+    assert _replay(bag, out, '--no-mcap') == 0
+    assert not (out / 'model.npz').exists()
+    assert 'model.npz' not in (out / 'report.md').read_text()
