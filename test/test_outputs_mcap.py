@@ -131,3 +131,33 @@ def test_report_lists_model_file_only_when_written(tmp_path):
     assert _replay(bag, out, '--no-mcap') == 0
     assert not (out / 'model.npz').exists()
     assert 'model.npz' not in (out / 'report.md').read_text()
+
+
+def test_the_shipped_views_show_the_topics_the_replay_writes():
+    """config/foxglove_layout.json and config/terrain_ssl.rviz parse, and every topic they show
+    is one outputs.mcap holds (outputs, or inputs with --with-inputs)."""
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    inputs = {'/points', '/imu/data', '/odom'}
+    layout = json.loads((repo / 'config' / 'foxglove_layout.json').read_text())
+    shown = set(layout['configById']['3D!terrain']['topics'])
+    shown |= {path['value'].split('.')[0] for panel in layout['configById'].values()
+              for path in panel.get('paths', [])}
+    shown.add(layout['configById']['DiagnosticSummary!nodes']['topicToRender'])
+    assert shown <= OUTPUT_TOPICS | inputs
+    assert {'/terrain_ssl/roughness_map', '/terrain_ssl/speed_limit'} <= shown
+    for panel_id in _panel_ids(layout['layout']):
+        assert panel_id in layout['configById']
+    rviz = yaml.safe_load((repo / 'config' / 'terrain_ssl.rviz').read_text())
+    displays = rviz['Visualization Manager']['Displays']
+    rviz_topics = {d['Topic']['Value'] for d in displays if 'Topic' in d}
+    assert rviz_topics <= OUTPUT_TOPICS | inputs
+    assert {'/terrain_ssl/roughness_map', '/terrain_ssl/roughness_grid'} <= rviz_topics
+    assert all(re.fullmatch(r'rviz_default_plugins/\w+', d['Class']) for d in displays)
+
+
+def _panel_ids(node):
+    if isinstance(node, str):
+        return [node]
+    return _panel_ids(node['first']) + _panel_ids(node['second'])

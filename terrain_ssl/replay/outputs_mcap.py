@@ -91,7 +91,7 @@ class McapOutputs:
     every outlet and diagnostics publisher of `nodes`; `tap_inputs(messages)` also writes bag
     messages as they pass; `close()` finishes the file and returns topic -> messages written."""
 
-    def __init__(self, path, chunk_size: int = 4 << 20, compression: str = 'zstd'):
+    def __init__(self, path, chunk_size: int = 4 << 20, compression: str = 'lz4'):
         from mcap.writer import CompressionType, Writer
 
         self.path = Path(path)
