@@ -53,15 +53,20 @@ def test_outputs_mcap_holds_every_published_message_in_bag_time(sim_bag, tmp_pat
     read = metrics['info']['messages_read']
     contents = _mcap_contents(out / 'outputs.mcap')
     assert OUTPUT_TOPICS <= set(published)
-    assert {topic: len(messages) for topic, (_, messages) in contents.items()} == \
-        {**published, **read}
+    # the inputs, and odometry as /tf with the bag's /tf_static (lidar placed in odom)
+    in_mcap = {topic: len(messages) for topic, (_, messages) in contents.items()}
+    assert in_mcap == {**published, **read, '/tf': read['/odom'], '/tf_static': 1}
+    assert in_mcap == metrics['info']['messages_in_mcap']
     assert contents['/terrain_ssl/speed_limit'][0] == 'std_msgs/msg/Float32'
     assert contents['/terrain_ssl/roughness_map'][0] == 'sensor_msgs/msg/PointCloud2'
     # bag time: within the bag's span, and a message's header stamp where it has one
     imu = contents['/imu/data'][1]
     first, last = imu[0][0], imu[-1][0]
     for topic, (_, messages) in contents.items():
-        assert all(first <= stamp <= last + 1_000_000_000 for stamp, _ in messages), topic
+        if topic != '/tf_static':  # recorded once, at the start of the simulation
+            assert all(first <= stamp <= last + 1_000_000_000 for stamp, _ in messages), topic
+    tf = contents['/tf'][1][0][1].transforms[0]
+    assert (tf.header.frame_id, tf.child_frame_id) == ('odom', 'base_link')
     for stamp, grid in contents['/terrain_ssl/roughness_map'][1]:
         header = grid.header.stamp.sec * 10**9 + grid.header.stamp.nanosec
         assert header <= stamp

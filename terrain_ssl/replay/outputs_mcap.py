@@ -10,6 +10,7 @@ at the end (MCAP readers order messages by log time through the file's index).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ def message_definition(msgtype: str) -> str:
     """The `ros2msg` schema text of `msgtype` with its dependencies, as ROS 2 tools write it."""
     from rosbags.typesys import Stores, get_typestore
 
-    store = get_typestore(Stores.ROS2_KILTED)  # the installed rclpy's distribution
+    store = get_typestore(Stores.ROS2_KILTED)  # a fresh one: types get registered into it
     missing = [msgtype]
     while missing:  # types the store lacks: from the installed packages' .msg files
         name = missing.pop()
@@ -68,6 +69,37 @@ def _dependencies(store, msgtype: str) -> list:
         if kind.name == 'NAME':
             names.append(detail)
     return names
+
+
+TF_TYPE = 'tf2_msgs/msg/TFMessage'
+
+
+@functools.lru_cache(maxsize=1)
+def _kilted_store():
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_KILTED)  # the installed rclpy's distribution
+
+
+def odometry_as_tf(odometry) -> bytes:
+    """An Odometry message's pose as a serialised tf2_msgs/TFMessage (CDR), written with
+    rosbags' type store: tf2_msgs is not among the installed rclpy packages."""
+    store = _kilted_store()
+    types = store.types
+    stamp = odometry.header.stamp
+    pose = odometry.pose.pose
+    transform = types['geometry_msgs/msg/TransformStamped'](
+        header=types['std_msgs/msg/Header'](
+            stamp=types['builtin_interfaces/msg/Time'](sec=stamp.sec, nanosec=stamp.nanosec),
+            frame_id=odometry.header.frame_id),
+        child_frame_id=odometry.child_frame_id,
+        transform=types['geometry_msgs/msg/Transform'](
+            translation=types['geometry_msgs/msg/Vector3'](
+                x=pose.position.x, y=pose.position.y, z=pose.position.z),
+            rotation=types['geometry_msgs/msg/Quaternion'](
+                x=pose.orientation.x, y=pose.orientation.y, z=pose.orientation.z,
+                w=pose.orientation.w)))
+    return bytes(store.serialize_cdr(types[TF_TYPE](transforms=[transform]), TF_TYPE))
 
 
 def published_counts(nodes) -> dict:
@@ -136,16 +168,35 @@ class McapOutputs:
         return self._channels[topic]
 
     def tap_inputs(self, messages):
-        """Yield `messages` (bag.BagMessage) unchanged, writing each one first."""
+        """Yield `messages` (bag.BagMessage) unchanged, writing each one first. Odometry also
+        goes out as /tf (its frame -> its child frame), so that viewers can place the lidar
+        scans in the odometry frame with the map and the patches."""
         for message in messages:
             channel = self._channels.get(message.topic)
             if channel is None:
                 channel = self._channel(message.topic, message.msgtype)
             data = message.cdr if message.cdr is not None else serialize_message(message.message)
-            self._writer.add_message(channel, log_time=message.stamp_ns,
-                                     publish_time=message.stamp_ns, data=data)
-            self.counts[message.topic] = self.counts.get(message.topic, 0) + 1
+            self.write_raw(channel, message.topic, message.stamp_ns, data)
+            if message.msgtype == 'nav_msgs/msg/Odometry':
+                self.write_raw(self._channel('/tf', TF_TYPE), '/tf', message.stamp_ns,
+                               odometry_as_tf(message.message))
             yield message
+
+    def write_raw(self, channel: int, topic: str, stamp_ns: int, data: bytes) -> None:
+        self._writer.add_message(channel, log_time=stamp_ns, publish_time=stamp_ns, data=data)
+        self.counts[topic] = self.counts.get(topic, 0) + 1
+
+    def copy_static_transforms(self, bag_path) -> None:
+        """The bag's /tf_static (the sensors' mounting), as recorded."""
+        from terrain_ssl.replay.bag import Bag
+
+        if Path(bag_path).suffix == '.bag':  # ROS 1 records are not CDR
+            return
+        with Bag(bag_path) as bag:
+            topics = [name for name, info in bag.topics().items()
+                      if name == '/tf_static' and info.msgtype == TF_TYPE]
+            for topic, msgtype, stamp_ns, raw in bag.raw_messages(topics):
+                self.write_raw(self._channel(topic, msgtype), topic, stamp_ns, bytes(raw))
 
     def copy_from(self, part_path) -> None:
         """Add every message of another MCAP file (the downstream process's part), then delete
@@ -194,4 +245,7 @@ def open_outputs(options, downstream: bool = False) -> Optional[McapOutputs]:
         return None
     if downstream:
         return McapOutputs(str(path) + DOWNSTREAM_PART_SUFFIX, compression='none')
-    return McapOutputs(path)
+    outputs = McapOutputs(path)
+    if getattr(options, 'mcap_inputs', False):
+        outputs.copy_static_transforms(options.bag)
+    return outputs
