@@ -169,11 +169,9 @@ class DownstreamStage:
         for outlet in outlets_of(self.learner):
             if outlet.topic_name == MAP_TOPIC:
                 outlet.connect(_timed(node_clock, 'replay_recording', self.route_map.add))
-        # MCAP hook: the caller's recorder in one process; in the downstream process, a part
-        # file of its own (runner copies it in at the end).
-        self._own_outputs = None if outputs is not None else open_outputs(options,
-                                                                          downstream=True)
-        if outputs is not None or self._own_outputs is not None:
+        # MCAP hook: the caller's recorder (one process), else a part file of its own
+        self._own_outputs = open_outputs(options, downstream=True) if outputs is None else None
+        if (outputs or self._own_outputs) is not None:
             (outputs or self._own_outputs).attach(self.nodes, lambda: self.driver.now_ns)
 
     def input_topics(self) -> list:
