@@ -16,8 +16,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.serialization import serialize_message
 
+from terrain_ssl.replay.cdr_fast import serializer_for
 from terrain_ssl.ros.common import DiagnosticsPublisher, Outlet
 
 DOWNSTREAM_PART_SUFFIX = '.downstream.part'
@@ -139,22 +141,23 @@ class McapOutputs:
         for node in nodes:
             for value in vars(node).values():
                 if isinstance(value, Outlet):
-                    topic, msgtype = value.topic_name, ros_type_name(value.publisher.msg_type)
+                    topic, message_class = value.topic_name, value.publisher.msg_type
                 elif isinstance(value, DiagnosticsPublisher):
-                    topic, msgtype = '/diagnostics', 'diagnostic_msgs/msg/DiagnosticArray'
+                    topic, message_class = '/diagnostics', DiagnosticArray
                 else:
                     continue
-                value.connect(self._listener(topic, msgtype, now_ns))
+                value.connect(self._listener(topic, message_class, now_ns))
 
-    def _listener(self, topic: str, msgtype: str, now_ns: Callable[[], Optional[int]]):
-        channel = self._channel(topic, msgtype)
+    def _listener(self, topic: str, message_class, now_ns: Callable[[], Optional[int]]):
+        channel = self._channel(topic, ros_type_name(message_class))
         add_message = self._writer.add_message
+        serialize = serializer_for(message_class)
         counts = self.counts
 
         def write(message) -> None:
             stamp_ns = now_ns() or 0
             add_message(channel, log_time=stamp_ns, publish_time=stamp_ns,
-                        data=serialize_message(message))
+                        data=serialize(message))
             counts[topic] = counts.get(topic, 0) + 1
         return write
 
