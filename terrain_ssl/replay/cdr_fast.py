@@ -55,16 +55,32 @@ class _Buffer:
         return _ENCAPSULATION + b''.join(self.parts)
 
 
+def _point_fields(fields: tuple) -> bytes:
+    """The PointField sequence: it starts 4-aligned and each element is a multiple of 4 bytes
+    long, so its bytes do not depend on where it sits (cached: a topic's fields stay put)."""
+    encoded = _FIELDS_CACHE.get(fields)
+    if encoded is None:
+        parts = [struct.pack('<I', len(fields))]
+        for name, offset, datatype, count in fields:
+            text = name.encode() + b'\x00'
+            parts += [struct.pack('<I', len(text)), text, b'\x00' * (-len(text) % 4),
+                      struct.pack('<IB3xI', offset, datatype, count)]
+        encoded = b''.join(parts)
+        if len(_FIELDS_CACHE) < 64:
+            _FIELDS_CACHE[fields] = encoded
+    return encoded
+
+
+_FIELDS_CACHE: dict = {}
+
+
 def pointcloud2_cdr(msg) -> bytes:
     buffer = _Buffer()
     buffer.header(msg.header)
     buffer.pack(4, 'II', msg.height, msg.width)
-    buffer.pack(4, 'I', len(msg.fields))
-    for point_field in msg.fields:
-        buffer.string(point_field.name)
-        buffer.pack(4, 'I', point_field.offset)
-        buffer.pack(1, 'B', point_field.datatype)
-        buffer.pack(4, 'I', point_field.count)
+    fields = _point_fields(tuple((f.name, f.offset, f.datatype, f.count) for f in msg.fields))
+    buffer.parts.append(fields)
+    buffer.size += len(fields)
     buffer.pack(1, 'B', msg.is_bigendian)
     buffer.pack(4, 'II', msg.point_step, msg.row_step)
     buffer.octets(msg.data)
