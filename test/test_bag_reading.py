@@ -163,9 +163,12 @@ def _bag_with_messages_in_its_write_ahead_log(source, target, from_ns):
     import shutil
     import sqlite3
 
-    (database,) = Path(source).glob('*.db3')
+    scratch = target.with_name(target.name + '_scratch')  # the source stays as it was
+    shutil.copytree(source, scratch)
+    (database,) = scratch.glob('*.db3')
     connection = sqlite3.connect(database)
     connection.execute('PRAGMA journal_mode=WAL')
+    connection.execute('PRAGMA wal_autocheckpoint=0')  # the log keeps what follows
     rows = connection.execute('SELECT * FROM messages WHERE timestamp >= ?',
                               (from_ns,)).fetchall()
     connection.execute('DELETE FROM messages WHERE timestamp >= ?', (from_ns,))
@@ -175,9 +178,10 @@ def _bag_with_messages_in_its_write_ahead_log(source, target, from_ns):
                            rows)
     connection.commit()
     target.mkdir()
-    for path in Path(source).iterdir():  # copied while open: the log is not checkpointed
+    for path in scratch.iterdir():  # copied while open: the log is not checkpointed
         shutil.copy(path, target / path.name)
     connection.close()
+    shutil.rmtree(scratch)
     return target, len(rows)
 
 

@@ -233,11 +233,13 @@ class McapOutputs:
         return dict(self.counts)
 
     def discard(self) -> None:
-        """After a failed replay: no half-written file left behind."""
+        """After a failed replay: no half-written file left behind, nor the downstream
+        process's part (call once that process has stopped)."""
         if self._file is not None:
             self._file.close()
             self._file = None
         self.path.unlink(missing_ok=True)
+        Path(str(self.path) + DOWNSTREAM_PART_SUFFIX).unlink(missing_ok=True)
 
 
 def open_outputs(options, downstream: bool = False) -> Optional[McapOutputs]:

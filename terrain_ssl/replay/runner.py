@@ -299,10 +299,10 @@ def _run_replay(options: ReplayOptions) -> ReplayRecord:
     except DownstreamError as error:
         raise ReplayError(str(error)) from error
     finally:
-        if outputs is not None:  # failed before the end: no partial file left
-            outputs.discard()
         if downstream_process is not None:
             downstream_process.close()
+        if outputs is not None:  # failed before the end: no partial file (or part) left
+            outputs.discard()
         for node in nodes:
             node.destroy_node()
         context.try_shutdown()
