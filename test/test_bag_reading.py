@@ -155,7 +155,7 @@ def test_not_a_bag(tmp_path):
         Bag(tmp_path / 'dir')
 
 
-def _bag_with_messages_in_its_write_ahead_log(source, target, from_ns):
+def bag_with_messages_in_its_write_ahead_log(source, target, from_ns):
     """A copy of sqlite3 bag `source` whose messages from `from_ns` on are still in the
     database's write-ahead log (-wal file), as when a recorder stops before a checkpoint.
     rosbags opens the database immutable, so it reads only the main file: the bag reads short,
@@ -191,7 +191,7 @@ def test_a_bag_that_reads_short_is_a_loss_in_full_and_in_a_window(tmp_path):
     expected = make_messages(duration_s=2.0)
     path = write_rosbag2(tmp_path / 'bag', expected, 'sqlite3')
     t0 = expected[0][1]
-    short, in_log = _bag_with_messages_in_its_write_ahead_log(path, tmp_path / 'short',
+    short, in_log = bag_with_messages_in_its_write_ahead_log(path, tmp_path / 'short',
                                                               t0 + 1_500_000_000)
     assert in_log > 0
     for window in [(None, None), (t0 + 1_000_000_000, t0 + 1_800_000_000)]:

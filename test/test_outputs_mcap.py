@@ -111,12 +111,12 @@ def test_a_bag_whose_metadata_qos_was_edited_replays_like_the_original(sim_bag, 
 def test_a_failed_replay_leaves_no_output_folder_and_names_the_loss(sim_bag, tmp_path, capsys):
     """A windowed replay of a bag that reads short (messages still in the sqlite write-ahead
     log): `messages lost` in one line, exit 1, and the folder it made is gone."""
-    from test_bag_reading import _bag_with_messages_in_its_write_ahead_log
+    from test_bag_reading import bag_with_messages_in_its_write_ahead_log
 
     from terrain_ssl.replay.bag import Bag
     with Bag(sim_bag) as bag:
         middle_ns = (bag.start_ns + bag.end_ns) // 2
-    short, _ = _bag_with_messages_in_its_write_ahead_log(sim_bag, tmp_path / 'short',
+    short, _ = bag_with_messages_in_its_write_ahead_log(sim_bag, tmp_path / 'short',
                                                          middle_ns)
     capsys.readouterr()
     out = tmp_path / 'out'
