@@ -203,3 +203,23 @@ def test_a_bag_that_reads_short_is_a_loss_in_full_and_in_a_window(tmp_path):
         assert sum(e - r for e, r in lost.values()) == sum(
             1 for _, stamp, _ in expected if stamp >= t0 + 1_500_000_000
             and (window[1] is None or stamp < window[1]))
+
+
+@pytest.mark.parametrize('version', [4, 9, 10])
+def test_metadata_versions(tmp_path, version):
+    """Versions 1-9 read alike (metadata.yaml only names the files); a newer one is refused in
+    one line."""
+    import yaml
+
+    expected = make_messages()
+    path = write_rosbag2(tmp_path / 'bag', expected, 'mcap')
+    metadata = yaml.safe_load((path / 'metadata.yaml').read_text())
+    metadata['rosbag2_bagfile_information']['version'] = version
+    (path / 'metadata.yaml').write_text(yaml.safe_dump(metadata))
+    if version > 9:
+        with pytest.raises(BagError, match='version 10 is not supported'):
+            Bag(path)
+        return
+    _, messages, counts = _read_all(path)
+    _check_same(messages, expected)
+    assert counts.mismatches() == {}
