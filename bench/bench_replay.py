@@ -24,6 +24,10 @@ used to), and prints the paired ratios of wall time, reading + deserialising and
 own time. --compare-numpy-kernels does the same against the numpy reference of the compiled
 core kernels (terrain_ssl/core/_kernels.c; the fallback without a C compiler).
 
+Replays write outputs.mcap, as `terrain-ssl replay` does (--no-mcap: not).
+--compare-mcap alternates (ABBA) replays that write it with replays that do not and prints the
+paired wall and CPU ratios (bench/results/bench_replay_mcap.md).
+
 --quick simulates and replays 30 s instead of 120 s. --processes 2 runs the learner and the
 advisor in a second process (`terrain-ssl replay --processes 2`); 1 keeps all in one; the
 default is the replay command's (2 when two or more CPUs are available).
