@@ -223,3 +223,23 @@ def test_metadata_versions(tmp_path, version):
     _, messages, counts = _read_all(path)
     _check_same(messages, expected)
     assert counts.mismatches() == {}
+
+
+def test_play_names_a_loss_in_one_line(tmp_path):
+    """`terrain-ssl play` compares what it read with the bag's index: a bag that reads short
+    exits 1 with one `messages lost` line, after publishing what it could read."""
+    import subprocess
+    import sys
+
+    expected = make_messages(duration_s=1.0)
+    path = write_rosbag2(tmp_path / 'bag', expected, 'sqlite3')
+    short, in_log = bag_with_messages_in_its_write_ahead_log(path, tmp_path / 'short',
+                                                             expected[0][1] + 500_000_000)
+    result = subprocess.run([sys.executable, '-m', 'terrain_ssl.cli', 'play', str(short),
+                             '--rate', '10'], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and 'messages lost while reading' in errors[0]
+    assert 'Traceback' not in result.stderr
+    assert f'published {len(expected) - in_log} messages' in result.stdout
