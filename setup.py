@@ -36,15 +36,16 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
-        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
+        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')
+                                          + glob('config/*.json') + glob('config/*.rviz')),
     ],
     # rclpy and the message packages come from the ROS 2 distro (colcon) or from
     # requirements-ros.txt (plain venv); they are deliberately not install_requires.
-    install_requires=['numpy', 'scipy', 'scikit-learn', 'rosbags'],
+    install_requires=['numpy', 'scipy', 'scikit-learn', 'rosbags', 'mcap', 'lz4', 'zstandard'],
     extras_require={
         'report': ['matplotlib'],
         'patchwork': ['pypatchworkpp'],  # ground.method: patchwork (Patchwork++)
-        'test': ['pytest', 'PyYAML', 'ruff'],
+        'test': ['pytest', 'PyYAML', 'ruff', 'mcap-ros2-support'],
     },
     zip_safe=False,
     maintainer='terrain_ssl developers',

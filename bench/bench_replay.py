@@ -23,6 +23,10 @@ deserialised at a time, bag.READ_CHUNK_MESSAGES) and one reading N at a time (1:
 used to), and prints the paired ratios of wall time, reading + deserialising and the labeler's
 own time.
 
+Replays write outputs.mcap, as `terrain-ssl replay` does (--no-mcap: not).
+--compare-mcap alternates (ABBA) replays that write it with replays that do not and prints the
+paired wall and CPU ratios (bench/results/bench_replay_mcap.md).
+
 --quick simulates and replays 30 s instead of 120 s. --processes 2 runs the learner and the
 advisor in a second process (`terrain-ssl replay --processes 2`); 1 keeps all in one; the
 default is the replay command's (2 when two or more CPUs are available).
@@ -49,12 +53,17 @@ def simulate(out_dir: Path, duration_s: float) -> None:
     subprocess.run(command, check=True, cwd=REPO)
 
 
-def replay_once(bag: Path, processes: int = 1, read_chunk_messages=None) -> dict:
-    """One replay, timed; `read_chunk_messages` None: the replay's default."""
+def replay_once(bag: Path, processes: int = 1, read_chunk_messages=None,
+                mcap: bool = True) -> dict:
+    """One replay, timed; `read_chunk_messages` None: the replay's default. `mcap`: write
+    outputs.mcap as `terrain-ssl replay` does (into a scratch folder, deleted after)."""
     from terrain_ssl.replay.runner import ReplayOptions, run_replay
 
+    scratch = tempfile.TemporaryDirectory(prefix='bench_replay_out_')
     options = ReplayOptions(bag=str(bag), config=str(CONFIG), progress=False, node_timing=True,
-                            processes=processes)
+                            processes=processes,
+                            outputs_mcap=str(Path(scratch.name) / 'outputs.mcap') if mcap
+                            else None)
     if read_chunk_messages is not None:
         options.read_chunk_messages = read_chunk_messages
     cpu_start = time.process_time()
@@ -67,6 +76,9 @@ def replay_once(bag: Path, processes: int = 1, read_chunk_messages=None) -> dict
     timing['cpu_s'] = time.process_time() - cpu_start
     timing['cpu_s'] += timing.get('stage_process', {}).get('cpu_s', 0.0)
     timing['labels'] = len(record.samples.get('roughness', []))
+    if mcap:
+        timing['mcap_bytes'] = (Path(scratch.name) / 'outputs.mcap').stat().st_size
+    scratch.cleanup()
     return timing
 
 
@@ -99,11 +111,19 @@ def main(argv=None) -> int:
                              '(default: as `terrain-ssl replay`, 2 with two or more CPUs)')
     parser.add_argument('--compare-read-chunk', type=int, default=None, metavar='N',
                         help='alternate with a reader deserialising N messages at a time')
+    parser.add_argument('--no-mcap', action='store_true',
+                        help='replay without writing outputs.mcap (as replay --no-mcap)')
+    parser.add_argument('--compare-mcap', action='store_true',
+                        help='alternate with replays that write no outputs.mcap')
     args = parser.parse_args(argv)
+    mcap = not args.no_mcap
     baseline_name = baseline_replay = None
     if args.compare_read_chunk is not None:
         baseline_name = f'{args.compare_read_chunk} message(s) read at a time'
         baseline_replay = lambda: replay_once(bag, args.processes, args.compare_read_chunk)  # noqa: E731
+    elif args.compare_mcap:
+        baseline_name = 'no outputs.mcap (--no-mcap)'
+        baseline_replay = lambda: replay_once(bag, args.processes, mcap=False)  # noqa: E731
     if args.processes is None:
         from terrain_ssl.replay.options import default_processes
         args.processes = default_processes()
@@ -129,9 +149,9 @@ def main(argv=None) -> int:
                               f'labeler {baseline["node_s"]["roughness_labeler"]:.2f} s',
                               flush=True)
                     else:
-                        timing = replay_once(bag, args.processes)
+                        timing = replay_once(bag, args.processes, mcap=mcap)
             else:
-                timing = replay_once(bag, args.processes)
+                timing = replay_once(bag, args.processes, mcap=mcap)
             floor_s = timing['floor_s'] = read_deserialise_floor(bag)
             runs.append(timing)
             bag_s, wall_s, cpu_s = timing['bag_duration_s'], timing['wall_s'], timing['cpu_s']
@@ -168,10 +188,17 @@ def main(argv=None) -> int:
                 for new, old in zip(runs, baseline_runs))
         wall, read, labeler = (paired(None), paired('bag_read_deserialise'),
                                paired('roughness_labeler'))
-        print(f'default vs {baseline_name}: wall x{wall:.3f}, read + deserialise x{read:.3f}, '
-              f'labeler x{labeler:.3f} (paired medians)')
-        print(f'RESULT replay_chunked_read_wall_ratio {wall:.3f} x')
-        print(f'RESULT replay_chunked_read_labeler_ratio {labeler:.3f} x')
+        cpu = statistics.median(new['cpu_s'] / old['cpu_s']
+                                for new, old in zip(runs, baseline_runs))
+        print(f'default vs {baseline_name}: wall x{wall:.3f}, CPU x{cpu:.3f}, read + '
+              f'deserialise x{read:.3f}, labeler x{labeler:.3f} (paired medians)')
+        if args.compare_mcap:
+            print(f'outputs.mcap: {statistics.median(t["mcap_bytes"] for t in runs) / 1e6:.1f} MB')
+            print(f'RESULT replay_mcap_cpu_ratio {cpu:.3f} x')
+        name = ('chunked_read' if args.compare_read_chunk is not None else
+                'mcap')
+        print(f'RESULT replay_{name}_wall_ratio {wall:.3f} x')
+        print(f'RESULT replay_{name}_labeler_ratio {labeler:.3f} x')
     print(f'RESULT replay_realtime_factor {wall_ratio:.1f} x')
     print(f'RESULT replay_realtime_factor_best {best_ratio:.1f} x')
     print(f'RESULT replay_realtime_factor_cpu {cpu_ratio:.1f} x')

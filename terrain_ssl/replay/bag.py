@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.typesys import Stores, get_typestore
+
+from terrain_ssl.replay.rosbag2_files import (STORAGE_SUFFIXES, Rosbag2Files, StorageError,
+                                              normalise_type)
 
 # The inputs the pipeline needs, by message type; the role names match the CLI options.
 INPUT_TYPES = {
@@ -63,26 +65,33 @@ class ReadCounts:
                 for topic in self.expected if self.read.get(topic, 0) != self.expected[topic]}
 
 
-def _bag_paths(path: Path) -> list:
-    """The paths AnyReader wants: a rosbag2 directory, or ROS 1 .bag file(s)."""
-    if path.is_dir():
-        if not (path / 'metadata.yaml').exists():
-            raise BagError(f'{path} is a directory without metadata.yaml: not a rosbag2 bag')
-        return [path]
+def _bag_path(path: Path) -> Path:
+    """The path to open: a rosbag2 directory (also for one file of it), a storage file without
+    metadata.yaml, or a ROS 1 .bag file."""
     if not path.exists():
         raise BagError(f'{path} does not exist')
+    if path.is_dir():
+        if not (path / 'metadata.yaml').exists() and not any(
+                p.suffix in STORAGE_SUFFIXES for p in path.iterdir()):
+            raise BagError(f'{path} is a directory without metadata.yaml or .db3/.mcap files: '
+                           f'not a rosbag2 bag')
+        return path
     if path.suffix == '.bag':
-        return [path]
-    if path.suffix in ('.db3', '.mcap'):
+        return path
+    if path.suffix in STORAGE_SUFFIXES or path.name.endswith(('.db3.zstd', '.mcap.zstd')):
         if (path.parent / 'metadata.yaml').exists():
-            return [path.parent]  # one file of a (possibly split) rosbag2 directory
-        return [path]
+            return path.parent  # one file of a (possibly split) rosbag2 directory
+        return path
     raise BagError(f'{path}: expected a rosbag2 directory, a .db3/.mcap file or a ROS 1 .bag')
 
 
 def message_class(msgtype: str):
-    """'sensor_msgs/msg/Imu' -> the rclpy message class; BagError when not installed."""
-    package, kind, name = msgtype.split('/')
+    """'sensor_msgs/msg/Imu' (or 'sensor_msgs/Imu') -> the rclpy message class; BagError when
+    it is not installed here."""
+    parts = normalise_type(msgtype).split('/')
+    if len(parts) != 3 or not all(parts):
+        raise BagError(f'message type {msgtype!r} is not a ROS type name')
+    package, kind, name = parts
     try:
         return getattr(importlib.import_module(f'{package}.{kind}'), name)
     except (ImportError, AttributeError) as error:
@@ -90,37 +99,67 @@ def message_class(msgtype: str):
 
 
 class Bag:
-    """A recorded drive opened for reading. Use as a context manager."""
+    """A recorded drive opened for reading. Use as a context manager.
+
+    rosbag2 bags are read from their storage files as they are (rosbag2_files.Rosbag2Files:
+    whatever metadata.yaml says); ROS 1 bags through rosbags' AnyReader. `notes` says, one line
+    each, where a bag's metadata and storage disagree.
+    """
 
     def __init__(self, path):
         self.path = Path(path)
+        opened = _bag_path(self.path)
+        self._ros1 = None
+        self._files = None
+        if opened.suffix == '.bag':
+            from rosbags.highlevel import AnyReader
+            self._ros1 = AnyReader([opened], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
+        else:
+            try:
+                self._files = Rosbag2Files(opened)
+            except StorageError as error:
+                raise BagError(str(error)) from None
         self._classes: dict = {}  # message type name -> rclpy class
-        self._reader = AnyReader(_bag_paths(self.path),
-                                 default_typestore=get_typestore(Stores.ROS2_HUMBLE))
 
     def __enter__(self) -> 'Bag':
+        from rosbags.highlevel import AnyReaderError
         try:
-            self._reader.open()
+            if self._ros1 is not None:
+                self._ros1.open()
+            else:
+                self._files.__enter__()
         except AnyReaderError as error:
             raise BagError(f'cannot open {self.path}: {error}') from error
-        self._is_ros1 = not self._reader.is2
+        except StorageError as error:
+            raise BagError(str(error)) from None
         return self
 
     def __exit__(self, *exc) -> None:
-        self._reader.close()
+        if self._ros1 is not None:
+            self._ros1.close()
+        else:
+            self._files.close()
+
+    @property
+    def notes(self) -> list:
+        """One line per disagreement between the bag's metadata and its storage files."""
+        return [] if self._files is None else list(self._files.notes)
 
     @property
     def start_ns(self) -> int:
-        return int(self._reader.start_time)
+        return int(self._ros1.start_time) if self._ros1 is not None else self._files.start_ns
 
     @property
     def end_ns(self) -> int:
-        return int(self._reader.end_time)
+        return int(self._ros1.end_time) if self._ros1 is not None else self._files.end_ns
 
     def topics(self) -> dict:
-        """Topic name -> TopicInfo, counts summed over connections."""
+        """Topic name -> TopicInfo, counts summed over connections (or split files)."""
+        if self._files is not None:
+            return {name: TopicInfo(name, topic.msgtype, topic.count)
+                    for name, topic in self._files.topics.items()}
         topics: dict = {}
-        for connection in self._reader.connections:
+        for connection in self._ros1.connections:
             info = topics.setdefault(connection.topic,
                                      TopicInfo(connection.topic, connection.msgtype, 0))
             info.count += int(connection.msgcount)
@@ -151,29 +190,67 @@ class Bag:
             resolved[role] = candidates[0]
         return resolved
 
+    def expected_counts(self, topics, start_ns: Optional[int] = None,
+                        end_ns: Optional[int] = None) -> dict:
+        """Topic -> messages the bag holds on it in [start_ns, end_ns) by its own index (the
+        sqlite3 `messages` table, write-ahead log included; the mcap message indexes; the ROS 1
+        index), counted apart from the reading."""
+        topics = list(topics)
+        if self._files is not None:
+            try:
+                return self._files.counts_between(topics, start_ns, end_ns)
+            except StorageError as error:
+                raise BagError(str(error)) from None
+        return self._ros1_counts_between(topics, start_ns, end_ns)
+
+    def _ros1_counts_between(self, topics, start_ns, end_ns) -> dict:
+        """ROS 1: the bag's index (connection -> stamps), which rosbags reads at open."""
+        low, high = start_ns or 0, end_ns if end_ns is not None else 2 ** 63 - 1
+        counts = {name: 0 for name in topics}
+        for connection in self._ros1.connections:
+            if connection.topic in counts:
+                owner = connection.owner
+                stamps = [entry.time for entry in owner.indexes.get(connection.id, [])]
+                counts[connection.topic] += sum(1 for t in stamps if low <= t < high)
+        return counts
+
+    def raw_messages(self, topics, start_ns: Optional[int] = None,
+                     end_ns: Optional[int] = None) -> Iterator[tuple]:
+        """(topic, msgtype, stamp_ns, payload) in recording order: CDR for rosbag2, the
+        recorded ROS 1 bytes for a ROS 1 bag."""
+        if self._files is not None:
+            try:
+                yield from self._files.messages(topics, start_ns, end_ns)
+            except StorageError as error:
+                raise BagError(str(error)) from None
+            return
+        wanted = [c for c in self._ros1.connections if c.topic in set(topics)]
+        for connection, stamp_ns, raw in self._ros1.messages(connections=wanted, start=start_ns,
+                                                             stop=end_ns):
+            yield connection.topic, connection.msgtype, stamp_ns, raw
+
     def messages(self, topics, counts: ReadCounts, start_ns: Optional[int] = None,
                  end_ns: Optional[int] = None, chunk_messages: int = READ_CHUNK_MESSAGES,
                  chunk_bytes: int = 32 << 20) -> Iterator[BagMessage]:
         """Messages on `topics` in recording order, deserialised by rclpy, counted in `counts`.
 
+        `counts.expected` gets the bag's own count of each topic within the window, from its
+        index, so that `counts.mismatches()` after the last message shows what was lost.
         They are read and deserialised a chunk at a time (up to `chunk_messages`, or
-        `chunk_bytes` of payload), then handed out one by one: interleaved with the nodes'
-        work message by message, reading and deserialising ran ~20% slower, their caches
-        refilled after every scan (7-10% of a replay's wall time on the 120 s drive; measured
-        by bench/bench_replay.py --compare-read-chunk 1).
+        `chunk_bytes` of payload), then handed out one by one: reading and deserialising keep
+        their caches warm instead of refilling them after every scan (see
+        bench/bench_replay.py --compare-read-chunk).
         """
-        wanted = [c for c in self._reader.connections if c.topic in set(topics)]
-        in_window = start_ns is None and end_ns is None
-        for connection in wanted:
-            counts.expected[connection.topic] = (counts.expected.get(connection.topic, 0)
-                                                 + int(connection.msgcount))
-        raw_messages = self._reader.messages(connections=wanted, start=start_ns, stop=end_ns)
+        topics = list(topics)
+        for name, count in self.expected_counts(topics, start_ns, end_ns).items():
+            counts.expected[name] = counts.expected.get(name, 0) + count
+        raw_messages = self.raw_messages(topics, start_ns, end_ns)
         chunk: list = []
         while True:
             chunk_size = 0
             for item in raw_messages:
                 chunk.append(item)
-                chunk_size += len(item[2])
+                chunk_size += len(item[3])
                 if len(chunk) >= chunk_messages or chunk_size >= chunk_bytes:
                     break
             if not chunk:
@@ -181,25 +258,24 @@ class Bag:
             decoded = self._decode(chunk, counts)
             chunk.clear()  # the raw payloads go before the nodes see the messages
             yield from decoded
-        if not in_window:  # a time window reads fewer messages than the bag holds, by design
-            counts.expected = dict(counts.read)
 
     def _decode(self, raw_messages, counts: ReadCounts) -> list:
-        """(connection, stamp, raw payload) -> BagMessages, in order; undecodable ones counted."""
+        """(topic, type, stamp, raw payload) -> BagMessages, in order; undecodable ones
+        counted."""
         from rclpy.serialization import deserialize_message
 
         decoded = []
         classes = self._classes
-        for connection, stamp_ns, raw in raw_messages:
-            topic = connection.topic
+        ros1 = self._ros1 is not None
+        for topic, msgtype, stamp_ns, raw in raw_messages:
             counts.read[topic] = counts.read.get(topic, 0) + 1
-            cls = classes.get(connection.msgtype)
+            cls = classes.get(msgtype)
             if cls is None:
-                cls = classes[connection.msgtype] = message_class(connection.msgtype)
+                cls = classes[msgtype] = message_class(msgtype)
             try:
-                if self._is_ros1:
+                if ros1:
                     cdr = None
-                    message = self._ros1_to_rclpy(raw, connection, cls)
+                    message = self._ros1_to_rclpy(raw, msgtype, cls)
                 else:
                     cdr = bytes(raw)
                     message = deserialize_message(cdr, cls)
@@ -207,13 +283,13 @@ class Bag:
                 counts.undecodable[topic] = counts.undecodable.get(topic, 0) + 1
                 counts.last_error = f'{topic}: {error}'
                 continue
-            decoded.append(BagMessage(topic, connection.msgtype, int(stamp_ns), message, cdr))
+            decoded.append(BagMessage(topic, msgtype, int(stamp_ns), message, cdr))
         return decoded
 
-    def _ros1_to_rclpy(self, raw, connection, cls):
+    def _ros1_to_rclpy(self, raw, msgtype, cls):
         """ROS 1 payload -> rclpy message: rosbags decodes it, fields are copied by name
         (ROS 1 headers carry a `seq` that ROS 2 dropped; stamps are already sec/nanosec)."""
-        source = self._reader.deserialize(raw, connection.msgtype)
+        source = self._ros1.deserialize(raw, msgtype)
         message = cls()
         _copy_fields(source, message)
         return message

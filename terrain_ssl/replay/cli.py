@@ -34,6 +34,10 @@ def register(subparsers) -> None:
                              'the bag reader and the labeler; same results, faster when a '
                              'second core is free. 1: all nodes in one process. Default: 2 when '
                              'this process may use two or more CPUs')
+    parser.add_argument('--no-mcap', action='store_true',
+                        help='do not write outputs.mcap (the published topics, for Foxglove)')
+    parser.add_argument('--with-inputs', action='store_true',
+                        help='outputs.mcap also holds the input topics (lidar, IMU, odometry)')
     parser.set_defaults(func=run_replay_command)
 
     player = subparsers.add_parser(
@@ -69,6 +73,7 @@ def run_replay_command(args) -> int:
             print(f'error: --model-in: {error}', file=sys.stderr)
             return 1
     out = Path(args.out) if args.out else bag.with_name(bag.stem + '_replay')
+    created = not out.exists()
     problem = prepare_output_folder(out)
     if problem:
         print(f'error: {problem}', file=sys.stderr)
@@ -79,11 +84,18 @@ def run_replay_command(args) -> int:
         parameters=list(args.param) + _extrinsic_parameters(args.lidar_extrinsic),
         start_s=args.start, duration_s=args.duration, model_in=args.model_in,
         model_out=str(out / 'model.npz'), progress=not args.no_progress,
-        processes=args.processes or default_processes())
+        processes=args.processes or default_processes(),
+        outputs_mcap=None if args.no_mcap else str(out / 'outputs.mcap'),
+        mcap_inputs=args.with_inputs)
     try:
         record = run_replay(options)
     except (BagError, ReplayError) as error:
         print(f'error: {error}', file=sys.stderr)
+        if created:  # a failed replay leaves no empty folder behind
+            try:
+                out.rmdir()
+            except OSError:
+                pass  # not empty: something in it is worth keeping
         return 1
     metrics = write_report(record, out)
     _print_summary(metrics, record.timing, out)
@@ -122,4 +134,9 @@ def run_play_command(args) -> int:
     skipped = undecodable_warning(counts.undecodable, counts.last_error)
     if skipped:
         print(f'warning: {skipped}', file=sys.stderr)
+    lost = counts.mismatches()
+    if lost:
+        detail = ', '.join(f'{t}: bag has {e}, read {r}' for t, (e, r) in sorted(lost.items()))
+        print(f'error: messages lost while reading {args.bag}: {detail}', file=sys.stderr)
+        return 1
     return 0

@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from terrain_ssl.replay.options import MAP_TOPIC, ROLE_TOPICS, SPEED_TOPIC
+from terrain_ssl.replay.outputs_mcap import open_outputs, published_counts
 from terrain_ssl.replay.profiler import profiled
 from terrain_ssl.replay.recorders import RouteMapRecorder, SampleRecorder
 from terrain_ssl.ros.pipeline import NODE_MODULES, node_class
@@ -36,10 +37,12 @@ class LearnerAdvisorStage:
     `finish(first_ns)` flushes training, saves the model if asked and returns the results.
     `upstream_topics` are the labeler's outputs: their subscriptions are replaced by direct
     calls, as link_in_process does. `nodes`: the learner and the advisor when
-    the caller has built them already (in its `context`).
+    the caller has built them already (in its `context`). `outputs`: the caller's MCAP
+    recorder; without one, a stage that records opens its own part file (second process).
     """
 
-    def __init__(self, context, options, upstream_topics, profiler=None, nodes=None):
+    def __init__(self, context, options, upstream_topics, profiler=None, nodes=None,
+                 outputs=None):
         if nodes is None:
             nodes = [node_class(LEARNER_MODULE)(context=context),
                      node_class(ADVISOR_MODULE)(context=context)]
@@ -56,6 +59,9 @@ class LearnerAdvisorStage:
         self.learner.add_prequential_listener(self.samples.add)
         link_in_process(self.nodes)
         self.driver = BagTimeDriver(self.nodes)
+        self._own_outputs = open_outputs(options, stage_part=True) if outputs is None else None
+        if (outputs or self._own_outputs) is not None:
+            (outputs or self._own_outputs).attach(self.nodes, lambda: self.driver.now_ns)
         self._advance_to = profiled(profiler, 'bag_time_driver', self.driver.advance_to)
         self._pending_ns: Optional[int] = None  # bag time not yet applied (see advance)
 
@@ -131,7 +137,11 @@ class LearnerAdvisorStage:
             'speed': {},
             'final_map': self.route_map.result(),
             'rejected': {node.get_name(): dict(node.rejects.counts) for node in self.nodes},
+            'published': published_counts(self.nodes),
         }
+        if self._own_outputs is not None:
+            self._own_outputs.close()
+            self._own_outputs = None
         if self.speed_rows:
             rows = np.array(self.speed_rows, dtype=float)
             result['speed'] = {'t_s': (rows[:, 0] - (first_ns or 0)) / 1e9,
@@ -140,5 +150,7 @@ class LearnerAdvisorStage:
         return result
 
     def destroy(self) -> None:
+        if self._own_outputs is not None:  # stopped before finish: no part left behind
+            self._own_outputs.discard()
         for node in self.nodes:
             node.destroy_node()

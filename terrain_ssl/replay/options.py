@@ -36,6 +36,10 @@ class ReplayOptions:
     # Bag messages read and deserialised at a time before the nodes get them (Bag.messages):
     # a tuning knob for the bench (1: one at a time, interleaved with the nodes' work).
     read_chunk_messages: int = READ_CHUNK_MESSAGES
+    # outputs.mcap (outputs_mcap.py): every message the nodes publish, in bag time; with
+    # mcap_inputs, the bag messages the nodes read as well.
+    outputs_mcap: Optional[str] = None
+    mcap_inputs: bool = False
 
 
 class ReplayError(RuntimeError):

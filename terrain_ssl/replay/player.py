@@ -23,7 +23,9 @@ def play(bag_path, rate: float = 1.0, topics=None, remap=None, clock_hz: float =
     """Publish the bag's messages at `rate` x real time; returns what was read and published.
 
     `remap` maps bag topic -> published topic. Blocks until the bag ends. ValueError for a rate
-    that is not a positive number.
+    that is not a positive number; BagError when no topic of the bag can be played here.
+    `counts.expected` holds the bag's own counts of the played topics: compare with
+    `counts.mismatches()`.
     """
     if not 0.0 < rate < float('inf'):  # (NaN too) 0 would never end, < 0 would not wait at all
         raise ValueError(f'rate must be a positive number, not {rate}')
@@ -41,6 +43,8 @@ def play(bag_path, rate: float = 1.0, topics=None, remap=None, clock_hz: float =
     counts = ReadCounts()
     try:
         with Bag(bag_path) as bag:
+            for note in bag.notes:
+                print(f'note: {note}', file=sys.stderr)
             info = bag.topics()
             chosen = []
             publishers = {}
@@ -58,6 +62,11 @@ def play(bag_path, rate: float = 1.0, topics=None, remap=None, clock_hz: float =
                     else QoSProfile(depth=10)
                 publishers[name] = node.create_publisher(cls, remap.get(name, name), qos)
                 chosen.append(name)
+            if not chosen:
+                raise BagError(f'nothing to play in {bag_path}: '
+                               + (f'message types not installed here: '
+                                  f'{", ".join(sorted(set(counts.unknown_types.values())))}'
+                                  if counts.unknown_types else 'no topics'))
             clock = node.create_publisher(Clock, '/clock', 10)
             # Let subscribers discover the publishers: a message sent before a subscriber has
             # matched is lost. Wait until every topic has one (or start_delay_s has passed).

@@ -278,9 +278,15 @@ def write_report(record: ReplayRecord, out_dir) -> dict:
                   f"range {_fmt(v['min_mps'], 2)}-{_fmt(v['max_mps'], 2)} m/s", '']
     for plot in plots:
         lines += [f'![{plot.stem}]({plot.name})', '']
-    lines += ['Files: `metrics.json` (all figures), `timing.json` (replay speed), `labels.csv` '
-              '(one row per labeled patch), `model.npz` (the learned model: arrays + JSON '
-              'metadata, loads without pickle).', '']
+    files = ['`metrics.json` (all figures)', '`timing.json` (replay speed)',
+             '`labels.csv` (one row per labeled patch)']
+    if (out_dir / 'model.npz').exists():  # not written when nothing was learned
+        files.append('`model.npz` (the learned model: arrays + JSON metadata, loads without '
+                     'pickle)')
+    if (out_dir / 'outputs.mcap').exists():
+        files.append('`outputs.mcap` (every published topic in bag time: open it in Foxglove '
+                     'with config/foxglove_layout.json)')
+    lines += ['Files: ' + ', '.join(files) + '.', '']
     (out_dir / 'report.md').write_text('\n'.join(lines))
     return metrics
 

@@ -23,6 +23,7 @@ from rclpy.impl.implementation_singleton import rclpy_implementation
 
 from terrain_ssl.replay.bag import Bag, BagError, ReadCounts
 from terrain_ssl.replay.learner_advisor_stage import LearnerAdvisorStage
+from terrain_ssl.replay.outputs_mcap import McapOutputs, open_outputs, published_counts
 from terrain_ssl.replay.options import (ROLE_TOPICS, ReplayError, ReplayOptions, check_options,
                                         ros_arguments)
 from terrain_ssl.replay.profiler import CallbackProfiler, profiled
@@ -61,6 +62,7 @@ class ReplayPipeline:
         self.topic_to_callbacks: dict = {}  # bag topic -> labeler callbacks
         self.topic_to_stage: dict = {}  # bag topic -> the stage's node topic
         self.counts = ReadCounts()
+        self.outputs: Optional[McapOutputs] = None  # outputs.mcap, while it is being written
         self.first_ns: Optional[int] = None
         self.n_messages = 0
 
@@ -114,13 +116,15 @@ class ReplayPipeline:
         link_in_process; otherwise serialised, like DDS)."""
         labeler_outputs = [publisher.topic_name
                            for publisher in linked_publishers_of(self.labeler)]
+        self.outputs = open_outputs(self.options)
         if self.stage_process is not None:
             self.stage_process.connect(labeler_outputs)
             self.stage = self.stage_process
             self.stage_topics = self.stage_process.input_topics
         else:
             self.stage = LearnerAdvisorStage(self.context, self.options, labeler_outputs,
-                                             self.profiler, nodes=self.nodes[1:])
+                                             self.profiler, nodes=self.nodes[1:],
+                                             outputs=self.outputs)
             self.stage_topics = self.stage.input_topics()
         for publisher in linked_publishers_of(self.labeler):
             if publisher.topic_name in self.stage_topics:
@@ -128,9 +132,13 @@ class ReplayPipeline:
         # The labeler takes all time from message stamps; its clock paces only its diagnostics
         # timer (test_labeler_callbacks_never_read_the_node_clock).
         self.driver = BagTimeDriver([self.labeler], callbacks_read_clock=False)
+        if self.outputs is not None:
+            self.outputs.attach([self.labeler], lambda: self.driver.now_ns)
 
     def _route_bag_topics(self, bag: Bag) -> None:
         """Which callbacks each bag topic reaches, here and in the stage."""
+        for note in bag.notes:  # metadata.yaml and the storage disagree: the storage is read
+            print(f'note: {note}', file=sys.stderr)
         self.roles = bag.resolve_inputs(self.options.topics)
         # Reported, so that a topic meant as an input but not taken (another name, another
         # type, a type not installed here) does not go unnoticed.
@@ -170,6 +178,8 @@ class ReplayPipeline:
         advance_to = profiled(self.profiler, 'bag_time_driver', self.driver.advance_to)
         messages = bag.messages(topic_to_callbacks, self.counts, start_ns, end_ns,
                                 chunk_messages=self.options.read_chunk_messages)
+        if self.outputs is not None and self.options.mcap_inputs:
+            messages = self.outputs.tap_inputs(messages)
         if self.profiler is not None:
             messages = self.profiler.timed_iteration('bag_read_deserialise', messages)
         advance_stage = self.stage.advance
@@ -233,6 +243,13 @@ class ReplayPipeline:
                          'realtime_factor': bag_s / wall_s if wall_s > 0 else None,
                          'messages_per_s': self.n_messages / wall_s if wall_s > 0 else None,
                          'processes': 2 if self.stage_process is not None else 1}
+        record.info['messages_published'] = _merged_counts(
+            published_counts([self.labeler]), stage_result.get('published', {}))
+        if self.outputs is not None:  # the second process's part copied in, then finished
+            if self.stage_process is not None:
+                self.outputs.copy_from(self.stage_process.outputs_part())
+            record.info['messages_in_mcap'] = self.outputs.close()
+            self.outputs = None
         if self.profiler is not None:
             record.timing['node_s'] = dict(self.profiler.seconds)
         if 'process' in stage_result:
@@ -245,9 +262,19 @@ class ReplayPipeline:
     def _close(self) -> None:
         if self.stage_process is not None:
             self.stage_process.close()
+        if self.outputs is not None:  # failed before the end: no partial file (or part) left
+            self.outputs.discard()
         for node in self.nodes:
             node.destroy_node()
         self.context.try_shutdown()
+
+
+def _merged_counts(*counts: dict) -> dict:
+    merged: dict = {}
+    for part in counts:
+        for key, value in part.items():
+            merged[key] = merged.get(key, 0) + value
+    return dict(sorted(merged.items()))
 
 
 def _bag_length_s(bag: Bag) -> float:

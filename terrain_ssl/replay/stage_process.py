@@ -30,6 +30,7 @@ from rclpy.context import Context
 from rclpy.serialization import deserialize_message, serialize_message
 
 from terrain_ssl.replay.learner_advisor_stage import LearnerAdvisorStage
+from terrain_ssl.replay.outputs_mcap import STAGE_PART_SUFFIX
 from terrain_ssl.replay.options import ros_arguments
 from terrain_ssl.replay.profiler import CallbackProfiler
 from terrain_ssl.replay.runtime import rare_garbage_collection, single_threaded_math
@@ -197,6 +198,10 @@ class LearnerAdvisorProcess:
         result = self._receive('done')
         self._finished = True
         return result
+
+    def outputs_part(self) -> str:
+        """The MCAP part file the process wrote (options.outputs_mcap)."""
+        return str(self.options.outputs_mcap) + STAGE_PART_SUFFIX
 
     def close(self) -> None:
         """Wait for the process to exit (stop it after an error) and release the pipe."""
