@@ -419,8 +419,8 @@ def _run_downstream(connection, options) -> None:
     from rclpy.context import Context
     from rclpy.serialization import deserialize_message
 
-    from terrain_ssl.replay.runner import (_NodeClock, _ros_arguments, rare_garbage_collection,
-                                           single_threaded_math)
+    from terrain_ssl.replay.runner import _NodeClock, _ros_arguments, rare_garbage_collection
+    from terrain_ssl.ros.math_threads import single_threaded_math
 
     cpu_start = time.process_time()
     context = Context()

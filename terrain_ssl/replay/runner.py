@@ -23,6 +23,7 @@ import numpy as np
 
 from terrain_ssl.replay.bag import READ_CHUNK_MESSAGES, Bag, BagError, ReadCounts
 from terrain_ssl.replay.report import ReplayRecord
+from terrain_ssl.ros.math_threads import single_threaded_math
 
 # Where the nodes listen for each input role (default names; replay calls the callbacks directly,
 # so a bag's own topic names need no remapping).
@@ -75,24 +76,6 @@ def _ros_arguments(options: ReplayOptions) -> list:
     for override in options.parameters:
         args += ['-p', override]
     return args
-
-
-@contextmanager
-def single_threaded_math():
-    """BLAS / OpenMP pools limited to one thread while the replay runs.
-
-    The nodes' linear algebra works on small matrices (a 3x3 eigh per cell, 128 random
-    features): a second BLAS thread cannot speed that up, but its hand-offs and spin-waits cost
-    2-3x the replay's whole run time on a shared 2-core machine. One thread also gives the
-    same sums in the same order whatever the machine.
-    """
-    try:
-        from threadpoolctl import threadpool_limits  # installed with scikit-learn
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1):
-        yield
 
 
 @contextmanager

@@ -40,13 +40,15 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     import rclpy
-    from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
-                                 SingleThreadedExecutor)
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
     from terrain_ssl.ros.common import init_ros
+    from terrain_ssl.ros.executor import new_executor, spin_until_shutdown
+    from terrain_ssl.ros.math_threads import pin_math_threads
     from terrain_ssl.ros.pipeline import create_nodes
     from terrain_ssl.ros.wiring import link_in_process, serialize_node_callbacks
 
+    pin_math_threads()
     config = args.config or default_config_path()
     if not Path(config).exists():
         print(f'error: parameters file {config} does not exist', file=sys.stderr)
@@ -80,11 +82,11 @@ def run(args) -> int:
     if args.threads > 1:
         executor = MultiThreadedExecutor(num_threads=args.threads)
     else:
-        executor = SingleThreadedExecutor()
+        executor = new_executor()
     for node in nodes:
         executor.add_node(node)
     try:
-        executor.spin()
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

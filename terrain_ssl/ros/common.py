@@ -280,6 +280,10 @@ def run_node(node_factory: Callable, args=None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
+    from terrain_ssl.ros.executor import new_executor, spin_until_shutdown
+    from terrain_ssl.ros.math_threads import pin_math_threads
+
+    pin_math_threads()
     if not init_ros(args):
         return 2
     try:
@@ -289,14 +293,17 @@ def run_node(node_factory: Callable, args=None) -> int:
         print(f'error: {error}', file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    executor = new_executor()
+    executor.add_node(node)
     try:
-        rclpy.spin(node)
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         close = getattr(node, 'close', None)
         if close is not None:
             close()
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
