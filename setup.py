@@ -28,7 +28,8 @@ setup(
     ],
     # rclpy and the message packages come from the ROS 2 distro (colcon) or from
     # requirements-ros.txt (plain venv); they are deliberately not install_requires.
-    install_requires=['setuptools', 'numpy', 'scipy', 'scikit-learn', 'rosbags', 'PyYAML'],
+    install_requires=['setuptools', 'numpy', 'scipy', 'scikit-learn', 'threadpoolctl', 'rosbags',
+                      'PyYAML'],
     extras_require={
         'perception': ['open3d', 'opencv-python-headless'],
         'report': ['matplotlib'],

@@ -46,7 +46,8 @@ def run(args) -> int:
     from terrain_ssl.ros.executor import new_executor, spin_until_shutdown
     from terrain_ssl.ros.math_threads import pin_math_threads
     from terrain_ssl.ros.pipeline import create_nodes
-    from terrain_ssl.ros.wiring import link_in_process, serialize_node_callbacks
+    from terrain_ssl.ros.wiring import (link_in_process, serialize_node_callbacks,
+                                        share_clock_subscription)
 
     pin_math_threads()
     config = args.config or default_config_path()
@@ -67,6 +68,7 @@ def run(args) -> int:
     for node in nodes:
         serialize_node_callbacks(node)
     links = link_in_process(nodes)
+    share_clock_subscription(nodes)
     logger = nodes[0].get_logger()
     for link in links:
         logger.info(f'in-process link {link.publisher_node} -> {link.subscriber_node} '

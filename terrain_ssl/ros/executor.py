@@ -19,10 +19,14 @@ ENVIRONMENT_VARIABLE = 'TERRAIN_SSL_EXECUTOR'
 
 
 def executor_kind() -> str:
-    """'events' or 'single': the environment's choice, else events where rclpy has it."""
+    """'events' or 'single': the environment's choice, else events where rclpy has it. An
+    unknown choice is reported on stderr in one line and the default used."""
     kind = os.environ.get(ENVIRONMENT_VARIABLE, 'events').strip().lower() or 'events'
     if kind not in EXECUTORS:
-        raise ValueError(f'{ENVIRONMENT_VARIABLE}={kind!r}: expected one of {list(EXECUTORS)}')
+        import sys
+        print(f'warning: {ENVIRONMENT_VARIABLE}={kind!r} is not one of {list(EXECUTORS)}; '
+              'using events', file=sys.stderr)
+        kind = 'events'
     if kind == 'events':
         try:
             import rclpy.experimental  # noqa: F401
