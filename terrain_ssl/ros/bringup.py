@@ -32,9 +32,10 @@ def register(subparsers) -> None:
     parser.add_argument('--config', default=None,
                         help='parameters file (default: the package config/terrain_ssl.yaml)')
     parser.add_argument('--threads', type=int, default=1,
-                        help='executor threads (default 1: a single-threaded executor keeps up '
-                             'with real-time sensor rates; rclpy\'s multi-threaded one, used '
-                             'for N > 1, does not)')
+                        help='executor threads (default 1: rclpy\'s events executor, or the '
+                             'single-threaded one with TERRAIN_SSL_EXECUTOR=single, keeps up '
+                             'with real-time sensor rates; the multi-threaded one, used for '
+                             'N > 1, does not)')
     parser.set_defaults(func=run, accepts_ros_args=True)
 
 
