@@ -41,7 +41,8 @@ setup(
     ],
     # rclpy and the message packages come from the ROS 2 distro (colcon) or from
     # requirements-ros.txt (plain venv); they are deliberately not install_requires.
-    install_requires=['numpy', 'scipy', 'scikit-learn', 'rosbags', 'mcap', 'lz4', 'zstandard'],
+    install_requires=['numpy', 'scipy', 'scikit-learn', 'threadpoolctl', 'rosbags', 'mcap',
+                      'lz4', 'zstandard'],
     extras_require={
         'report': ['matplotlib'],
         'patchwork': ['pypatchworkpp'],  # ground.method: patchwork (Patchwork++)

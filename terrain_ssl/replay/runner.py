@@ -30,7 +30,8 @@ from terrain_ssl.replay.profiler import CallbackProfiler, profiled
 from terrain_ssl.replay.recorders import add_ground_truth
 from terrain_ssl.replay.bag_tf import with_bag_extrinsics
 from terrain_ssl.replay.report import ReplayRecord
-from terrain_ssl.replay.runtime import rare_garbage_collection, single_threaded_math
+from terrain_ssl.replay.runtime import rare_garbage_collection
+from terrain_ssl.ros.math_threads import single_threaded_math
 from terrain_ssl.replay.stage_process import LearnerAdvisorProcess, StageProcessError
 from terrain_ssl.ros.pipeline import NODE_MODULES, create_nodes, node_class
 from terrain_ssl.ros.wiring import BagTimeDriver, linked_publishers_of, subscription_callbacks

@@ -1,27 +1,9 @@
-"""How a replay's processes run Python and BLAS: one math thread, rare cycle collection."""
+"""Rare cycle collection while a replay runs (its one BLAS thread: ros.math_threads)."""
 
 from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
-
-
-@contextmanager
-def single_threaded_math():
-    """BLAS / OpenMP pools limited to one thread while the replay runs.
-
-    The nodes' linear algebra works on small matrices (a 3x3 eigh per cell, 128 random
-    features): a second BLAS thread cannot speed that up, and its hand-offs and spin-waits
-    compete with the replay for the cores. One thread also gives the same sums in the same
-    order whatever the machine.
-    """
-    try:
-        from threadpoolctl import threadpool_limits  # installed with scikit-learn
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1):
-        yield
 
 
 @contextmanager

@@ -33,7 +33,8 @@ from terrain_ssl.replay.learner_advisor_stage import LearnerAdvisorStage
 from terrain_ssl.replay.outputs_mcap import STAGE_PART_SUFFIX
 from terrain_ssl.replay.options import ros_arguments
 from terrain_ssl.replay.profiler import CallbackProfiler
-from terrain_ssl.replay.runtime import rare_garbage_collection, single_threaded_math
+from terrain_ssl.replay.runtime import rare_garbage_collection
+from terrain_ssl.ros.math_threads import single_threaded_math
 
 # Event kinds on the pipe, as decoded tuples.
 ADVANCE = 0   # (ADVANCE, stamp_ns)

@@ -32,21 +32,25 @@ def register(subparsers) -> None:
     parser.add_argument('--config', default=None,
                         help='parameters file (default: the package config/terrain_ssl.yaml)')
     parser.add_argument('--threads', type=int, default=1,
-                        help='executor threads (default 1: a single-threaded executor keeps up '
-                             'with real-time sensor rates; rclpy\'s multi-threaded one, used '
-                             'for N > 1, does not)')
+                        help='executor threads (default 1: rclpy\'s events executor, or the '
+                             'single-threaded one with TERRAIN_SSL_EXECUTOR=single, keeps up '
+                             'with real-time sensor rates; the multi-threaded one, used for '
+                             'N > 1, does not)')
     parser.set_defaults(func=run, accepts_ros_args=True)
 
 
 def run(args) -> int:
     import rclpy
-    from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
-                                 SingleThreadedExecutor)
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
     from terrain_ssl.ros.node_main import init_ros
+    from terrain_ssl.ros.executor import new_executor, spin_until_shutdown
+    from terrain_ssl.ros.math_threads import pin_math_threads
     from terrain_ssl.ros.pipeline import create_nodes
-    from terrain_ssl.ros.wiring import link_in_process, serialize_node_callbacks
+    from terrain_ssl.ros.wiring import (link_in_process, serialize_node_callbacks,
+                                        share_clock_subscription)
 
+    pin_math_threads()
     config = args.config or default_config_path()
     if not Path(config).exists():
         print(f'error: parameters file {config} does not exist', file=sys.stderr)
@@ -65,6 +69,7 @@ def run(args) -> int:
     for node in nodes:
         serialize_node_callbacks(node)
     links = link_in_process(nodes)
+    share_clock_subscription(nodes)
     logger = nodes[0].get_logger()
     for link in links:
         logger.info(f'in-process link {link.publisher_node} -> {link.subscriber_node} '
@@ -80,11 +85,11 @@ def run(args) -> int:
     if args.threads > 1:
         executor = MultiThreadedExecutor(num_threads=args.threads)
     else:
-        executor = SingleThreadedExecutor()
+        executor = new_executor()
     for node in nodes:
         executor.add_node(node)
     try:
-        executor.spin()
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

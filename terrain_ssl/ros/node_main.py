@@ -9,6 +9,9 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.impl.implementation_singleton import rclpy_implementation
 
+from terrain_ssl.ros.executor import new_executor, spin_until_shutdown
+from terrain_ssl.ros.math_threads import pin_math_threads
+
 
 def init_ros(args=None) -> bool:
     """rclpy.init; on arguments rcl cannot parse, say so in one line (no traceback) and return
@@ -30,6 +33,7 @@ def run_node(node_factory: Callable, args=None) -> int:
     A node may define `close()` (e.g. save its model); it runs after spinning stops, even when the
     context was shut down by a signal. Returns the process exit code.
     """
+    pin_math_threads()
     if not init_ros(args):
         return 2
     try:
@@ -38,14 +42,17 @@ def run_node(node_factory: Callable, args=None) -> int:
         print(f'error: {error}', file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    executor = new_executor()
+    executor.add_node(node)
     try:
-        rclpy.spin(node)
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         close = getattr(node, 'close', None)
         if close is not None:
             close()
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -141,3 +141,31 @@ def subscription_callbacks(nodes: Iterable) -> dict:
         for subscription in node.subscriptions:
             callbacks.setdefault(subscription.topic_name, []).append(subscription.callback)
     return callbacks
+
+
+def share_clock_subscription(nodes: Iterable) -> int:
+    """One /clock subscription for all the nodes of a process (use_sim_time), not one each.
+
+    The first node that has one keeps it, and each /clock message it takes also sets the other
+    nodes' clocks; theirs are destroyed. Returns how many were removed. (A later change of
+    use_sim_time on another node subscribes that node again, as rclpy does.)
+    """
+    nodes = list(nodes)
+    subscriptions = [(node, subscription) for node in nodes
+                     for subscription in node.subscriptions if subscription.topic_name == '/clock']
+    if len(subscriptions) < 2:
+        return 0
+    keeper = subscriptions[0][1]
+    followers = []
+    for node, subscription in subscriptions[1:]:
+        node.destroy_subscription(subscription)
+        followers.append(node.get_clock())
+    own_callback = keeper.callback
+
+    def on_clock(msg):
+        own_callback(msg)
+        time = Time.from_msg(msg.clock, clock_type=ClockType.ROS_TIME)
+        for clock in followers:
+            clock.set_ros_time_override(time)
+    keeper.callback = on_clock
+    return len(followers)

@@ -53,6 +53,9 @@ PRESETS = {
     # Velodyne VLP-16: 16 beams over +-15 deg, 0.2 deg azimuth steps at 10 Hz, +-3 cm accuracy.
     'vlp16': LidarPreset('vlp16', tuple(np.linspace(-15.0, 15.0, 16)), 1800,
                          max_range_m=100.0, range_noise_m=0.02),
+    # Ouster OS1-64: 64 beams over +-22.5 deg, 1024 columns at 10 Hz.
+    'os64': LidarPreset('os64', tuple(np.linspace(-22.5, 22.5, 64)), 1024,
+                        min_range_m=0.3, max_range_m=100.0, range_noise_m=0.015),
     # Ouster OS1-128: 128 beams over +-22.5 deg, 1024 columns at 10 Hz.
     'os128': LidarPreset('os128', tuple(np.linspace(-22.5, 22.5, 128)), 1024,
                          min_range_m=0.3, max_range_m=100.0, range_noise_m=0.015),
@@ -60,7 +63,7 @@ PRESETS = {
 
 
 def lidar_preset(name: str, **overrides) -> LidarPreset:
-    """A preset by name ('vlp16', 'os128'), optionally with fields replaced."""
+    """A preset by name ('vlp16', 'os64', 'os128'), optionally with fields replaced."""
     if name not in PRESETS:
         raise ValueError(f'unknown lidar preset {name!r}; choose one of {sorted(PRESETS)}')
     return replace(PRESETS[name], **overrides)
