@@ -32,6 +32,7 @@ setup(
     extras_require={
         'perception': ['open3d', 'opencv-python-headless'],
         'report': ['matplotlib'],
+        'fleet': ['ray==2.60.0', 'optuna==5.0.0'],
         'test': ['pytest'],
     },
     zip_safe=False,

@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     'terrain_ssl.replay.cli',
     'terrain_ssl.sim.closed_loop_cli',
     'terrain_ssl.ros.bringup',
+    'terrain_ssl.fleet.cli',
 )
 
 
