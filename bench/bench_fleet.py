@@ -139,9 +139,10 @@ def report(runs: dict, command: dict, bag_mb: float, duration_s: float) -> list:
     lines += ['', 'Assumptions: nodes like this one with their cores to themselves (2 cores, one '
               'task per core, '
               f'{two["rss_mb"]:.0f} MB per worker); bags long enough that the per-bag fixed '
-              f'cost stays small ({later:.1f} s per bag on a warm worker); {CLUSTER_EFFICIENCY:.0%} '
-              'of linear scaling kept (the last bags\' tail, the driver); bags read from storage '
-              f'every node sees: a bag here is {bag_mb / duration_s:.2f} MB per bag-second, so '
+              f'cost stays small ({later:.1f} s per bag on a warm worker); '
+              f'{CLUSTER_EFFICIENCY:.0%} of linear scaling kept (the last bags\' tail, the '
+              'driver); bags read from storage every node sees: a bag here is '
+              f'{bag_mb / duration_s:.2f} MB per bag-second, so '
               f'100 nodes read {read_mb_s:.0f} MB/s in all.', '']
     print('\n'.join(lines))
     print(f'RESULT fleet_speedup_2_workers_wall {speedup:.2f} x')

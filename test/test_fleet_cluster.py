@@ -22,8 +22,9 @@ import pytest
 # driver, set before Ray is imported (its token loader reads the environment once).
 os.environ['RAY_AUTH_MODE'] = 'token'
 os.environ['RAY_AUTH_TOKEN'] = uuid.uuid4().hex + uuid.uuid4().hex
-ray = pytest.importorskip('ray', reason='the fleet extra (requirements-fleet.txt) is not installed')
-pytest.importorskip('optuna', reason='the fleet extra (requirements-fleet.txt) is not installed')
+NO_FLEET = 'the fleet extra (requirements-fleet.txt) is not installed'
+ray = pytest.importorskip('ray', reason=NO_FLEET)
+pytest.importorskip('optuna', reason=NO_FLEET)
 
 pytestmark = pytest.mark.slow
 
@@ -208,7 +209,8 @@ def test_tune_writes_parameters_replay_accepts_and_reports_best_vs_default(bags,
     assert summary['complete'] == 4 and summary['default']['number'] == 0
     assert summary['best']['value'] <= summary['default']['value']
     report = (out / 'report.md').read_text()
-    assert 'default parameters (trial 0)' in report and 'too few for parameter importances' in report
+    assert 'default parameters (trial 0)' in report
+    assert 'too few for parameter importances' in report
     assert (out / 'study.journal').stat().st_size > 0
 
     replayed = tmp_path / 'replayed'

@@ -108,8 +108,10 @@ def write_evaluation_report(outcomes, out_dir: Path) -> dict:
               'replay s |', '|---|---|---|---|---|---|---|---|']
     for outcome in outcomes:
         row = outcome.row()
-        status = 'ok' if outcome.status == 'ok' else f'failed: {outcome.error}'
-        lines.append(f"| [{outcome.name}](bags/{outcome.name}/report.md) | {status} | "
+        status = 'ok' if outcome.status == 'ok' else f"failed: {outcome.error.replace('|', '/')}"
+        name = f'[{outcome.name}](bags/{outcome.name}/report.md)' if outcome.status == 'ok' \
+            else outcome.name
+        lines.append(f"| {name} | {status} | "
                      f"{_fmt(row['bag_s'], 1)} | {_fmt(row['labels'])} | "
                      f"{_fmt(row['prequential_mae'])} | {_fmt(row['baseline_mae'])} | "
                      f"{_fmt(row['truth_spearman'])} | {_fmt(row['replay_s'], 1)} |")
@@ -150,7 +152,8 @@ def write_tuning_report(study, summary: dict, out_dir: Path) -> None:
     if best.get('params'):
         lines += ['| parameter | default | best |', '|---|---|---|']
         for name, value in best['params'].items():
-            lines.append(f"| `{name}` | `{summary['defaults'].get(name)}` | `{value}` |")
+            shown = f'{value:.4g}' if isinstance(value, float) else value
+            lines.append(f"| `{name}` | `{summary['defaults'].get(name)}` | `{shown}` |")
         lines.append('')
     importances, note = parameter_importances(study)
     if importances:
