@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.terrain_ssl-installed
+FLEET_STAMP := $(VENV)/.terrain_ssl-fleet-installed
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast setup system-deps bench clean help
@@ -19,7 +20,7 @@ help:
 demo: setup
 	$(VENV)/bin/terrain-ssl demo $(DEMO_ARGS)
 
-test: setup
+test: setup $(FLEET_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
@@ -55,6 +56,11 @@ $(STAMP): requirements.txt requirements-ros.txt setup.py terrain_ssl/core/_kerne
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -c "import rclpy, sensor_msgs.msg, terrain_ssl.core.kernels; print('environment ready')"
 	touch $(STAMP)
+
+# Ray and Optuna (terrain-ssl evaluate / tune and their tests): for the tests, not the robot.
+$(FLEET_STAMP): $(STAMP) requirements-fleet.txt
+	$(PY) -m pip install --quiet -r requirements-fleet.txt
+	touch $(FLEET_STAMP)
 
 clean:
 	rm -rf $(VENV) build install log *.egg-info .pytest_cache demo_out

@@ -45,6 +45,7 @@ setup(
                       'lz4', 'zstandard'],
     extras_require={
         'report': ['matplotlib'],
+        'fleet': ['ray', 'optuna'],  # terrain-ssl evaluate / tune over many bags
         'patchwork': ['pypatchworkpp'],  # ground.method: patchwork (Patchwork++)
         'test': ['pytest', 'PyYAML', 'ruff', 'mcap-ros2-support'],
     },

@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     'terrain_ssl.sim.closed_loop_cli',
     'terrain_ssl.ros.bringup',
     'terrain_ssl.patches_cli',
+    'terrain_ssl.fleet.cli',
 )
 
 
