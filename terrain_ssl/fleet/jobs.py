@@ -30,7 +30,8 @@ class ReplaySettings:
     duration_s: Optional[float] = None
     model_in: Optional[str] = None
 
-    def replay_options(self, bag: str, model_out: Optional[str], extra_parameters=()):
+    def replay_options(self, bag: str, model_out: Optional[str], extra_parameters=(),
+                       outputs_mcap: Optional[str] = None):
         from terrain_ssl.replay.runner import ReplayOptions
         from terrain_ssl.ros.bringup import default_config_path
 
@@ -40,7 +41,7 @@ class ReplaySettings:
             bag=bag, config=self.config or default_config_path(), topics=dict(self.topics),
             parameters=list(self.parameters) + list(extra_parameters), start_s=self.start_s,
             duration_s=self.duration_s, model_in=self.model_in, model_out=model_out,
-            progress=False, processes=1)
+            progress=False, processes=1, outputs_mcap=outputs_mcap)
 
 
 def _task_clock() -> tuple:
@@ -81,7 +82,8 @@ def replay_bag_files(bag: str, settings: ReplaySettings) -> dict:
             if problem:
                 raise RuntimeError(problem)
             _check_model_in(settings.model_in)
-            record = run_replay(settings.replay_options(bag, str(out / 'model.npz')))
+            record = run_replay(settings.replay_options(bag, str(out / 'model.npz'),
+                                                        outputs_mcap=str(out / 'outputs.mcap')))
             write_report(record, out)
             result['files'] = {path.name: path.read_bytes()
                                for path in sorted(out.iterdir()) if path.is_file()}

@@ -26,7 +26,7 @@ SEARCH_FACTOR = 4.0
 
 def parameter_specs() -> dict:
     """name -> ParamSpec, over the three nodes' declared parameter lists."""
-    from terrain_ssl.ros.common import ParamSpec
+    from terrain_ssl.ros.parameters import ParamSpec
     from terrain_ssl.ros.pipeline import NODE_MODULES
 
     specs = {}

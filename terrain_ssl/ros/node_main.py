@@ -42,6 +42,10 @@ def run_node(node_factory: Callable, args=None) -> int:
         print(f'error: {error}', file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    except rclpy_implementation.RCLError:
+        if rclpy.ok():
+            raise
+        return 0  # Ctrl-C / SIGTERM while the node was being built: nothing to close
     executor = new_executor()
     executor.add_node(node)
     try:
