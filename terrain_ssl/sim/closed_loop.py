@@ -39,6 +39,7 @@ from terrain_ssl.core.vibration import VibrationFilter
 from terrain_ssl.sim.world import World, WorldConfig
 
 POLICIES = ('constant', 'terrain_ssl', 'oracle')
+SPEED_SOURCES = ('advisor', 'mask')
 NODE_NAMES = ('roughness_labeler', 'roughness_learner', 'speed_advisor')  # NODE_MODULES order
 _NS_PER_S = 1_000_000_000
 _LOG_FLOOR = 1e-3  # (m/s^2)/(m/s), as the learner's roughness_floor: log of a zero label
@@ -92,6 +93,9 @@ class ClosedLoopConfig:
     follow_route: bool = True                          # advisors get the route as their plan
     #                                                    (as a planner would publish it), so the
     #                                                    corridor follows the curves
+    speed_source: str = 'advisor'                      # terrain_ssl drives at: 'advisor' (its
+    #                                                    speed_limit) or 'mask' (speed_mask read
+    #                                                    at base_link, as Nav2's SpeedFilter)
 
     def advisor_config(self) -> AdvisorConfig:
         names = set(AdvisorConfig.__dataclass_fields__)
@@ -186,10 +190,13 @@ class _NodeStack:
         self.driver = BagTimeDriver(self.nodes)
         self.inputs = subscription_callbacks(self.nodes)
         self.speed_limit: Optional[float] = None
+        self.speed_mask = None
         self.labels: list = []
         for outlet in outlets_of(self.advisor):
             if outlet.topic_name.endswith('terrain_ssl/speed_limit'):
                 outlet.connect(self._on_speed_limit)
+            if config.speed_source == 'mask' and outlet.topic_name.endswith('speed_mask'):
+                outlet.connect(self._on_speed_mask)
         for outlet in outlets_of(self.labeler):
             if outlet.topic_name.endswith('terrain_ssl/labeled_patches'):
                 outlet.connect(self._on_labels)
@@ -212,6 +219,23 @@ class _NodeStack:
 
     def _on_speed_limit(self, msg) -> None:
         self.speed_limit = float(msg.data)
+
+    def _on_speed_mask(self, msg) -> None:
+        self.speed_mask = msg
+
+    def mask_speed(self, x_m: float, y_m: float, v_max_mps: float) -> Optional[float]:
+        """The speed Nav2's SpeedFilter would allow at base_link (x, y) with the shipped filter
+        info (type 1: percent of v_max, base 0, multiplier 1); None before the first mask."""
+        mask = self.speed_mask
+        if mask is None:
+            return None
+        info = mask.info
+        column = int(np.floor((x_m - info.origin.position.x) / info.resolution))
+        row = int(np.floor((y_m - info.origin.position.y) / info.resolution))
+        if not (0 <= column < info.width and 0 <= row < info.height):
+            return v_max_mps
+        value = mask.data[row * info.width + column]
+        return v_max_mps if value <= 0 else v_max_mps * value / 100.0  # 0, -1: no limit
 
     def _on_labels(self, msg) -> None:
         from terrain_ssl.ros.conversions import pointcloud2_to_array
@@ -255,6 +279,9 @@ def run_closed_loop(config: ClosedLoopConfig,
 
     if config.policy not in POLICIES:
         raise ValueError(f'policy must be one of {POLICIES}, got {config.policy!r}')
+    if config.speed_source not in SPEED_SOURCES:
+        raise ValueError(f'speed_source must be one of {SPEED_SOURCES}, got '
+                         f'{config.speed_source!r}')
     advisor_config = config.advisor_config()
     world_config = config.world
     if config.policy != 'terrain_ssl':
@@ -312,7 +339,10 @@ def run_closed_loop(config: ClosedLoopConfig,
             now = world.time_ns
             if stack is not None:
                 stack.advance_to(now)
-                if stack.speed_limit is not None:
+                if config.speed_source == 'mask':
+                    from_mask = stack.mask_speed(state.x_m, state.y_m, advisor_config.v_max_mps)
+                    command = command if from_mask is None else from_mask
+                elif stack.speed_limit is not None:
                     command = stack.speed_limit
                 advice = stack.advisor.advisor.last_advice
                 key = (state.lap, advice.reason if advice is not None else 'none')
@@ -650,7 +680,8 @@ def compare_policies(laps: int = 3, seed: int = 0, world: Optional[WorldConfig] 
                      advisor: Optional[dict] = None, labeler: Optional[dict] = None,
                      learner: Optional[dict] = None, oracle_speeds_mps=ORACLE_SPEEDS_MPS,
                      with_safe_oracle: bool = True,
-                     progress: Optional[Callable[[str], None]] = None) -> dict:
+                     progress: Optional[Callable[[str], None]] = None,
+                     speed_source: str = 'advisor') -> dict:
     """Run constant v_max, terrain_ssl and the oracle(s) for `laps` laps; returns
     {'results': [ClosedLoopResult...], 'report': str (table, oracle definition, targets),
     'fewer_events': float, 'lap_time_ratio': float, 'passed': bool}.
@@ -671,7 +702,8 @@ def compare_policies(laps: int = 3, seed: int = 0, world: Optional[WorldConfig] 
                   learner=learner)
     footprint = _labeler_footprint(labeler)
     min_speed = float(labeler.get('label.min_speed', 1.0))
-    learned = run_closed_loop(ClosedLoopConfig(policy='terrain_ssl', **common), progress)
+    learned = run_closed_loop(ClosedLoopConfig(policy='terrain_ssl', speed_source=speed_source,
+                                               **common), progress)
     constant = run_closed_loop(ClosedLoopConfig(policy='constant', **common), progress)
     results = [constant, learned]
     measured = oracle_calibration_drive(world, seed, oracle_speeds_mps, laps=laps,
@@ -698,7 +730,9 @@ def compare_policies(laps: int = 3, seed: int = 0, world: Optional[WorldConfig] 
         f'limit {advisor["shock_limit_mps2"]} m/s^2 (rms over 0.5 s IMU windows), v_min '
         f'{advisor["v_min_mps"]}, v_max {advisor["v_max_mps"]} m/s, uncertainty weight '
         f'{advisor.get("uncertainty_weight", AdvisorConfig().uncertainty_weight)}',
-        'constant: always v_max.  terrain_ssl: the three real nodes, cold start, learning live.',
+        'constant: always v_max.  terrain_ssl: the three real nodes, cold start, learning live'
+        + (', driving at the speed_mask under base_link (as Nav2\'s SpeedFilter).'
+           if speed_source == 'mask' else ', driving at the advisor\'s speed_limit.'),
         f'oracle: the same speed rule (advisor, same settings) on the measured roughness of '
         f'the terrain: per cell the labeler\'s label (shock over the footprint crossing / '
         f'speed) from constant-speed calibration drives at {speeds} m/s ({laps} laps each, the '
