@@ -123,6 +123,7 @@ def test_the_advisor_node_publishes_latched_grids_nav2_can_read(ros_context):
     from terrain_ssl.ros.common import RELIABLE_QOS, SENSOR_QOS
     from terrain_ssl.ros.conversions import xyz_fields_to_pointcloud2
     from terrain_ssl.ros.nav2_outputs import LATCHED_QOS
+    from terrain_ssl.ros.wiring import outlets_of
 
     node = SpeedAdvisorNode(context=ros_context, parameter_overrides=[
         Parameter('nav2_rate_hz', value=20.0), Parameter('footprint_offset_x_m', value=0.0),
@@ -131,6 +132,9 @@ def test_the_advisor_node_publishes_latched_grids_nav2_can_read(ros_context):
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(node)
     executor.add_node(peer)
+    # In-process wiring (replay, bringup, closed loop) finds the grids among the node's outlets.
+    assert {'/terrain_ssl/speed_mask', '/terrain_ssl/roughness_costmap'} <= {
+        outlet.topic_name for outlet in outlets_of(node)}
     try:
         map_pub = peer.create_publisher(PointCloud2, 'terrain_ssl/roughness_map', RELIABLE_QOS)
         odom_pub = peer.create_publisher(Odometry, 'odom', SENSOR_QOS)
@@ -175,3 +179,12 @@ def test_the_advisor_node_publishes_latched_grids_nav2_can_read(ros_context):
         executor.shutdown()
         node.destroy_node()
         peer.destroy_node()
+
+
+def test_cells_the_lidar_missed_beside_known_ones_do_not_make_the_ground_unknown():
+    full = field()
+    sparse = RoughnessMap(full.centres_xy_m[::3], full.roughness[::3], full.uncertainty[::3],
+                          CELL)  # two cells in three missing
+    grids = nav2_grids(sparse, (0.0, 0.0), 0.0, ADVISOR, MASK)
+    assert mask_speed_at(grids, (0.25, 0.25), 6.0) > 4.0  # not the cautious 1.5 m/s
+    assert mask_speed_at(grids, (10.25, 0.25), 6.0) == pytest.approx(2.0, abs=0.06)

@@ -154,14 +154,20 @@ def nav2_grids(map_: Optional[RoughnessMap], position_xy_m, yaw_rad: float,
         target = np.where(roughness > 0.0, advisor.shock_limit_mps2 / roughness, np.inf)
     target = np.clip(target, advisor.v_min_mps, advisor.v_max_mps)
     unknown_speed = advisor.cautious_speed_mps if cfg.unknown_is_cautious else advisor.v_max_mps
-    target = np.where(known, target, unknown_speed)
     # Round down to the speed levels first, so the braking step sees a handful of levels.
     step = advisor.v_max_mps * cfg.speed_step_percent / 100.0
     target = np.maximum(np.floor(target / step + 1e-9) * step, min(step, advisor.v_min_mps))
+    # The lowest known target under the outline. As in the advisor's corridor, cells the lidar
+    # missed beside known ones (occlusion, sparse rings, the blind spot under the vehicle) do
+    # not count; only an outline over no known cell at all is unknown ground.
     kernel, anchor = footprint_kernel(cfg, yaw_rad, res)
-    under_footprint = cv2.erode(target.astype(np.float32), kernel, anchor=anchor,
+    known_target = np.where(known, target, advisor.v_max_mps).astype(np.float32)
+    under_footprint = cv2.erode(known_target, kernel, anchor=anchor,
                                 borderType=cv2.BORDER_CONSTANT,
-                                borderValue=float(unknown_speed)).astype(np.float64)
+                                borderValue=float(advisor.v_max_mps)).astype(np.float64)
+    any_known = cv2.dilate(known.astype(np.uint8), kernel, anchor=anchor,
+                           borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    under_footprint = np.where(any_known, under_footprint, unknown_speed)
     levels = np.unique(under_footprint)
     levels = levels[levels < advisor.v_max_mps]
     allowed = np.minimum(_braking_limit(under_footprint, advisor.decel_limit_mps2, res, levels),

@@ -37,7 +37,8 @@ from terrain_ssl.ros.common import (DIAG_OK, DIAG_WARN, RELIABLE_QOS, SENSOR_QOS
                                     DiagnosticsPublisher, LiveParameters, Outlet, ParamSpec,
                                     RejectCounter, run_node)
 from terrain_ssl.ros.conversions import MalformedCloudError, pointcloud2_to_array
-from terrain_ssl.ros.nav2_outputs import NAV2_PARAMS, Nav2Outputs, mask_config_from_values
+from terrain_ssl.ros.nav2_outputs import (NAV2_PARAMS, Nav2Outputs, mask_config_from_values,
+                                          nav2_outlets)
 
 _DEFAULTS = AdvisorConfig()
 
@@ -134,7 +135,8 @@ class SpeedAdvisorNode(Node):
         self.create_subscription(Twist, 'cmd_vel_in', self.on_cmd_vel_in, RELIABLE_QOS)
         self.create_subscription(Path, 'plan', self.on_plan, RELIABLE_QOS)
         self.timer = self.create_timer(1.0 / values['rate_hz'], self.on_timer)
-        self.nav2_outputs = Nav2Outputs(self)
+        self.speed_mask_outlet, self.costmap_outlet = nav2_outlets(self)
+        self.nav2_outputs = Nav2Outputs(self.speed_mask_outlet, self.costmap_outlet)
         self.mask_config = mask_config_from_values(values)
         self.nav2_timer = self.create_timer(1.0 / values['nav2_rate_hz'], self.on_nav2_timer)
         self.diagnostics = DiagnosticsPublisher(self, values['diagnostics_period_s'],

@@ -78,14 +78,19 @@ def grid_message(cells, grids: Nav2Grids, frame_id: str, stamp: Time) -> Occupan
     return out
 
 
+def nav2_outlets(node) -> tuple:
+    """The (speed mask, roughness costmap) outlets of a node. The node keeps them as its own
+    attributes, where in-process wiring (replay, bringup, closed loop) finds its outlets."""
+    return (Outlet(node, OccupancyGrid, 'terrain_ssl/speed_mask', LATCHED_QOS),
+            Outlet(node, OccupancyGrid, 'terrain_ssl/roughness_costmap', LATCHED_QOS))
+
+
 class Nav2Outputs:
     """Publishes the mask and the costmap of a SpeedAdvisor's current map and pose."""
 
-    def __init__(self, node):
-        self.speed_mask_outlet = Outlet(node, OccupancyGrid, 'terrain_ssl/speed_mask',
-                                        LATCHED_QOS)
-        self.costmap_outlet = Outlet(node, OccupancyGrid, 'terrain_ssl/roughness_costmap',
-                                     LATCHED_QOS)
+    def __init__(self, speed_mask_outlet: Outlet, costmap_outlet: Outlet):
+        self.speed_mask_outlet = speed_mask_outlet
+        self.costmap_outlet = costmap_outlet
         self.last_grids = None
 
     def publish(self, advisor: SpeedAdvisor, mask_config: MaskConfig, frame_id: str,
