@@ -13,7 +13,7 @@ ADVISOR = AdvisorConfig(shock_limit_mps2=6.0, v_min_mps=1.0, v_max_mps=6.0,
                         cautious_speed_mps=1.5, decel_limit_mps2=1.5, uncertainty_weight=1.5,
                         margin_m=0.0, front_offset_m=0.0, corridor_half_width_m=0.0)
 MASK = MaskConfig(size_m=40.0, footprint_length_m=2.0, footprint_width_m=1.0,
-                  footprint_offset_x_m=0.0, speed_step_percent=1)
+                  footprint_offset_x_m=0.0)
 
 
 def field(rough_x_m=(10.0, 11.0), rough=3.0, smooth=0.3, uncertainty=0.0):
@@ -53,10 +53,24 @@ def test_the_same_speed_as_the_advisor_over_known_ground():
         advisor.set_state(VehicleState(x, 0.25, 0.0, 6.0), 0)  # sees 12 m ahead
         grids = nav2_grids(roughness_map, (x, 0.25), 0.0, ADVISOR,
                            MaskConfig(size_m=40.0, footprint_length_m=0.01,
-                                      footprint_width_m=0.01, footprint_offset_x_m=0.0,
-                                      speed_step_percent=1))
+                                      footprint_width_m=0.01, footprint_offset_x_m=0.0))
         assert mask_speed_at(grids, (x, 0.25), 6.0) == pytest.approx(
             advisor.allowed(0).allowed_mps, abs=0.3)
+
+
+def test_braking_looks_along_the_heading_not_behind_or_beside():
+    ahead = nav2_grids(field(), (5.0, 0.0), 0.0, ADVISOR, MASK)
+    behind = nav2_grids(field(), (5.0, 0.0), math.pi, ADVISOR, MASK)
+    sideways = nav2_grids(field(), (5.0, 0.0), math.pi / 2, ADVISOR, MASK)
+    at = (5.25, 0.25)  # 4.75 m before the strip's near edge
+    assert mask_speed_at(ahead, at, 6.0) < 4.5
+    assert mask_speed_at(behind, at, 6.0) == pytest.approx(6.0)
+    assert mask_speed_at(sideways, at, 6.0) == pytest.approx(6.0)
+    # Driving diagonally towards it, the strip is farther along the heading: faster than
+    # straight at it, slower than with the strip out of the way.
+    diagonal = mask_speed_at(nav2_grids(field(), (5.0, 0.0), math.pi / 4, ADVISOR, MASK), at,
+                             6.0)
+    assert mask_speed_at(ahead, at, 6.0) < diagonal < 6.0
 
 
 def test_uncertainty_slows_the_mask_and_raises_the_cost():
@@ -87,7 +101,7 @@ def test_unknown_ground_is_cautious_or_free_by_setting():
     assert mask_speed_at(cautious, (0.25, 0.25), 6.0) == pytest.approx(1.5, abs=0.06)
     assert (cautious.cost == -1).all()
     free = nav2_grids(empty, (0, 0), 0.0, ADVISOR,
-                      MaskConfig(unknown_is_cautious=False, speed_step_percent=1))
+                      MaskConfig(unknown_is_cautious=False))
     assert mask_speed_at(free, (0.25, 0.25), 6.0) == pytest.approx(6.0)
 
 

@@ -12,13 +12,16 @@ over it*, which is what the speed advisor computes along its corridor, here for 
                              base_link cell (a grey erosion with the footprint as kernel, turned
                              to the current heading): a rough cell limits the speed while any
                              part of the vehicle is over it
-    -> braking               the speed from which braking at decel_limit still reaches every
-                             cell's target: min over cells of sqrt(v^2 + 2 a d), computed per
-                             speed level with a Euclidean distance transform
+    -> braking               the speed from which braking at decel_limit still reaches the
+                             target of every cell ahead along the current heading:
+                             min over cells ahead of sqrt(v^2 + 2 a d), as the advisor's
+                             corridor (whose width the footprint step already gives)
     -> percent of v_max      rounded down, at least 1 (0 would mean "no limit" to Nav2)
 
-The braking step is isotropic: the mask does not know which way the vehicle will drive, so
-rough ground behind the vehicle lowers the limit as ground ahead would, within braking distance.
+Braking looks along the current heading, not in every direction: Nav2 reads the mask where the
+vehicle is, which is where the heading leads in the next update, and rough ground beside or
+behind the vehicle must not slow it (counted in every direction, the rough patches within
+braking distance of anywhere kept the vehicle near its slowest speed).
 
 The costmap holds the same conservative roughness scaled to 0..100 (-1 unknown), widened by the
 vehicle's half width so that a path whose centre passes beside a rough cell still pays for it.
@@ -51,7 +54,6 @@ class MaskConfig:
     footprint_width_m: float = 1.8
     footprint_offset_x_m: float = 1.3     # outline centre ahead of base_link, m
     unknown_is_cautious: bool = True      # unknown ground: cautious speed (else no limit)
-    speed_step_percent: int = 5           # speed levels of the braking step (% of v_max)
     costmap_full_scale: float = 1.0       # conservative roughness ((m/s^2)/(m/s)) -> cost 100
 
     def __post_init__(self):
@@ -62,9 +64,6 @@ class MaskConfig:
         if not math.isfinite(self.footprint_offset_x_m):
             raise ValueError(f'footprint_offset_x_m must be finite, got '
                              f'{self.footprint_offset_x_m}')
-        if not 1 <= self.speed_step_percent <= 50:
-            raise ValueError(f'speed_step_percent must be in [1, 50], got '
-                             f'{self.speed_step_percent}')
 
 
 @dataclass(frozen=True)
@@ -122,23 +121,37 @@ def footprint_kernel(cfg: MaskConfig, yaw_rad: float, resolution_m: float):
     return inside.astype(np.uint8), (half, half)
 
 
-def _braking_limit(target: np.ndarray, decel_mps2: float, resolution_m: float,
-                   levels: np.ndarray) -> np.ndarray:
-    """min over cells c' of sqrt(level(c')^2 + 2 a d(c, c')), with targets rounded down to
-    `levels`: one Euclidean distance transform per level present. The 5x5 chamfer transform is
-    within 2% of the exact distance (a quarter of the cost): distances are shrunk by that 2% so
-    that the limit never comes out above the exact rule's."""
-    allowed = np.full(target.shape, np.inf)
-    scale = resolution_m / 1.02
-    for level in levels:
-        slow = target <= level + 1e-9
-        if not slow.any():
-            continue
-        far = np.where(slow, 0, 255).astype(np.uint8)  # distance to the nearest zero pixel
-        distance_m = cv2.distanceTransform(far, cv2.DIST_L2, cv2.DIST_MASK_5)
-        distance_m = np.maximum(distance_m * scale - 0.5 * resolution_m, 0.0)
-        np.minimum(allowed, np.sqrt(level * level + 2.0 * decel_mps2 * distance_m), out=allowed)
-    return allowed
+def _braking_along_heading(target: np.ndarray, yaw_rad: float, decel_mps2: float,
+                           resolution_m: float, v_max_mps: float) -> np.ndarray:
+    """Per cell, the speed from which braking at `decel_mps2` along the heading still reaches
+    the target of every cell ahead: min over cells d ahead of sqrt(v(ahead)^2 + 2 a d).
+
+    The grid is turned so that the heading runs along its rows (nearest cell: the footprint
+    step has already widened every slow cell by the vehicle's outline), each row is one running
+    minimum from the far end, and the result is turned back.
+    """
+    n = target.shape[0]
+    m = int(math.ceil(n * math.sqrt(2.0))) + 2  # holds the window at any angle
+    c, s = math.cos(yaw_rad), math.sin(yaw_rad)
+    centre_in, centre_out = (n - 1) / 2.0, (m - 1) / 2.0
+    # turned (u, v) -> window (x, y): centre_in + u * heading + v * left
+    to_window = np.array([[c, -s, centre_in - c * centre_out + s * centre_out],
+                          [s, c, centre_in - s * centre_out - c * centre_out]])
+    turned = cv2.warpAffine(target.astype(np.float32), to_window, (m, m),
+                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=float(v_max_mps))
+    squared = np.square(turned.astype(np.float64))
+    step = 2.0 * decel_mps2 * resolution_m  # v^2 gained per cell of braking distance
+    u = np.arange(m) * step
+    # min over u' > u of v(u')^2 + step * (u' - u - 1/2): the nearer half of the cell ahead
+    # counts as reached, as the advisor measures to a cell's near edge.
+    ahead = np.minimum.accumulate((squared + u)[:, ::-1], axis=1)[:, ::-1]
+    ahead = np.concatenate((ahead[:, 1:], np.full((m, 1), np.inf)), axis=1) - u - 0.5 * step
+    allowed_turned = np.sqrt(np.minimum(squared, np.maximum(ahead, 0.0))).astype(np.float32)
+    allowed = cv2.warpAffine(allowed_turned, cv2.invertAffineTransform(to_window), (n, n),
+                             flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=float(v_max_mps))
+    return np.minimum(allowed.astype(np.float64), target)
 
 
 def nav2_grids(map_: Optional[RoughnessMap], position_xy_m, yaw_rad: float,
@@ -154,9 +167,6 @@ def nav2_grids(map_: Optional[RoughnessMap], position_xy_m, yaw_rad: float,
         target = np.where(roughness > 0.0, advisor.shock_limit_mps2 / roughness, np.inf)
     target = np.clip(target, advisor.v_min_mps, advisor.v_max_mps)
     unknown_speed = advisor.cautious_speed_mps if cfg.unknown_is_cautious else advisor.v_max_mps
-    # Round down to the speed levels first, so the braking step sees a handful of levels.
-    step = advisor.v_max_mps * cfg.speed_step_percent / 100.0
-    target = np.maximum(np.floor(target / step + 1e-9) * step, min(step, advisor.v_min_mps))
     # The lowest known target under the outline. As in the advisor's corridor, cells the lidar
     # missed beside known ones (occlusion, sparse rings, the blind spot under the vehicle) do
     # not count; only an outline over no known cell at all is unknown ground.
@@ -168,10 +178,9 @@ def nav2_grids(map_: Optional[RoughnessMap], position_xy_m, yaw_rad: float,
     any_known = cv2.dilate(known.astype(np.uint8), kernel, anchor=anchor,
                            borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
     under_footprint = np.where(any_known, under_footprint, unknown_speed)
-    levels = np.unique(under_footprint)
-    levels = levels[levels < advisor.v_max_mps]
-    allowed = np.minimum(_braking_limit(under_footprint, advisor.decel_limit_mps2, res, levels),
-                         advisor.v_max_mps)
+    allowed = np.minimum(_braking_along_heading(under_footprint, yaw_rad,
+                                                advisor.decel_limit_mps2, res,
+                                                advisor.v_max_mps), advisor.v_max_mps)
     percent = np.clip(np.floor(100.0 * allowed / advisor.v_max_mps + 1e-6), 1, 100)
     cost = np.where(known, np.clip(np.rint(100.0 * roughness / cfg.costmap_full_scale), 0, 100),
                     UNKNOWN)
