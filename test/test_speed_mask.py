@@ -202,3 +202,11 @@ def test_cells_the_lidar_missed_beside_known_ones_do_not_make_the_ground_unknown
     grids = nav2_grids(sparse, (0.0, 0.0), 0.0, ADVISOR, MASK)
     assert mask_speed_at(grids, (0.25, 0.25), 6.0) > 4.0  # not the cautious 1.5 m/s
     assert mask_speed_at(grids, (10.25, 0.25), 6.0) == pytest.approx(2.0, abs=0.06)
+
+
+def test_the_mask_never_reads_below_v_min():
+    slow = AdvisorConfig(shock_limit_mps2=6.0, v_min_mps=1.0, v_max_mps=6.0,
+                         cautious_speed_mps=1.5)
+    grids = nav2_grids(field(rough=100.0), (0.0, 0.0), 0.0, slow, MASK)
+    assert grids.speed_percent.min() == 17  # ceil(100 * 1.0 / 6.0): 1.02 m/s, not 0.96
+    assert mask_speed_at(grids, (10.25, 0.25), 6.0) >= 1.0

@@ -181,7 +181,10 @@ def nav2_grids(map_: Optional[RoughnessMap], position_xy_m, yaw_rad: float,
     allowed = np.minimum(_braking_along_heading(under_footprint, yaw_rad,
                                                 advisor.decel_limit_mps2, res,
                                                 advisor.v_max_mps), advisor.v_max_mps)
-    percent = np.clip(np.floor(100.0 * allowed / advisor.v_max_mps + 1e-6), 1, 100)
+    # Rounded down (never faster than the rule), but not below v_min, which the rule never goes.
+    v_min_percent = math.ceil(100.0 * advisor.v_min_mps / advisor.v_max_mps - 1e-6)
+    percent = np.clip(np.floor(100.0 * allowed / advisor.v_max_mps + 1e-6),
+                      max(v_min_percent, 1), 100)
     cost = np.where(known, np.clip(np.rint(100.0 * roughness / cfg.costmap_full_scale), 0, 100),
                     UNKNOWN)
     radius_cells = int(round(0.5 * cfg.footprint_width_m / res))
