@@ -210,3 +210,20 @@ def test_the_mask_never_reads_below_v_min():
     grids = nav2_grids(field(rough=100.0), (0.0, 0.0), 0.0, slow, MASK)
     assert grids.speed_percent.min() == 17  # ceil(100 * 1.0 / 6.0): 1.02 m/s, not 0.96
     assert mask_speed_at(grids, (10.25, 0.25), 6.0) >= 1.0
+
+
+def test_braking_follows_the_plan_through_a_curve():
+    """A plan that turns left 90 degrees at x = 5 m onto a rough strip across y = 8..9 m: the
+    heading points at smooth ground, the plan at rough ground."""
+    centres = (np.arange(-120, 120) + 0.5) * CELL
+    x, y = (v.ravel() for v in np.meshgrid(centres, centres))
+    r = np.where((y >= 8.0) & (y <= 9.0) & (x > 3.0) & (x < 7.0), 3.0, 0.3)
+    roughness_map = RoughnessMap(np.column_stack((x, y)), r, np.zeros(x.size), CELL)
+    plan = np.array([(0.0, 0.0), (5.0, 0.0), (5.0, 20.0)])
+    at = (2.25, 0.25)
+    straight = nav2_grids(roughness_map, (2.25, 0.25), 0.0, ADVISOR, MASK)
+    planned = nav2_grids(roughness_map, (2.25, 0.25), 0.0, ADVISOR, MASK, path_xy_m=plan)
+    assert mask_speed_at(straight, at, 6.0) == pytest.approx(6.0)
+    distance = (5.0 - 2.25) + 8.0 - 1.0 - 0.25  # along the plan to where the outline meets it
+    expected = math.sqrt(2.0**2 + 2 * 1.5 * distance)
+    assert mask_speed_at(planned, at, 6.0) == pytest.approx(expected, abs=0.4)

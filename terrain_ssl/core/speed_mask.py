@@ -36,7 +36,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from terrain_ssl.core.advisor import AdvisorConfig, RoughnessMap
+from terrain_ssl.core.advisor import AdvisorConfig, RoughnessMap, VehicleState, corridor_samples
 
 __all__ = ['MaskConfig', 'GridWindow', 'Nav2Grids', 'nav2_grids', 'mask_speed_at',
            'SPEED_FILTER_TYPE_PERCENT']
@@ -154,9 +154,36 @@ def _braking_along_heading(target: np.ndarray, yaw_rad: float, decel_mps2: float
     return np.minimum(allowed.astype(np.float64), target)
 
 
+def _braking_along_path(allowed: np.ndarray, target: np.ndarray, window: GridWindow,
+                        position_xy_m, yaw_rad: float, path_xy_m, advisor: AdvisorConfig,
+                        reach_m: float) -> np.ndarray:
+    """`allowed` with the cells along the plan ahead set by braking along the plan, as the
+    advisor's corridor follows it (through curves, where the heading points off the road)."""
+    res, n = window.resolution_m, window.size_cells
+    state = VehicleState(float(position_xy_m[0]), float(position_xy_m[1]), yaw_rad, 0.0)
+    xy, stations, _ = corridor_samples(state, reach_m, advisor.corridor_half_width_m, 0.5 * res,
+                                       path_xy_m, advisor.path_max_offset_m)
+    cell = np.floor((xy - (window.origin_x_m, window.origin_y_m)) / res).astype(np.int64)
+    inside = ((cell >= 0) & (cell < n)).all(axis=2)
+    flat = np.where(inside, cell[..., 1] * n + cell[..., 0], 0)
+    centre = xy.shape[1] // 2  # base_link on the plan: the outline step already has the width
+    v_station = np.where(inside[:, centre], target.reshape(-1)[flat[:, centre]],
+                         advisor.v_max_mps)
+    squared = np.square(v_station)
+    gain = 2.0 * advisor.decel_limit_mps2 * stations
+    ahead = np.minimum.accumulate((squared + gain)[::-1])[::-1]
+    ahead = np.append(ahead[1:], np.inf) - gain - advisor.decel_limit_mps2 * res
+    along = np.sqrt(np.minimum(squared, np.maximum(ahead, 0.0)))
+    painted = np.full(n * n, np.inf)
+    np.minimum.at(painted, flat[inside], np.broadcast_to(along[:, None], flat.shape)[inside])
+    painted = painted.reshape(n, n)
+    return np.where(np.isfinite(painted), painted, allowed)
+
+
 def nav2_grids(map_: Optional[RoughnessMap], position_xy_m, yaw_rad: float,
-               advisor: AdvisorConfig, cfg: MaskConfig) -> Nav2Grids:
-    """The speed mask and the roughness costmap in a window centred on the vehicle."""
+               advisor: AdvisorConfig, cfg: MaskConfig, path_xy_m=None) -> Nav2Grids:
+    """The speed mask and the roughness costmap in a window centred on the vehicle; braking
+    follows `path_xy_m` (the plan, odom frame) where the vehicle is on it, else the heading."""
     if map_ is None:
         map_ = RoughnessMap.empty(advisor.cell_size_m)
     window = grid_window(map_, position_xy_m, cfg.size_m)
@@ -178,9 +205,12 @@ def nav2_grids(map_: Optional[RoughnessMap], position_xy_m, yaw_rad: float,
     any_known = cv2.dilate(known.astype(np.uint8), kernel, anchor=anchor,
                            borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
     under_footprint = np.where(any_known, under_footprint, unknown_speed)
-    allowed = np.minimum(_braking_along_heading(under_footprint, yaw_rad,
-                                                advisor.decel_limit_mps2, res,
-                                                advisor.v_max_mps), advisor.v_max_mps)
+    allowed = _braking_along_heading(under_footprint, yaw_rad, advisor.decel_limit_mps2, res,
+                                     advisor.v_max_mps)
+    if path_xy_m is not None and len(path_xy_m) >= 2:
+        allowed = _braking_along_path(allowed, under_footprint, window, position_xy_m, yaw_rad,
+                                      path_xy_m, advisor, 0.5 * cfg.size_m)
+    allowed = np.minimum(allowed, advisor.v_max_mps)
     # Rounded down (never faster than the rule), but not below v_min, which the rule never goes.
     v_min_percent = math.ceil(100.0 * advisor.v_min_mps / advisor.v_max_mps - 1e-6)
     percent = np.clip(np.floor(100.0 * allowed / advisor.v_max_mps + 1e-6),

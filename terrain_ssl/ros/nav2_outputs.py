@@ -102,7 +102,7 @@ class Nav2Outputs:
         if state is None or not any(wanted):
             return False
         grids = nav2_grids(advisor.map, (state.x_m, state.y_m), state.yaw_rad, advisor.config,
-                           mask_config)
+                           mask_config, advisor.path_xy_m)
         self.last_grids = grids
         if wanted[0]:
             self.speed_mask_outlet.publish(grid_message(grids.speed_percent, grids, frame_id,
