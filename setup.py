@@ -42,7 +42,7 @@ setup(
     # rclpy and the message packages come from the ROS 2 distro (colcon) or from
     # requirements-ros.txt (plain venv); they are deliberately not install_requires.
     install_requires=['numpy', 'scipy', 'scikit-learn', 'threadpoolctl', 'rosbags', 'mcap',
-                      'lz4', 'zstandard'],
+                      'lz4', 'zstandard', 'opencv-python-headless'],
     extras_require={
         'report': ['matplotlib'],
         'fleet': ['ray', 'optuna'],  # terrain-ssl evaluate / tune over many bags

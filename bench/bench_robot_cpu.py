@@ -192,7 +192,7 @@ class Listener:
 
         from std_msgs.msg import Float32
 
-        from terrain_ssl.ros.common import LABELS_QOS, RELIABLE_QOS
+        from terrain_ssl.ros.qos import LABELS_QOS, RELIABLE_QOS
 
         self.pids = pids
         self.context = Context()

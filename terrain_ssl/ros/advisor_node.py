@@ -9,6 +9,8 @@ In:  terrain_ssl/roughness_map  (PointCloud2: x, y, z, roughness, uncertainty; o
 Out: terrain_ssl/speed_limit    (std_msgs/Float32, m/s, every 1 / rate_hz s)
      cmd_vel                    (geometry_msgs/Twist: cmd_vel_in scaled so its speed <= the limit,
                                  angular scaled alike so the curvature is kept)
+     terrain_ssl/speed_mask, terrain_ssl/roughness_costmap  (OccupancyGrid, for Nav2: see
+                                 terrain_ssl.ros.nav2_outputs)
      /diagnostics               (limit, why, what decides it, input ages, rejects)
 
 The algorithm lives in terrain_ssl.core.advisor.SpeedAdvisor; this node feeds it the latest map
@@ -37,6 +39,8 @@ from terrain_ssl.ros.node_main import run_node
 from terrain_ssl.ros.parameters import LiveParameters, ParamSpec
 from terrain_ssl.ros.qos import RELIABLE_QOS, SENSOR_QOS
 from terrain_ssl.ros.conversions import MalformedCloudError, pointcloud2_to_array
+from terrain_ssl.ros.nav2_outputs import (NAV2_PARAMS, Nav2Outputs, mask_config_from_values,
+                                          nav2_outlets)
 
 _DEFAULTS = AdvisorConfig()
 
@@ -92,7 +96,7 @@ PARAMS = [
               read_only=True),
     ParamSpec('diagnostics_period_s', 1.0, 'Period of /diagnostics (s).', min=0.05, max=60.0,
               read_only=True),
-]
+] + NAV2_PARAMS
 
 _CONFIG_NAMES = [item.name for item in fields(AdvisorConfig)]
 _FALLBACK_REASONS = ('no_map', 'stale_map', 'no_odometry', 'stale_odometry')
@@ -134,6 +138,10 @@ class SpeedAdvisorNode(Node):
         self.create_subscription(Twist, 'cmd_vel_in', self.on_cmd_vel_in, RELIABLE_QOS)
         self.create_subscription(Path, 'plan', self.on_plan, RELIABLE_QOS)
         self.timer = self.create_timer(1.0 / values['rate_hz'], self.on_timer)
+        self.speed_mask_outlet, self.costmap_outlet = nav2_outlets(self)
+        self.nav2_outputs = Nav2Outputs(self.speed_mask_outlet, self.costmap_outlet)
+        self.mask_config = mask_config_from_values(values)
+        self.nav2_timer = self.create_timer(1.0 / values['nav2_rate_hz'], self.on_nav2_timer)
         self.diagnostics = DiagnosticsPublisher(self, values['diagnostics_period_s'],
                                                 self.collect_diagnostics)
 
@@ -143,6 +151,7 @@ class SpeedAdvisorNode(Node):
     def _validate(values: dict):
         try:
             config_from_values(values)
+            mask_config_from_values(values)
         except ValueError as error:
             return str(error)
         return None
@@ -150,6 +159,7 @@ class SpeedAdvisorNode(Node):
     def _apply(self, values: dict) -> None:
         if hasattr(self, 'advisor'):
             self.advisor.reconfigure(config_from_values(values))
+            self.mask_config = mask_config_from_values(values)
 
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
@@ -245,6 +255,12 @@ class SpeedAdvisorNode(Node):
         advice = self.advisor.update(self._now_ns())
         self.speed_limit_outlet.publish(Float32(data=float(advice.speed_limit_mps)))
         return advice.speed_limit_mps
+
+    def on_nav2_timer(self) -> bool:
+        """Publish the speed mask and the roughness costmap (when anyone listens)."""
+        return self.nav2_outputs.publish(self.advisor, self.mask_config,
+                                         self.odom_frame or 'odom',
+                                         self.get_clock().now().to_msg())
 
     def collect_diagnostics(self):
         advisor = self.advisor

@@ -42,6 +42,7 @@ from terrain_ssl.ros.wiring import (BagTimeDriver, link_in_process, linked_publi
 from terrain_ssl.sim.world import World, WorldConfig
 
 POLICIES = ('constant', 'terrain_ssl', 'oracle')
+SPEED_SOURCES = ('advisor', 'mask')
 NODE_NAMES = ('roughness_labeler', 'roughness_learner', 'speed_advisor')  # NODE_MODULES order
 NS_PER_S = 1_000_000_000
 
@@ -64,12 +65,18 @@ class ClosedLoopConfig:
     follow_route: bool = True                          # advisors get the route as their plan
     #                                                    (as a planner would publish it), so the
     #                                                    corridor follows the curves
+    speed_source: str = 'advisor'                      # terrain_ssl drives at: 'advisor' (its
+    #                                                    speed_limit) or 'mask' (speed_mask read
+    #                                                    at base_link, as Nav2's SpeedFilter)
 
     def check(self) -> None:
         """ValueError for an unknown policy or a parameter no node declares (a misspelt name
         would otherwise be dropped and the run would use the default without a word)."""
         if self.policy not in POLICIES:
             raise ValueError(f'policy must be one of {POLICIES}, got {self.policy!r}')
+        if self.speed_source not in SPEED_SOURCES:
+            raise ValueError(f'speed_source must be one of {SPEED_SOURCES}, got '
+                             f'{self.speed_source!r}')
         for module, name in zip(NODE_MODULES, NODE_NAMES):
             overrides = {'roughness_labeler': self.labeler, 'roughness_learner': self.learner,
                          'speed_advisor': self.advisor}[name]
@@ -161,10 +168,13 @@ class NodeStack:
         self.driver = BagTimeDriver(self.nodes)
         self.inputs = subscription_callbacks(self.nodes)
         self.speed_limit: Optional[float] = None
+        self.speed_mask = None
         self.labels: list = []
         for publisher in linked_publishers_of(self.advisor):
             if publisher.topic_name.endswith('terrain_ssl/speed_limit'):
                 publisher.connect(self._on_speed_limit)
+            if config.speed_source == 'mask' and publisher.topic_name.endswith('speed_mask'):
+                publisher.connect(self._on_speed_mask)
         for publisher in linked_publishers_of(self.labeler):
             if publisher.topic_name.endswith('terrain_ssl/labeled_patches'):
                 publisher.connect(self._on_labels)
@@ -184,6 +194,23 @@ class NodeStack:
 
     def _on_speed_limit(self, msg) -> None:
         self.speed_limit = float(msg.data)
+
+    def _on_speed_mask(self, msg) -> None:
+        self.speed_mask = msg
+
+    def mask_speed(self, x_m: float, y_m: float, v_max_mps: float) -> Optional[float]:
+        """The speed Nav2's SpeedFilter would allow at base_link (x, y) with the shipped filter
+        info (type 1: percent of v_max, base 0, multiplier 1); None before the first mask."""
+        mask = self.speed_mask
+        if mask is None:
+            return None
+        info = mask.info
+        column = int(np.floor((x_m - info.origin.position.x) / info.resolution))
+        row = int(np.floor((y_m - info.origin.position.y) / info.resolution))
+        if not (0 <= column < info.width and 0 <= row < info.height):
+            return v_max_mps
+        value = mask.data[row * info.width + column]
+        return v_max_mps if value <= 0 else v_max_mps * value / 100.0  # 0, -1: no limit
 
     def _on_labels(self, msg) -> None:
         cloud = pointcloud2_to_array(msg)
@@ -307,7 +334,11 @@ class ClosedLoopRun:
         stack, oracle = self.stack, self.oracle
         if stack is not None:
             stack.advance_to(now_ns)
-            if stack.speed_limit is not None:
+            if self.config.speed_source == 'mask':
+                v_max = stack.advisor.advisor.config.v_max_mps
+                from_mask = stack.mask_speed(state.x_m, state.y_m, v_max)
+                command = command if from_mask is None else from_mask
+            elif stack.speed_limit is not None:
                 command = stack.speed_limit
             advice = stack.advisor.advisor.last_advice
             key = (state.lap, advice.reason if advice is not None else 'none')
@@ -371,5 +402,5 @@ def format_table(results: list) -> str:
     return '\n'.join(lines)
 
 
-__all__ = ['POLICIES', 'ClosedLoopConfig', 'ClosedLoopResult', 'ShockMeter', 'NodeStack',
-           'run_closed_loop', 'format_table']
+__all__ = ['POLICIES', 'SPEED_SOURCES', 'ClosedLoopConfig', 'ClosedLoopResult', 'ShockMeter',
+           'NodeStack', 'run_closed_loop', 'format_table']

@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from terrain_ssl.sim.closed_loop import SPEED_SOURCES
 from terrain_ssl.sim.policy_comparison import SCENARIO_ADVISOR, compare_policies
 from terrain_ssl.sim.route import RoundedRectangleRoute
 from terrain_ssl.sim.terrain import TerrainConfig
@@ -36,6 +37,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help='advisor: keep lidar-predicted cells this long, s')
     parser.add_argument('--no-oracle-max', action='store_true',
                         help='skip the second oracle (worst 0.5 s window per cell)')
+    parser.add_argument('--speed-source', choices=SPEED_SOURCES, default='advisor',
+                        help="terrain_ssl drives at the advisor's speed_limit, or at the "
+                             "speed_mask under base_link as Nav2's SpeedFilter reads it")
     parser.add_argument('--quiet', action='store_true', help='no per-lap progress on stderr')
     parser.set_defaults(func=run)
     return parser
@@ -74,4 +78,5 @@ def compare(args):
             print(text, file=sys.stderr, flush=True)
 
     return compare_policies(laps=args.laps, seed=args.seed, world=world, advisor=advisor,
-                            with_safe_oracle=not args.no_oracle_max, progress=say)
+                            with_safe_oracle=not args.no_oracle_max, progress=say,
+                            speed_source=args.speed_source)

@@ -31,21 +31,24 @@ def compare_policies(laps: int = 3, seed: int = 0, world: Optional[WorldConfig] 
                      advisor: Optional[dict] = None, labeler: Optional[dict] = None,
                      learner: Optional[dict] = None, oracle_speeds_mps=ORACLE_SPEEDS_MPS,
                      with_safe_oracle: bool = True,
-                     progress: Optional[Callable[[str], None]] = None) -> dict:
+                     progress: Optional[Callable[[str], None]] = None,
+                     speed_source: str = 'advisor') -> dict:
     """Run constant v_max, terrain_ssl and the oracle(s) for `laps` laps; returns
     {'results': [ClosedLoopResult...], 'report': str (settings, policies, table),
     'fewer_events': float, 'lap_time_ratio': float, 'oracle_maps': {name: RoughnessMap}}.
 
     'oracle' uses each cell's mean label with the crossings' spread as the uncertainty;
     'oracle-mean' the mean alone; 'oracle-max' (with `with_safe_oracle`) the worst 0.5 s IMU
-    window each cell took part in.
+    window each cell took part in. `speed_source`: terrain_ssl drives at the advisor's
+    speed_limit, or at the speed_mask under base_link as Nav2's SpeedFilter reads it.
     """
     world = world if world is not None else WorldConfig()
     advisor = dict(SCENARIO_ADVISOR if advisor is None else advisor)
     labeler = dict(SCENARIO_LABELER if labeler is None else labeler)
     common = dict(laps=laps, seed=seed, world=world, advisor=advisor, labeler=labeler,
                   learner=dict(learner or {}))
-    learned = run_closed_loop(ClosedLoopConfig(policy='terrain_ssl', **common), progress)
+    learned = run_closed_loop(ClosedLoopConfig(policy='terrain_ssl', speed_source=speed_source,
+                                               **common), progress)
     constant = run_closed_loop(ClosedLoopConfig(policy='constant', **common), progress)
     oracle_maps = measured_oracle_maps(world, seed, oracle_speeds_mps, laps, labeler,
                                        with_safe_oracle)
@@ -59,7 +62,8 @@ def compare_policies(laps: int = 3, seed: int = 0, world: Optional[WorldConfig] 
     s_const, s_learn, s_oracle = (r.summary(later) for r in results[:3])
     fewer = 1.0 - s_learn['over_limit'] / max(s_const['over_limit'], 1)
     ratio = s_learn['lap_time_s'] / s_oracle['lap_time_s']
-    report = (_settings_lines(laps, seed, world, advisor, oracle_speeds_mps, with_safe_oracle)
+    report = (_settings_lines(laps, seed, world, advisor, oracle_speeds_mps, with_safe_oracle,
+                              speed_source)
               + [format_table(results)] + _comparison_lines(results, laps, fewer, ratio))
     return {'results': results, 'report': '\n'.join(report), 'fewer_events': fewer,
             'lap_time_ratio': ratio, 'oracle_maps': oracle_maps}
@@ -82,14 +86,17 @@ def measured_oracle_maps(world: WorldConfig, seed: int, speeds_mps, laps: int, l
     return maps
 
 
-def _settings_lines(laps, seed, world, advisor, oracle_speeds_mps, with_safe_oracle) -> list:
+def _settings_lines(laps, seed, world, advisor, oracle_speeds_mps, with_safe_oracle,
+                    speed_source) -> list:
     speeds = ', '.join(f'{v:g}' for v in oracle_speeds_mps)
     lines = [
         f'closed loop: {laps} laps of {world.terrain.route.length_m:.0f} m, seed {seed}, shock '
         f'limit {advisor["shock_limit_mps2"]} m/s^2 (rms over 0.5 s IMU windows), v_min '
         f'{advisor["v_min_mps"]}, v_max {advisor["v_max_mps"]} m/s, uncertainty weight '
         f'{advisor.get("uncertainty_weight", AdvisorConfig().uncertainty_weight)}',
-        'constant: always v_max.  terrain_ssl: the three real nodes, cold start, learning live.',
+        'constant: always v_max.  terrain_ssl: the three real nodes, cold start, learning live'
+        + (", driving at the speed_mask under base_link (as Nav2's SpeedFilter)."
+           if speed_source == 'mask' else ", driving at the advisor's speed_limit."),
         f'oracle: the same speed rule (advisor, same settings) on the measured roughness of '
         f'the terrain: per cell the labeler\'s label (shock over the footprint crossing / '
         f'speed) from constant-speed calibration drives at {speeds} m/s ({laps} laps each, the '
