@@ -48,6 +48,27 @@ ROWS = [
      'time vs oracle (x)',
      ['closed_loop_terrain_ssl_event_reduction_vs_constant',
       'closed_loop_terrain_ssl_lap_time_vs_oracle'], '>= 80 / <= 1.25', 'bench_closed_loop.py'),
+    ('closed loop through the Nav2 speed mask, seed 0 / seed 1: fewer events (%) / lap time vs '
+     'oracle (x)',
+     ['closed_loop_mask_seed0_event_reduction_vs_constant',
+      'closed_loop_mask_seed0_lap_time_vs_oracle',
+      'closed_loop_mask_seed1_event_reduction_vs_constant',
+      'closed_loop_mask_seed1_lap_time_vs_oracle'], '>= 80 / <= 1.25',
+     'bench_closed_loop.py --speed-source mask'),
+    ('Nav2 speed mask + costmap update, 80 x 80 cells, median / p95 (ms)',
+     ['nav2_update_median', 'nav2_update_p95'], 'median <= 2', 'bench_speed_mask.py'),
+    ('replay with outputs.mcap vs --no-mcap: wall / CPU (x)',
+     ['replay_mcap_wall_ratio', 'replay_mcap_cpu_ratio'], '<= 1.1', 'bench_replay.py'),
+    ('real OS-1-128 sweep: ms per scan without / with ground segmentation + deskew',
+     ['ground_ms_per_scan_today', 'ground_ms_per_scan_segmentation_deskew'], '<= 25',
+     'bench_ground.py'),
+    ('robot CPU, 64 x 1024 lidar at 10 Hz: bringup / separate processes (% of one core)',
+     ['robot_cpu_os64_10hz_bringup_total', 'robot_cpu_os64_10hz_separate_total'],
+     'bringup <= 20', 'bench_robot_cpu.py'),
+    ('fleet: speed-up 2 vs 1 workers, CPU / wall (x); bag-hours per hour on 10 / 100 nodes',
+     ['fleet_speedup_2_workers_cpu', 'fleet_speedup_2_workers_wall',
+      'fleet_bag_hours_per_hour_10_nodes', 'fleet_bag_hours_per_hour_100_nodes'],
+     '>= 1.7', 'bench_fleet.py'),
 ]
 
 

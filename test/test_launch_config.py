@@ -110,10 +110,10 @@ def test_config_yaml_is_current_and_documents_units(nodes_by_name):
             assert len(line) > 8, 'a parameter without a description'
 
 
-def test_readme_parameter_tables_are_current(nodes_by_name):
+def test_the_parameter_table_is_current(nodes_by_name):
     tables = render_markdown(list(nodes_by_name.values())).strip()
-    assert tables in (ROOT / 'README.md').read_text(), (
-        "README's parameter tables are stale: run `python -m terrain_ssl.ros.config_file --write`")
+    assert tables in (ROOT / 'docs' / 'parameters.md').read_text(), (
+        "docs/parameters.md is stale: run `python -m terrain_ssl.ros.config_file --write`")
 
 
 def test_config_yaml_loads_through_rcl(ros_context, tmp_path):

@@ -1,7 +1,7 @@
 """Write config/terrain_ssl.yaml from the parameters the nodes actually declare.
 
     python -m terrain_ssl.ros.config_file > config/terrain_ssl.yaml
-    python -m terrain_ssl.ros.config_file --markdown     # the README's parameter table
+    python -m terrain_ssl.ros.config_file --markdown     # the table of docs/parameters.md
     python -m terrain_ssl.ros.config_file --write        # both, in place (source tree)
 
 Every parameter with its default and its descriptor's description (units, meaning, range) as a
@@ -86,20 +86,23 @@ def render_markdown(nodes) -> str:
     return '\n'.join(lines) + '\n'
 
 
-README_BEGIN = '<!-- parameters:begin'
-README_END = '<!-- parameters:end -->'
+PARAMETERS_DOC_HEADER = """# Parameters
+
+Every parameter of the three nodes, with its default, unit and range. Generated from the nodes'
+declarations by `python -m terrain_ssl.ros.config_file --write`, like `config/terrain_ssl.yaml`
+(the same values, as a parameters file to copy and edit). A value outside its range, or one
+that contradicts another, is refused with a reason; accepted values apply live unless the
+description says "read at start-up".
+
+"""
 
 
 def write_source_tree(nodes) -> None:
+    """config/terrain_ssl.yaml and docs/parameters.md, from the nodes' declarations."""
     root = Path(__file__).resolve().parents[2]
     (root / 'config' / 'terrain_ssl.yaml').write_text(render(nodes))
-    readme = root / 'README.md'
-    text = readme.read_text()
-    begin = text.index(README_BEGIN)
-    begin = text.index('\n', begin) + 1
-    end = text.index(README_END)
-    readme.write_text(text[:begin] + render_markdown(nodes).strip() + '\n' + text[end:])
-    print(f'wrote {root / "config" / "terrain_ssl.yaml"} and the parameter table in {readme}')
+    (root / 'docs' / 'parameters.md').write_text(PARAMETERS_DOC_HEADER + render_markdown(nodes))
+    print(f'wrote {root / "config" / "terrain_ssl.yaml"} and {root / "docs" / "parameters.md"}')
 
 
 def main(argv=None) -> int:
