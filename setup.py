@@ -42,12 +42,12 @@ setup(
     # rclpy and the message packages come from the ROS 2 distro (colcon) or from
     # requirements-ros.txt (plain venv); they are deliberately not install_requires.
     install_requires=['numpy', 'scipy', 'scikit-learn', 'threadpoolctl', 'rosbags', 'mcap',
-                      'lz4', 'zstandard', 'opencv-python-headless'],
+                      'PyYAML', 'opencv-python-headless'],
     extras_require={
         'report': ['matplotlib'],
         'fleet': ['ray', 'optuna'],  # terrain-ssl evaluate / tune over many bags
         'patchwork': ['pypatchworkpp'],  # ground.method: patchwork (Patchwork++)
-        'test': ['pytest', 'PyYAML', 'ruff', 'mcap-ros2-support'],
+        'test': ['pytest', 'ruff', 'mcap-ros2-support'],
     },
     zip_safe=False,
     maintainer='terrain_ssl developers',
