@@ -38,6 +38,7 @@ setup(
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')
                                           + glob('config/*.json') + glob('config/*.rviz')),
+        ('share/' + package_name + '/config/presets', glob('config/presets/*.yaml')),
     ],
     # rclpy and the message packages come from the ROS 2 distro (colcon) or from
     # requirements-ros.txt (plain venv); they are deliberately not install_requires.
