@@ -290,7 +290,7 @@ def test_labels_rank_like_the_true_roughness(bags, labels):
     print(f'\nSpearman(label, true cell roughness) = {rho:.3f} over {known.sum()} labels '
           f'(28 s drive at 3-7 m/s, classes A-D)')
     assert known.sum() > 400
-    assert rho >= 0.7  # 0.88 on 40 s, see bench/bench_labeler.py --evaluate for 120 s
+    assert rho >= 0.78  # measured 0.868 (deterministic simulation; margin 0.09)
     assert got['speed'].min() >= 1.0  # label.min_speed
 
 
@@ -302,8 +302,10 @@ def test_speed_normalisation_3_vs_6_mps(labels):
     shock_ratio = fast['shock'][i_fast].mean() / slow['shock'][i_slow].mean()
     print(f'\nmean roughness 6 m/s / 3 m/s over {common.shape[0]} cells = {ratio:.3f} '
           f'(shock ratio {shock_ratio:.2f})')
-    assert shock_ratio > 1.5  # the shock itself does grow with speed
-    assert abs(ratio - 1.0) <= 0.25
+    assert shock_ratio > 1.5  # the shock itself does grow with speed (measured 1.75)
+    # Measured 0.872: the shock grows a little slower than the speed here (1.75x for 2x).
+    # Within 0.07 below that; above, up to 1.05 (closer to 1 is no regression).
+    assert 0.80 <= ratio <= 1.05
 
 
 def test_imu_mounted_with_gravity_on_plus_y_gives_the_same_labels(labels):
@@ -315,3 +317,18 @@ def test_imu_mounted_with_gravity_on_plus_y_gives_the_same_labels(labels):
     assert np.median(relative) < 0.1
     assert rotated['roughness'][i_rot].mean() == pytest.approx(
         upright['roughness'][i_up].mean(), rel=0.05)
+
+
+def test_label_speed_exponent_parameter_reaches_the_labeler(ros_context):
+    from rclpy.parameter import Parameter as RclpyParameter
+
+    node = RoughnessLabelerNode(context=ros_context, parameter_overrides=[
+        RclpyParameter('label.speed_exponent', value=0.5)])
+    try:
+        assert node.labeler.config.label_speed_exponent == 0.5
+        result = node.set_parameters([RclpyParameter('label.speed_exponent', value=1.5)])[0]
+        assert result.successful and node.labeler.config.label_speed_exponent == 1.5
+        refused = node.set_parameters([RclpyParameter('label.speed_exponent', value=-1.0)])[0]
+        assert not refused.successful and node.labeler.config.label_speed_exponent == 1.5
+    finally:
+        node.destroy_node()
