@@ -215,10 +215,10 @@ def test_over_dds_bad_input_on_diagnostics_and_a_10x_burst(ros_context):
             if delay > 0:
                 time.sleep(delay)
             publishers[topic].publish(msg)
-        time.sleep(0.5)
     assert not errors, errors
     stats = labeler.labeler.stats
-    assert stats['imu'] > 300 and stats['scans'] > 5  # it kept up with a good part of it
+    # It kept up with a good part of it (best effort: the rest may be dropped by design).
+    assert spin_until(executor, lambda: stats['imu'] > 300 and stats['scans'] > 5, 30.0), stats
     # Afterwards the node is not stuck: a normal stream is labeled again.
     n_labeled = len(labeled)
     for topic, msg in fm.drive_messages(6.0, seed=5, t0_ns=fm.T0_NS + 200 * S):
