@@ -5,6 +5,7 @@ speed limit) against constant v_max, on lap 2 (lap 1 is the cold start). The ful
 table with the oracle and the -80% / 1.25x targets is bench/bench_closed_loop.py.
 """
 
+import numpy as np
 import pytest
 
 from terrain_ssl.sim.closed_loop import (BENCH_ADVISOR, BENCH_LABELER, BENCH_LEARNER,
@@ -36,6 +37,17 @@ def test_terrain_ssl_has_far_fewer_over_limit_events_than_constant_speed(drives)
     assert constant['over_limit'] >= 15
     assert learned['over_limit'] <= 0.35 * constant['over_limit']
     assert learned['peak_shock_mps2'] < constant['peak_shock_mps2']
+
+
+def test_terrain_ssl_drives_at_the_nodes_published_speed_limit(drives):
+    """Cold start through the three real nodes: cautious first, then the learned limit, which
+    the vehicle follows."""
+    result = drives['terrain_ssl']
+    command = result.steps['command_mps']
+    assert command[0] == pytest.approx(BENCH_ADVISOR['cautious_speed_mps'])  # no map yet
+    assert result.labels and result.labels['x'].size >= 500  # the labeler labelled the drive
+    moving = result.steps['t_s'] > 5.0
+    assert np.median(np.abs(result.steps['speed_mps'][moving] - command[moving])) < 0.3
 
 
 def test_terrain_ssl_slows_only_where_it_must(drives):
