@@ -1,7 +1,9 @@
 """speed_advisor node over real DDS: speed limit, uncertainty, stale fallback, cmd_vel capping,
 parameters. Time is simulated (/clock), so staleness never races the machine's speed."""
 
+import itertools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from terrain_ssl.ros.common import RELIABLE_QOS, SENSOR_QOS
 from terrain_ssl.ros.conversions import xyz_fields_to_pointcloud2
 
 CELL = 0.5
+_RUNS = itertools.count()
 
 
 def roughness_map_msg(rough_from_m, rough_to_m, roughness_rough=4.0, roughness_smooth=0.3,
@@ -60,10 +63,14 @@ class Harness:
                   'diagnostics_period_s': 0.1, 'shock_limit_mps2': 6.0, 'v_max_mps': 6.0,
                   'cautious_speed_mps': 1.0, 'map_memory_s': 0.0, 'use_sim_time': True}
         params.update(overrides)
+        # A namespace of its own: another test run on the same ROS domain cannot mix its
+        # speed limits or diagnostics into these.
+        namespace = f'/advisor_test_{os.getpid()}_{next(_RUNS)}'
         self.advisor = SpeedAdvisorNode(
-            context=context,
+            context=context, namespace=namespace,
             parameter_overrides=[Parameter(name, value=value) for name, value in params.items()])
-        self.peer = Node('advisor_test_peer', context=context)
+        self.peer = Node('advisor_test_peer', context=context, namespace=namespace)
+        own = self.advisor.get_fully_qualified_name()
         self.clock_pub = self.peer.create_publisher(Clock, '/clock', 10)
         self.map_pub = self.peer.create_publisher(PointCloud2, 'terrain_ssl/roughness_map',
                                                   RELIABLE_QOS)
@@ -74,15 +81,17 @@ class Harness:
         self.peer.create_subscription(Float32, 'terrain_ssl/speed_limit',
                                       lambda m: self.all_limits.append(m.data), RELIABLE_QOS)
         self.peer.create_subscription(Twist, 'cmd_vel', self.cmds.append, RELIABLE_QOS)
-        self.peer.create_subscription(DiagnosticArray, '/diagnostics',
-                                      lambda m: self.diags.extend(m.status), 10)
+        self.peer.create_subscription(DiagnosticArray, '/diagnostics', lambda m: self.diags.extend(
+            status for status in m.status if status.hardware_id == own), 10)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.advisor)
         self.executor.add_node(self.peer)
         assert spin_until(self.executor, lambda: self.map_pub.get_subscription_count() > 0
                           and self.odom_pub.get_subscription_count() > 0
                           and self.cmd_pub.get_subscription_count() > 0
-                          and self.clock_pub.get_subscription_count() > 0, 10.0)
+                          and self.clock_pub.get_subscription_count() > 0
+                          and self.advisor.speed_limit_outlet.publisher
+                          .get_subscription_count() > 0, 10.0)
         self.t_ns = 1000 * 10**9
         self._set_time()
 
@@ -126,19 +135,18 @@ class Harness:
             self.step(x_m, speed_mps, map_msg, odometry)
         published = self.advisor.speed_limit_outlet
         assert spin_until(self.executor, lambda: len(self.all_limits) == published.published,
-                          10.0)
+                          10.0), (len(self.all_limits), published.published)
         return list(self.limits)
 
     def last_status(self):
         return {kv.key: kv.value for kv in self.diags[-1].values}, self.diags[-1]
 
-    def wait_status(self, text):
-        """Spin (advancing simulated time) until /diagnostics says `text`."""
+    def wait_status(self, text, x_m=0.0, speed_mps=1.0, map_msg=None):
+        """Go on driving (simulated time, as `feed`) until /diagnostics says `text`."""
         for _ in range(40):
             if self.diags and text in self.diags[-1].message:
                 return self.last_status()
-            self.t_ns += int(self.STEP_S * 1e9)
-            self._set_time()
+            self.step(x_m, speed_mps, map_msg)
             spin_until(self.executor, lambda: bool(self.diags) and text in
                        self.diags[-1].message, 0.5)
         raise AssertionError(f'diagnostics never said {text!r}: {self.diags[-1].message}')
@@ -170,7 +178,7 @@ def test_speed_limit_from_the_map_and_cautious_on_stale_inputs(harness):
     front_offset = harness.advisor.advisor.config.front_offset_m  # base_link -> front axle
     expected = math.sqrt((6.0 / 4.0) ** 2 + 2 * 1.5 * (8.0 - front_offset))
     assert limit == pytest.approx(expected, abs=0.15) and limit < 6.0
-    values, status = harness.wait_status('terrain')
+    values, status = harness.wait_status('terrain', speed_mps=6.0, map_msg=rough)
     assert values['reason'] == 'terrain' and status.level == b'\x00'
     # The map stops coming (odometry keeps coming): fresh for stale_timeout_s 0.4 s of
     # simulated time, then the cautious speed.
@@ -178,7 +186,7 @@ def test_speed_limit_from_the_map_and_cautious_on_stale_inputs(harness):
     assert limits[-1] == pytest.approx(limit, abs=0.3)
     limits = harness.feed(0.0, 3.0, None, seconds=0.3)
     assert limits[-1] == pytest.approx(1.0)
-    values, status = harness.wait_status('roughness map is stale')
+    values, status = harness.wait_status('roughness map is stale', speed_mps=3.0)
     assert values['reason'] == 'stale_map'
 
 
@@ -224,7 +232,8 @@ def test_cmd_vel_is_capped_with_curvature_kept_and_slower_passes(harness):
 
 
 def test_parameters_are_validated_through_the_service_and_bad_maps_rejected(harness):
-    client = harness.peer.create_client(SetParameters, '/speed_advisor/set_parameters')
+    client = harness.peer.create_client(
+        SetParameters, harness.advisor.get_fully_qualified_name() + '/set_parameters')
     assert client.wait_for_service(timeout_sec=5.0)
 
     def set_param(name, value):
