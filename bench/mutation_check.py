@@ -3,8 +3,8 @@ that should catch it; every one must make them fail.
 
     PYTHONPATH=. .venv/bin/python bench/mutation_check.py [--only NAME ...] [--list]
 
-Each mutation replaces one exact piece of source text (found in the named file, or, when that
-file no longer holds it, in the one module under terrain_ssl/ that does) in a fresh copy of the
+Each mutation replaces one exact piece of text (found in the named file, or, when that file no
+longer holds it, in the one module under terrain_ssl/ that does) in a fresh copy of the
 tree (.venv and .git left out, the built C extension copied or built there), then runs the
 mutation's tests there with this Python (-x, stop at the first failure). caught = the tests
 failed; missed = they passed; stale = the text is gone from the code (update the mutation);
@@ -88,9 +88,9 @@ MUTATIONS = [
              'tightened speed-normalisation ratio', 'terrain_ssl/core/labeler.py',
              (('    label_speed_exponent: float = 1.0 ', '    label_speed_exponent: float = 1.2 '),),
              ('test/test_labeler_node.py::test_speed_normalisation_3_vs_6_mps',)),
-    Mutation('learner_barely_learns', 'the learner steps 100x smaller: the quality targets',
-             'terrain_ssl/ros/learner_node.py',
-             (("    ParamSpec('learning_rate', 0.02,", "    ParamSpec('learning_rate', 0.0002,"),),
+    Mutation('learner_barely_learns', 'the learner steps 100x smaller (the shipped '
+             'configuration): the quality targets', 'config/terrain_ssl.yaml',
+             (('    learning_rate: 0.02\n', '    learning_rate: 0.0002\n'),),
              ('test/test_learning_quality.py',)),
 ]
 
