@@ -86,7 +86,8 @@ MUTATIONS = [
               'test_fuzzed_patch_clouds_never_raise_and_are_counted')),
     Mutation('speed_exponent_1_2', 'labels under-normalised for speed (shock / v^1.2): the '
              'tightened speed-normalisation ratio', 'terrain_ssl/core/labeler.py',
-             (('    label_speed_exponent: float = 1.0 ', '    label_speed_exponent: float = 1.2 '),),
+             (('    label_speed_exponent: float = 1.0 ',
+               '    label_speed_exponent: float = 1.2 '),),
              ('test/test_labeler_node.py::test_speed_normalisation_3_vs_6_mps',)),
     Mutation('learner_barely_learns', 'the learner steps 100x smaller (the shipped '
              'configuration): the quality targets', 'config/terrain_ssl.yaml',
