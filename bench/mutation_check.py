@@ -89,6 +89,11 @@ MUTATIONS = [
              (('    label_speed_exponent: float = 1.0 ',
                '    label_speed_exponent: float = 1.2 '),),
              ('test/test_labeler_node.py::test_speed_normalisation_3_vs_6_mps',)),
+    Mutation('vibration_band_to_4_hz', 'the shock band ends at 4 Hz, not 30 (labels lose the '
+             'chassis band): the tightened label Spearman', 'terrain_ssl/core/labeler.py',
+             (('    vibration_band_high_hz: float = 30.0 ',
+               '    vibration_band_high_hz: float = 4.0 '),),
+             ('test/test_labeler_node.py::test_labels_rank_like_the_true_roughness',)),
     Mutation('learner_barely_learns', 'the learner steps 100x smaller (the shipped '
              'configuration): the quality targets', 'config/terrain_ssl.yaml',
              (('    learning_rate: 0.02\n', '    learning_rate: 0.0002\n'),),

@@ -299,7 +299,8 @@ def test_labels_rank_like_the_true_roughness(bags, labels):
     print(f'\nSpearman(label, true cell roughness) = {rho:.3f} over {known.sum()} labels '
           f'(28 s drive at 3-7 m/s, classes A-D)')
     assert known.sum() > 400
-    assert rho >= 0.78  # measured 0.868 (deterministic simulation; margin 0.09)
+    # Measured 0.868 (a seeded simulation: it repeats); the shock band cut to 4 Hz gives 0.77.
+    assert rho >= 0.78
     assert got['speed'].min() >= 1.0  # label.min_speed
 
 
