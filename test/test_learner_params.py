@@ -46,8 +46,10 @@ def make_learner(context, **overrides):
     params = {'feature_names': ','.join(FEATURES), 'model_path': '', 'save_period_s': 0.0,
               'warmup_samples': 0, 'train_batch_size': 64, 'label_memory': False}
     params.update(overrides)
-    return RoughnessLearnerNode(context=context, parameter_overrides=[
-        Parameter(name, value=value) for name, value in params.items()])
+    # A namespace of its own: labels from another run on the same ROS domain cannot reach it.
+    return RoughnessLearnerNode(
+        context=context, namespace=f'/learner_params_{os.getpid()}',
+        parameter_overrides=[Parameter(name, value=value) for name, value in params.items()])
 
 
 def feed(node, seeds, **kwargs):
