@@ -52,8 +52,14 @@ def make_learner(context, **overrides):
         parameter_overrides=[Parameter(name, value=value) for name, value in params.items()])
 
 
+def callback(node, topic):
+    """The node's own subscription callback for `topic` (relative, under its namespace)."""
+    return next(sub.callback for sub in node.subscriptions
+                if sub.topic_name.endswith('/' + topic))
+
+
 def feed(node, seeds, **kwargs):
-    on_labeled = fm.callbacks_by_topic(node)[LABELED]
+    on_labeled = callback(node, LABELED)
     for seed in seeds:
         on_labeled(patches(seed, **kwargs))
 
@@ -175,7 +181,7 @@ def test_novelty_scale_and_grid_size_are_applied_live(ros_context):
     maps, grids = [], []
     learner.map_outlet.connect(maps.append)
     learner.grid_outlet.connect(grids.append)
-    on_lookahead = fm.callbacks_by_topic(learner)[LOOKAHEAD]
+    on_lookahead = callback(learner, LOOKAHEAD)
     try:
         feed(learner, range(10))
         novel = patches(700, n=20, labeled=False, height_std=5.0)  # far beyond what was seen
