@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import spin_until
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
@@ -66,9 +67,10 @@ def test_bringup_live_tuning_and_clean_exit(ros_context, short_bag, tmp_path):
         # subscriptions exist while the process still imports and builds the other nodes (seconds
         # on a cold machine), and a bag played into that gap arrives as a backlog.
         client = node.create_client(GetParameters, '/speed_advisor/get_parameters')
-        assert client.wait_for_service(timeout_sec=60.0), 'bringup did not start'
+        # Generous: on a loaded 2-core machine the imports alone can take minutes.
+        assert client.wait_for_service(timeout_sec=300.0), 'bringup did not start'
         answered = client.call_async(GetParameters.Request(names=['use_sim_time']))
-        assert spin_until(executor, answered.done, timeout_s=60.0), 'bringup does not spin'
+        assert spin_until(executor, answered.done, timeout_s=300.0), 'bringup does not spin'
         player = threading.Thread(target=play, args=(short_bag,),
                                   kwargs={'context': ros_context, 'progress': False,
                                           'rate': 0.5})  # half speed: /clock keeps bag time
@@ -85,18 +87,26 @@ def test_bringup_live_tuning_and_clean_exit(ros_context, short_bag, tmp_path):
         refused = _set_parameter(node, executor, '/roughness_labeler/set_parameters',
                                  'label.rough_threshold', -1.0)
         assert not refused.successful and refused.reason
-        assert spin_until(executor, lambda: len(labeled) >= before + 10, timeout_s=60.0)
+        # The change is applied when the reply comes; labels published before it may still be
+        # in flight, so what is checked is the labels at the end of the drive, not a count of
+        # messages after the reply.
+        applied = len(labeled)
+        assert spin_until(executor, lambda: len(labeled) >= applied + 10, timeout_s=60.0)
         while player.is_alive():
             executor.spin_once(timeout_sec=0.05)
         player.join()
         classes_before = [c for m in labeled[:before]
                           for c in pointcloud2_to_array(m)['roughness_class']]
-        classes_after = [c for m in labeled[before + 3:]
-                         for c in pointcloud2_to_array(m)['roughness_class']]
+        classes_at_the_end = [c for m in labeled[-5:]
+                              for c in pointcloud2_to_array(m)['roughness_class']]
         assert set(classes_before) != {2.0}
-        assert classes_after and set(classes_after) == {2.0}
+        assert classes_at_the_end and set(classes_at_the_end) == {2.0}
         assert len(limits) >= 5, 'no speed limits published'
-        assert all(0.0 <= msg.data <= 20.0 for msg in limits)
+        # Within the configured [v_min, v_max] (config/terrain_ssl.yaml: 1.0, 6.0 m/s).
+        advisor = yaml.safe_load((ROOT / 'config' / 'terrain_ssl.yaml').read_text())[
+            '/**/speed_advisor']['ros__parameters']
+        assert all(advisor['v_min_mps'] - 1e-6 <= msg.data <= advisor['v_max_mps'] + 1e-6
+                   for msg in limits), [msg.data for msg in limits]
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -1,6 +1,8 @@
 """Closed loop on a short route: policies drive the simulated vehicle; the real nodes close it.
 
 The multi-lap table with the targets is bench/bench_closed_loop.py; these runs are short.
+terrain_ssl through the three real nodes, with its target against constant speed, is
+test_closed_loop_targets.py.
 """
 
 import numpy as np
@@ -58,23 +60,6 @@ def test_the_oracle_footprint_is_the_labelers():
     assert labeler_footprint({}) == Footprint(default.footprint_length, default.footprint_width,
                                               default.footprint_offset_x)
     assert labeler_footprint({'footprint.length': 3.0}).length_m == 3.0
-
-
-def test_terrain_ssl_drives_at_the_nodes_published_speed_limit():
-    """Cold start through the three real nodes: cautious first, then the learned limit."""
-    result = run_closed_loop(ClosedLoopConfig(
-        policy='terrain_ssl', laps=1, seed=1, world=WORLD, advisor=ADVISOR,
-        labeler={'footprint.length': 3.0, 'footprint.offset_x': 1.3, 'footprint.width': 1.8},
-        learner={'warmup_samples': 50}, max_sim_s=25.0))
-    command = result.steps['command_mps']
-    assert command[0] == pytest.approx(ADVISOR['cautious_speed_mps'])  # no map yet
-    assert result.labels and result.labels['x'].size >= 50  # the labeler labelled the drive
-    # Once the learner publishes, the advisor's limit departs from the cautious default.
-    assert np.any(np.abs(command - ADVISOR['cautious_speed_mps']) > 0.2)
-    # The vehicle follows the command (within its own acceleration limits).
-    moving = result.steps['t_s'] > 5.0
-    assert np.median(np.abs(result.steps['speed_mps'][moving] - command[moving])) < 0.3
-    assert result.info['rejected']['speed_advisor'] == {}
 
 
 def test_footprint_crossings_follow_the_labelers_rectangle():

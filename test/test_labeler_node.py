@@ -5,6 +5,7 @@ deserialised by rclpy (as replay does), and score the labels against the simulat
 """
 
 import math
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -91,10 +92,12 @@ def test_over_dds_labels_flow_and_class_thresholds_change_live(ros_context):
     from rclpy.parameter import Parameter as NodeParameter
 
     # The synthetic drive labels ~1.5 on smooth and ~9 on rough ground: classes split at 2 / 5.
-    labeler = RoughnessLabelerNode(context=ros_context, parameter_overrides=[
+    # A namespace of its own: another run on the same ROS domain cannot mix its labels in.
+    namespace = f'/labeler_test_{os.getpid()}'
+    labeler = RoughnessLabelerNode(context=ros_context, namespace=namespace, parameter_overrides=[
         NodeParameter('label.moderate_threshold', value=2.0),
         NodeParameter('label.rough_threshold', value=5.0)])
-    peer = Node('labeler_test_peer', context=ros_context)
+    peer = Node('labeler_test_peer', context=ros_context, namespace=namespace)
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(labeler)
     executor.add_node(peer)
@@ -115,7 +118,8 @@ def test_over_dds_labels_flow_and_class_thresholds_change_live(ros_context):
                                  RELIABLE_QOS)
         peer.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
         assert spin_until(executor, lambda: all(
-            p.get_subscription_count() > 0 for p in publishers.values()), 10.0)
+            p.get_subscription_count() > 0 for p in publishers.values())
+            and labeler.labeled_outlet.publisher.get_subscription_count() > 0, 10.0)
 
         def play(events):
             for event in events:
@@ -127,7 +131,10 @@ def test_over_dds_labels_flow_and_class_thresholds_change_live(ros_context):
 
         drive = synthetic_drive(duration_s=10.0, start_s=22.0)  # crosses the rough stretch
         play([e for e in drive if e[1] < 107 * S])  # into the smooth ground after it
-        assert spin_until(executor, lambda: len(labeled) > 0, 5.0)
+        # Every label published so far has arrived (none still in flight when the thresholds
+        # change below).
+        published = labeler.labeled_outlet
+        assert spin_until(executor, lambda: len(labeled) == published.published > 0, 10.0)
         first = pointcloud2_to_array(labeled[-1])
         assert first.dtype.names == LABELED_FIELDS
         assert labeled[-1].header.frame_id == 'odom'
@@ -135,7 +142,8 @@ def test_over_dds_labels_flow_and_class_thresholds_change_live(ros_context):
             [pointcloud2_to_array(m)['roughness_class'] for m in labeled])
         assert len(set(classes_before.tolist())) >= 2  # not all rough yet
 
-        client = peer.create_client(SetParameters, '/roughness_labeler/set_parameters')
+        client = peer.create_client(SetParameters,
+                                    labeler.get_fully_qualified_name() + '/set_parameters')
         assert client.wait_for_service(timeout_sec=5.0)
 
         def set_parameters(*parameters):
@@ -148,7 +156,8 @@ def test_over_dds_labels_flow_and_class_thresholds_change_live(ros_context):
         assert all(result.successful for result in results)
         n_before = len(labeled)
         play([e for e in drive if e[1] >= 107 * S])
-        assert spin_until(executor, lambda: len(labeled) > n_before, 5.0)
+        assert spin_until(executor, lambda: len(labeled) == published.published > n_before,
+                          10.0)
         classes_after = np.concatenate(
             [pointcloud2_to_array(m)['roughness_class'] for m in labeled[n_before:]])
         assert (classes_after == 2.0).all()
@@ -165,7 +174,7 @@ def test_over_dds_labels_flow_and_class_thresholds_change_live(ros_context):
         # /diagnostics: our status with labels emitted (timer on the wall clock here).
         def ours():
             return [status for message in diagnostics for status in message.status
-                    if 'roughness_labeler' in status.name]
+                    if status.hardware_id == labeler.get_fully_qualified_name()]
         assert spin_until(executor, lambda: len(ours()) > 0, 5.0)
         values = {kv.key: kv.value for kv in ours()[-1].values}
         assert int(values['labels_emitted']) > 0
@@ -293,7 +302,8 @@ def test_labels_rank_like_the_true_roughness(bags, labels):
     print(f'\nSpearman(label, true cell roughness) = {rho:.3f} over {known.sum()} labels '
           f'(28 s drive at 3-7 m/s, classes A-D)')
     assert known.sum() > 400
-    assert rho >= 0.7  # 0.88 on 40 s, see bench/bench_labeler.py --evaluate for 120 s
+    # Measured 0.868 (a seeded simulation: it repeats); the shock band cut to 4 Hz gives 0.77.
+    assert rho >= 0.78
     assert got['speed'].min() >= 1.0  # label.min_speed
 
 
@@ -305,8 +315,10 @@ def test_speed_normalisation_3_vs_6_mps(labels):
     shock_ratio = fast['shock'][i_fast].mean() / slow['shock'][i_slow].mean()
     print(f'\nmean roughness 6 m/s / 3 m/s over {common.shape[0]} cells = {ratio:.3f} '
           f'(shock ratio {shock_ratio:.2f})')
-    assert shock_ratio > 1.5  # the shock itself does grow with speed
-    assert abs(ratio - 1.0) <= 0.25
+    assert shock_ratio > 1.5  # the shock itself does grow with speed (measured 1.75)
+    # Measured 0.872: the shock grows a little slower than the speed here (1.75x for 2x).
+    # Within 0.07 below that; above, up to 1.05 (closer to 1 is no regression).
+    assert 0.80 <= ratio <= 1.05
 
 
 def test_imu_mounted_with_gravity_on_plus_y_gives_the_same_labels(labels):
@@ -318,3 +330,18 @@ def test_imu_mounted_with_gravity_on_plus_y_gives_the_same_labels(labels):
     assert np.median(relative) < 0.1
     assert rotated['roughness'][i_rot].mean() == pytest.approx(
         upright['roughness'][i_up].mean(), rel=0.05)
+
+
+def test_label_speed_exponent_parameter_reaches_the_labeler(ros_context):
+    from rclpy.parameter import Parameter as RclpyParameter
+
+    node = RoughnessLabelerNode(context=ros_context, parameter_overrides=[
+        RclpyParameter('label.speed_exponent', value=0.5)])
+    try:
+        assert node.labeler.config.label_speed_exponent == 0.5
+        result = node.set_parameters([RclpyParameter('label.speed_exponent', value=1.5)])[0]
+        assert result.successful and node.labeler.config.label_speed_exponent == 1.5
+        refused = node.set_parameters([RclpyParameter('label.speed_exponent', value=-1.0)])[0]
+        assert not refused.successful and node.labeler.config.label_speed_exponent == 1.5
+    finally:
+        node.destroy_node()

@@ -69,10 +69,12 @@ def test_fuzzed_patch_clouds_never_raise_and_are_counted(ros_context):
         for topic in (LABELED, LOOKAHEAD):
             callbacks[topic](cloud)
     counts = learner.rejects.counts
-    # Every broken layout is refused (as malformed or as lacking fields), on both topics.
+    # Every broken layout is refused (as malformed or as lacking fields), on both topics;
+    # random_bytes has a sound layout and garbage values: its patches are dropped and counted.
     assert counts.get('malformed_cloud', 0) + counts.get('missing_fields', 0) \
-        >= 2 * (len(bad) - 3) + 2 * (len(odd) - 2)
-    assert counts.get('missing_fields', 0) >= 2 * (len(odd) - 2)
+        == 2 * (len(bad) - 1) + 2 * len(odd)
+    assert counts.get('missing_fields', 0) == 2 * (len(odd) + 2)  # + missing_z, no_fields
+    assert counts.get('nonfinite_patch', 0) >= 1 and counts.get('implausible_patch', 0) >= 1
 
     # NaN / Inf in features, position and label; negative labels: those patches are dropped.
     before = learner.model.n_samples_seen_
@@ -182,11 +184,15 @@ def test_over_dds_rejects_on_diagnostics_and_a_10x_burst(ros_context):
                 if status.name.startswith('roughness_learner'):
                     return {kv.key: kv.value for kv in status.values}
         return {}
-    expected = len(bad) - 3  # random bytes, too long and one more may parse
+    # Every one is refused: the broken layouts as malformed or lacking fields, random_bytes
+    # (a sound layout of garbage values) patch by patch, as non-finite or implausible.
     assert spin_until(executor, lambda: int(rejected_on_diagnostics().get('rejected', 0))
-                      >= expected, 10.0), rejected_on_diagnostics()
+                      == learner.rejects.total, 10.0), rejected_on_diagnostics()
     values = rejected_on_diagnostics()
-    assert int(values.get('rejected_malformed_cloud', 0)) >= expected - 1
+    assert int(values.get('rejected_malformed_cloud', 0)) \
+        + int(values.get('rejected_missing_fields', 0)) == len(bad) - 1
+    assert int(values.get('rejected_nonfinite_patch', 0)) \
+        + int(values.get('rejected_implausible_patch', 0)) >= 1
 
     # Burst: labels normally arrive ~50 Hz and lookaheads 10 Hz; send 2 s worth at 10x. A fixed
     # count, paced at no more than 10x: a loaded machine that publishes slower still sends it all.
@@ -204,8 +210,7 @@ def test_over_dds_rejects_on_diagnostics_and_a_10x_burst(ros_context):
             if sent % 5 == 0:
                 lookahead.publish(fm.patch_cloud(rng, 300, FEATURES, stamp))
             sent += 1
-            time.sleep(max(0.0, start + sent / 500.0 - time.monotonic()))
-        time.sleep(0.5)
+            time.sleep(max(0.0, start + sent / 500.0 - time.monotonic()))  # the rate
     assert not errors, errors
     # Every labeled message sent arrives once, in order, and is learned, however long a loaded
     # machine takes to catch up (the wait is for the count; the timeout only ends a hang): none

@@ -216,6 +216,10 @@ class SpeedAdvisor:
         self._last_time_ns: Optional[int] = None
         self.late_hazards = 0  # drops well beyond decel_limit: a hazard seen inside braking range
         self._map_is_own = False  # self.map was made here by merging (may be updated in place)
+        # The latest map / odometry message was unusable (malformed, NaN, negative roughness):
+        # fail closed, the cautious speed until a good one arrives.
+        self.map_bad = False
+        self.state_bad = False
 
     def reconfigure(self, config: AdvisorConfig) -> None:
         """Apply new settings live; the map keeps its own cell size until the next map arrives."""
@@ -240,10 +244,20 @@ class SpeedAdvisor:
             self.map = roughness_map
             self._map_is_own = False
         self.map_time_ns = int(now_ns)
+        self.map_bad = False
 
     def set_state(self, state: VehicleState, now_ns: int) -> None:
         self.state = state
         self.state_time_ns = int(now_ns)
+        self.state_bad = False
+
+    def reject_map(self) -> None:
+        """The latest map was unusable: advise the cautious speed until the next good map."""
+        self.map_bad = True
+
+    def reject_state(self) -> None:
+        """The latest odometry was unusable: the cautious speed until the next good one."""
+        self.state_bad = True
 
     def set_path(self, path_xy_m: Optional[np.ndarray]) -> None:
         self.path_xy_m = None if path_xy_m is None else np.asarray(path_xy_m, dtype=np.float64)
@@ -259,15 +273,17 @@ class SpeedAdvisor:
         """The speed allowed by the terrain ahead, before the acceleration limit."""
         cfg = self.config
         nan = float('nan')
-        if self._stale(self.state_time_ns, now_ns):
+        if self.state_bad or self._stale(self.state_time_ns, now_ns):
             reason = 'no_odometry' if self.state is None else 'stale_odometry'
+            reason = 'bad_odometry' if self.state_bad else reason
             return Advice(cfg.cautious_speed_mps, reason, cfg.cautious_speed_mps, nan, nan,
                           0.0, 1.0)
         state = self.state
         reference = max(abs(state.speed_mps), self._last_speed or 0.0)
         lookahead = reference**2 / (2.0 * cfg.decel_limit_mps2) + cfg.margin_m + cfg.front_offset_m
-        if self._stale(self.map_time_ns, now_ns):
+        if self.map_bad or self._stale(self.map_time_ns, now_ns):
             reason = 'no_map' if self.map is None else 'stale_map'
+            reason = 'bad_map' if self.map_bad else reason
             return Advice(cfg.cautious_speed_mps, reason, cfg.cautious_speed_mps, nan, nan,
                           lookahead, 1.0)
         step = 0.5 * cfg.cell_size_m

@@ -16,7 +16,9 @@ Out: terrain_ssl/speed_limit    (std_msgs/Float32, m/s, every 1 / rate_hz s)
 The algorithm lives in terrain_ssl.core.advisor.SpeedAdvisor; this node feeds it the latest map
 and odometry (stamped with the node clock on arrival, so staleness = "nothing new for
 stale_timeout_s") and publishes its advice on a timer. No map yet, or a stale map or odometry:
-the cautious speed, and diagnostics say why.
+the cautious speed, and diagnostics say why. It fails closed: a map or odometry message that
+cannot be used (malformed, wrong frame, NaN/Inf, negative roughness or uncertainty) is rejected,
+counted, and the cautious speed holds until a good one arrives.
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ PARAMS = [
 ] + NAV2_PARAMS
 
 _CONFIG_NAMES = [item.name for item in fields(AdvisorConfig)]
-_FALLBACK_REASONS = ('no_map', 'stale_map', 'no_odometry', 'stale_odometry')
+_FALLBACK_REASONS = ('no_map', 'stale_map', 'bad_map', 'no_odometry', 'stale_odometry',
+                     'bad_odometry')
 
 
 def config_from_values(values: dict) -> AdvisorConfig:
@@ -167,35 +170,50 @@ class SpeedAdvisorNode(Node):
     # -- inputs --------------------------------------------------------------------------------
 
     def on_map(self, msg: PointCloud2) -> None:
-        try:
-            points = pointcloud2_to_array(msg)
-        except MalformedCloudError as error:
-            self.rejects.reject('malformed_map', str(error))
-            return
-        names = points.dtype.names or ()
-        missing = [name for name in ('x', 'y', 'roughness', 'uncertainty') if name not in names]
-        if missing:
-            self.rejects.reject('map_fields', f'roughness map has no {", ".join(missing)} field '
-                                f'(fields: {list(names)})')
-            return
-        vector_fields = [name for name in ('x', 'y', 'roughness', 'uncertainty')
-                         if points.dtype[name].shape]
-        if vector_fields:  # e.g. x with count 3: not one value per cell
-            self.rejects.reject('malformed_map', f'fields {vector_fields} have count > 1')
-            return
-        if self.odom_frame and msg.header.frame_id and msg.header.frame_id != self.odom_frame:
-            self.rejects.reject('map_frame', f'map in frame "{msg.header.frame_id}", odometry '
-                                f'in "{self.odom_frame}"')
+        points, problem = self._checked_map(msg)
+        if problem is not None:
+            self.rejects.reject(*problem)
+            self.advisor.reject_map()  # fail closed: cautious until a good map arrives
             return
         now = self._now_ns()
         xy = np.stack([points['x'], points['y']], axis=1)
         roughness_map = RoughnessMap(xy, points['roughness'], points['uncertainty'],
                                      self.advisor.config.cell_size_m, stamp_ns=now)
-        if roughness_map.rejected:
-            self.rejects.reject('map_cells_non_finite',
-                                f'{roughness_map.rejected} of {len(points)} cells dropped')
         self.maps_received += 1
         self.advisor.set_map(roughness_map, now)
+
+    def _checked_map(self, msg: PointCloud2):
+        """(points, None), or (None, (reject reason, detail)) when the map cannot be used.
+
+        A cell with NaN/Inf or negative roughness or uncertainty means the map's source is
+        broken: the whole map is refused, not just the cell (skipping it would let the cells
+        beside it decide, fail-open)."""
+        try:
+            points = pointcloud2_to_array(msg)
+        except MalformedCloudError as error:
+            return None, ('malformed_map', str(error))
+        names = points.dtype.names or ()
+        wanted = ('x', 'y', 'roughness', 'uncertainty')
+        missing = [name for name in wanted if name not in names]
+        if missing:
+            return None, ('map_fields', f'roughness map has no {", ".join(missing)} field '
+                          f'(fields: {list(names)})')
+        vector_fields = [name for name in wanted if points.dtype[name].shape]
+        if vector_fields:  # e.g. x with count 3: not one value per cell
+            return None, ('malformed_map', f'fields {vector_fields} have count > 1')
+        frame = msg.header.frame_id
+        if self.odom_frame and frame and frame != self.odom_frame:
+            return None, ('map_frame', f'map in frame "{frame}", odometry in '
+                          f'"{self.odom_frame}"')
+        with np.errstate(invalid='ignore', over='ignore'):
+            x, y, roughness, uncertainty = (points[name].astype(np.float64) for name in wanted)
+            usable = (np.isfinite(x) & np.isfinite(y) & np.isfinite(roughness)
+                      & np.isfinite(uncertainty) & (roughness >= 0.0) & (uncertainty >= 0.0))
+        if not usable.all():
+            bad = int(usable.size - np.count_nonzero(usable))
+            return None, ('map_cells_invalid', f'{bad} of {usable.size} cells with NaN/Inf or '
+                          'negative roughness / uncertainty: map refused')
+        return points, None
 
     def on_odom(self, msg: Odometry) -> None:
         # 50-100 Hz: plain floats (numpy arrays of 3 values cost more than the work here).
@@ -205,6 +223,7 @@ class SpeedAdvisorNode(Node):
         values = (position.x, position.y, position.z, twist.x, twist.y, twist.z) + quat
         if not all(map(math.isfinite, values)) or sum(q * q for q in quat) < 1e-6:
             self.rejects.reject('odometry_non_finite', 'NaN/Inf or zero quaternion in odometry')
+            self.advisor.reject_state()  # fail closed: cautious until good odometry arrives
             return
         self.odom_frame = msg.header.frame_id or self.odom_frame
         # Forward speed with its sign; sideways slip adds to the magnitude.
@@ -296,6 +315,8 @@ class SpeedAdvisorNode(Node):
             return DIAG_WARN, 'starting', values
         if advice.reason in _FALLBACK_REASONS:
             text = {'no_map': 'no roughness map yet', 'stale_map': 'roughness map is stale',
+                    'bad_map': 'the latest roughness map was unusable',
+                    'bad_odometry': 'the latest odometry was unusable',
                     'no_odometry': 'no odometry yet', 'stale_odometry': 'odometry is stale'}
             return (DIAG_WARN, f'{text[advice.reason]}: cautious speed '
                     f'{advice.speed_limit_mps:.2f} m/s', values)

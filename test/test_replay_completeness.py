@@ -1,0 +1,42 @@
+"""Replay never loses messages silently: a real rosbag2 whose storage holds fewer messages than
+its metadata.yaml says (rows deleted from the sqlite3 file, as a recorder that died mid-write or
+a damaged copy leaves it) stops the replay with a one-line error naming the topic and the counts.
+"""
+
+import sqlite3
+
+import yaml
+from bag_factory import make_messages, write_rosbag2
+
+from terrain_ssl.cli import main as cli_main
+
+IMU = '/imu/data'
+
+
+def bag_that_reads_short(path, drop_every=7):
+    """A sqlite3 rosbag2 of a 3 s drive with every `drop_every`-th IMU record deleted from the
+    storage file; metadata.yaml still counts them all. Returns (bag dir, recorded, left)."""
+    bag = write_rosbag2(path, make_messages(duration_s=3.0), 'sqlite3')
+    metadata = yaml.safe_load((bag / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    recorded = {entry['topic_metadata']['name']: entry['message_count']
+                for entry in metadata['topics_with_message_count']}
+    (db3,) = bag.glob('*.db3')
+    with sqlite3.connect(db3) as db:
+        (topic_id,) = db.execute('SELECT id FROM topics WHERE name = ?', (IMU,)).fetchone()
+        db.execute('DELETE FROM messages WHERE topic_id = ? AND id % ? = 0',
+                   (topic_id, drop_every))
+        (left,) = db.execute('SELECT COUNT(*) FROM messages WHERE topic_id = ?',
+                             (topic_id,)).fetchone()
+    assert 0 < left < recorded[IMU]
+    return bag, recorded[IMU], left
+
+
+def test_a_bag_that_reads_short_stops_the_replay_with_one_line(tmp_path, capsys):
+    bag, recorded, left = bag_that_reads_short(tmp_path / 'short')
+    code = cli_main(['replay', str(bag), '--out', str(tmp_path / 'out'), '--no-progress'])
+    err = capsys.readouterr().err.strip()
+    assert code == 1, err
+    assert 'messages lost while reading' in err and IMU in err, err
+    assert f'bag has {recorded}, read {left}' in err, err
+    assert len(err.splitlines()) == 1 and 'Traceback' not in err, err
+
