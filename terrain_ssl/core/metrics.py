@@ -13,7 +13,7 @@ import numpy as np
 from scipy.optimize import isotonic_regression
 from scipy.stats import rankdata
 
-__all__ = ['spearman', 'PrequentialScore', 'BinnedIsotonicBaseline']
+__all__ = ['spearman', 'finite_spearman', 'PrequentialScore', 'BinnedIsotonicBaseline']
 
 
 def spearman(a, b) -> float:
@@ -33,6 +33,14 @@ def spearman(a, b) -> float:
     if denominator == 0:
         return float('nan')
     return float(np.dot(rank_a, rank_b) / denominator)
+
+
+def finite_spearman(a, b) -> float:
+    """`spearman` over the pairs where both values are finite."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(a) & np.isfinite(b)
+    return spearman(a[finite], b[finite])
 
 
 class PrequentialScore:

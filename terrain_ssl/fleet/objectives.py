@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from terrain_ssl.core.metrics import finite_spearman
+
 OBJECTIVES = ('consistency', 'prequential', 'truth')
 
 # Labels of one cell further apart in time than this belong to different crossings (s).
@@ -80,19 +82,8 @@ def score_record(record, objective: str) -> float:
     if objective == 'truth':
         if 'truth' not in samples:
             raise ObjectiveError('truth: no ground_truth.json beside the bag')
-        rho = rank_correlation(samples['predicted'], samples['truth'])
+        rho = finite_spearman(samples['predicted'], samples['truth'])
         if not np.isfinite(rho):
             raise ObjectiveError('truth: too few finite predictions to rank')
         return 1.0 - rho
     raise ObjectiveError(f'unknown objective {objective!r}; one of {", ".join(OBJECTIVES)}')
-
-
-def rank_correlation(a, b) -> float:
-    """Spearman's rho over the pairs where both are finite (NaN if fewer than 3 or constant)."""
-    from scipy.stats import spearmanr
-
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
-        return float('nan')
-    return float(spearmanr(a[ok], b[ok]).statistic)

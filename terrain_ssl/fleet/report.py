@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from terrain_ssl.fleet.objectives import rank_correlation
+from terrain_ssl.core.metrics import finite_spearman
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -46,11 +46,11 @@ def pooled_figures(outcomes, out_dir: Path) -> dict:
     for who, column in (('terrain_ssl', 'predicted'), ('baseline', 'baseline')):
         error = np.abs(pooled[column] - measured)
         figures[f'{who}_mae'] = float(np.nanmean(error)) if np.isfinite(error).any() else None
-        figures[f'{who}_spearman'] = rank_correlation(pooled[column], measured)
+        figures[f'{who}_spearman'] = finite_spearman(pooled[column], measured)
         if 'truth' in pooled:
-            figures[f'{who}_truth_spearman'] = rank_correlation(pooled[column], pooled['truth'])
+            figures[f'{who}_truth_spearman'] = finite_spearman(pooled[column], pooled['truth'])
     if 'truth' in pooled:
-        figures['labels_truth_spearman'] = rank_correlation(measured, pooled['truth'])
+        figures['labels_truth_spearman'] = finite_spearman(measured, pooled['truth'])
     return figures
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from scipy.stats import spearmanr
+from terrain_ssl.core.metrics import finite_spearman
 
 
 @dataclass
@@ -27,14 +27,6 @@ class ReplayRecord:
     final_map: dict = field(default_factory=dict)  # x, y, roughness, uncertainty
     info: dict = field(default_factory=dict)      # bag, counts, rejects (deterministic)
     timing: dict = field(default_factory=dict)    # wall_s, realtime_factor, messages_per_s
-
-
-def _spearman(a, b) -> float:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
-        return float('nan')
-    return float(spearmanr(a[ok], b[ok]).statistic)
 
 
 def _mae(predicted, measured) -> float:
@@ -56,16 +48,16 @@ def compute_metrics(record: ReplayRecord) -> dict:
     quarter, half = slice(0, max(n // 4, 1)), slice(n // 2, n)
     metrics['prequential'] = {
         'mae': _mae(predicted, measured),
-        'spearman': _spearman(predicted, measured),
+        'spearman': finite_spearman(predicted, measured),
         'mae_first_quarter': _mae(predicted[quarter], measured[quarter]),
         'mae_second_half': _mae(predicted[half], measured[half]),
-        'spearman_second_half': _spearman(predicted[half], measured[half]),
+        'spearman_second_half': finite_spearman(predicted[half], measured[half]),
     }
     metrics['baseline_height_spread'] = {
         'mae': _mae(baseline, measured),
-        'spearman': _spearman(baseline, measured),
+        'spearman': finite_spearman(baseline, measured),
         'mae_second_half': _mae(baseline[half], measured[half]),
-        'spearman_second_half': _spearman(baseline[half], measured[half]),
+        'spearman_second_half': finite_spearman(baseline[half], measured[half]),
     }
     classes = np.asarray(s['roughness_class'], int)
     metrics['label_classes'] = {name: int((classes == value).sum())
@@ -76,10 +68,11 @@ def compute_metrics(record: ReplayRecord) -> dict:
     if 'truth' in s:
         truth = np.asarray(s['truth'], float)
         metrics['ground_truth'] = {
-            'spearman_label_vs_truth': _spearman(measured, truth),
-            'spearman_prediction_vs_truth': _spearman(predicted, truth),
-            'spearman_prediction_vs_truth_second_half': _spearman(predicted[half], truth[half]),
-            'spearman_baseline_vs_truth': _spearman(baseline, truth),
+            'spearman_label_vs_truth': finite_spearman(measured, truth),
+            'spearman_prediction_vs_truth': finite_spearman(predicted, truth),
+            'spearman_prediction_vs_truth_second_half': finite_spearman(predicted[half],
+                                                                        truth[half]),
+            'spearman_baseline_vs_truth': finite_spearman(baseline, truth),
         }
     if record.speed.get('speed_limit') is not None and len(record.speed['speed_limit']):
         limit = np.asarray(record.speed['speed_limit'], float)

@@ -41,10 +41,10 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor
 
-    from terrain_ssl.ros.node_main import init_ros
-    from terrain_ssl.ros.executor import new_executor, spin_until_shutdown
+    from terrain_ssl.ros.node_main import init_ros, spin_then_close
+    from terrain_ssl.ros.executor import new_executor
     from terrain_ssl.ros.math_threads import pin_math_threads
     from terrain_ssl.ros.pipeline import create_nodes
     from terrain_ssl.ros.wiring import (link_in_process, serialize_node_callbacks,
@@ -88,17 +88,5 @@ def run(args) -> int:
         executor = new_executor()
     for node in nodes:
         executor.add_node(node)
-    try:
-        spin_until_shutdown(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        for node in reversed(nodes):
-            close = getattr(node, 'close', None)
-            if close is not None:
-                close()
-        executor.shutdown(timeout_sec=1.0)
-        for node in nodes:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin_then_close(executor, nodes)
     return 0

@@ -8,8 +8,11 @@ Building a cloud assigns ``bytes`` to ``data``: assigning a numpy array is ~100x
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 from builtin_interfaces.msg import Time
+from nav_msgs.msg import OccupancyGrid
 from sensor_msgs.msg import PointCloud2, PointField
 
 from terrain_ssl.core.deskew import TIME_FIELDS
@@ -357,6 +360,22 @@ def float_matrix_to_pointcloud2(names, values: np.ndarray, frame_id: str,
         dtype = _remember(_float32_dtypes, names, np.dtype([(name, '<f4') for name in names]))
     matrix = np.ascontiguousarray(values, dtype=np.float32)
     return array_to_pointcloud2(matrix.view(dtype).reshape(-1), frame_id, stamp_ns)
+
+
+def occupancy_grid(cells: np.ndarray, origin_x_m: float, origin_y_m: float,
+                   resolution_m: float, header) -> OccupancyGrid:
+    """(height, width) int8 cells (row along +y, 0..100, -1 unknown) -> nav_msgs/OccupancyGrid
+    with its lower-left corner at the origin, in `header`'s frame and stamp."""
+    out = OccupancyGrid()
+    out.header = header
+    out.info.map_load_time = header.stamp
+    out.info.resolution = float(resolution_m)
+    out.info.height, out.info.width = (int(n) for n in cells.shape)
+    out.info.origin.position.x = float(origin_x_m)
+    out.info.origin.position.y = float(origin_y_m)
+    out.info.origin.orientation.w = 1.0
+    out.data = array.array('b', cells.astype(np.int8).tobytes())  # typed array: no item checks
+    return out
 
 
 def imu_to_arrays(msg):

@@ -22,7 +22,6 @@ on ~/save_model and on shutdown, and only once something has been learned.
 
 from __future__ import annotations
 
-import array
 import os
 import time
 
@@ -43,7 +42,7 @@ from terrain_ssl.ros.linked_publisher import LinkedPublisher
 from terrain_ssl.ros.node_main import run_node
 from terrain_ssl.ros.parameters import LiveParameters, ParamSpec
 from terrain_ssl.ros.qos import LABELS_QOS, RELIABLE_QOS
-from terrain_ssl.ros.conversions import (MalformedCloudError, pointcloud2_to_array,
+from terrain_ssl.ros.conversions import (MalformedCloudError, occupancy_grid, pointcloud2_to_array,
                                          stamp_to_ns, structured_columns,
                                          xyz_fields_to_pointcloud2)
 
@@ -393,17 +392,8 @@ class RoughnessLearnerNode(Node):
         xy = np.column_stack([points['x'], points['y']]).astype(np.float64)
         grid = roughness_grid(xy, roughness, values['grid_resolution_m'], values['grid_size_m'],
                               values['grid_full_scale'])
-        out = OccupancyGrid()
-        out.header = msg.header
-        out.info.map_load_time = msg.header.stamp
-        out.info.resolution = grid.resolution_m
-        out.info.width = grid.width
-        out.info.height = grid.height
-        out.info.origin.position.x = grid.origin_x_m
-        out.info.origin.position.y = grid.origin_y_m
-        out.info.origin.orientation.w = 1.0
-        out.data = array.array('b', grid.cells.tobytes())  # typed array: no per-item checks
-        return out
+        return occupancy_grid(grid.cells, grid.origin_x_m, grid.origin_y_m, grid.resolution_m,
+                              msg.header)
 
     # -- persistence and services -------------------------------------------------------------
 

@@ -14,14 +14,14 @@ and a volatile publisher would not match them. Nothing is computed while nobody 
 
 from __future__ import annotations
 
-import array
-
 from builtin_interfaces.msg import Time
 from nav_msgs.msg import OccupancyGrid
+from std_msgs.msg import Header
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from terrain_ssl.core.advisor import SpeedAdvisor
 from terrain_ssl.core.speed_mask import MaskConfig, Nav2Grids, nav2_grids
+from terrain_ssl.ros.conversions import occupancy_grid
 from terrain_ssl.ros.linked_publisher import LinkedPublisher
 from terrain_ssl.ros.parameters import ParamSpec
 
@@ -65,18 +65,8 @@ def mask_config_from_values(values: dict) -> MaskConfig:
 
 def grid_message(cells, grids: Nav2Grids, frame_id: str, stamp: Time) -> OccupancyGrid:
     window = grids.window
-    out = OccupancyGrid()
-    out.header.frame_id = frame_id
-    out.header.stamp = stamp
-    out.info.map_load_time = stamp
-    out.info.resolution = window.resolution_m
-    out.info.width = window.size_cells
-    out.info.height = window.size_cells
-    out.info.origin.position.x = window.origin_x_m
-    out.info.origin.position.y = window.origin_y_m
-    out.info.origin.orientation.w = 1.0
-    out.data = array.array('b', cells.tobytes())  # typed array: no per-item checks
-    return out
+    return occupancy_grid(cells, window.origin_x_m, window.origin_y_m, window.resolution_m,
+                          Header(frame_id=frame_id, stamp=stamp))
 
 
 def nav2_outlets(node) -> tuple:

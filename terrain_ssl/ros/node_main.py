@@ -48,15 +48,23 @@ def run_node(node_factory: Callable, args=None) -> int:
         return 0  # Ctrl-C / SIGTERM while the node was being built: nothing to close
     executor = new_executor()
     executor.add_node(node)
+    spin_then_close(executor, [node])
+    return 0
+
+
+def spin_then_close(executor, nodes) -> None:
+    """Spin until Ctrl-C / SIGTERM / shutdown; then each node's `close()` (last node first:
+    the learner saves its model after the advisor stops), and rclpy shut down."""
     try:
         spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        close = getattr(node, 'close', None)
-        if close is not None:
-            close()
+        for node in reversed(nodes):
+            close = getattr(node, 'close', None)
+            if close is not None:
+                close()
         executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
+        for node in nodes:
+            node.destroy_node()
         rclpy.try_shutdown()
-    return 0
