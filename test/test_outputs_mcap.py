@@ -13,7 +13,8 @@ from terrain_ssl.cli import main as cli_main
 
 OUTPUT_TOPICS = {'/terrain_ssl/lookahead_patches', '/terrain_ssl/labeled_patches',
                  '/terrain_ssl/roughness_map', '/terrain_ssl/roughness_grid',
-                 '/terrain_ssl/speed_limit', '/diagnostics'}
+                 '/terrain_ssl/speed_limit', '/terrain_ssl/speed_mask',
+                 '/terrain_ssl/roughness_costmap', '/diagnostics'}
 
 
 @pytest.fixture(scope='module')

@@ -18,6 +18,9 @@ from terrain_ssl.ros.conversions import ns_to_stamp
 SENSOR_TYPES = {'sensor_msgs/msg/Imu', 'sensor_msgs/msg/PointCloud2', 'nav_msgs/msg/Odometry'}
 
 
+MATCH_SETTLE_S = 0.5  # after discovery, until the DDS endpoints have matched (s)
+
+
 def play(bag_path, rate: float = 1.0, topics=None, remap=None, clock_hz: float = 100.0,
          context=None, progress: bool = True, start_delay_s: float = 3.0) -> ReadCounts:
     """Publish the bag's messages at `rate` x real time; returns what was read and published.
@@ -74,6 +77,9 @@ def play(bag_path, rate: float = 1.0, topics=None, remap=None, clock_hz: float =
             while time.monotonic() < deadline and not all(
                     publisher.get_subscription_count() for publisher in publishers.values()):
                 time.sleep(0.05)
+            # The count comes from the discovery graph; the writer and the reader match a
+            # little later, and what is sent before that is lost just the same.
+            time.sleep(min(MATCH_SETTLE_S, max(deadline - time.monotonic(), 0.0)))
             wall_start = time.monotonic()
             bag_start = bag.start_ns
             next_clock_ns = bag_start
