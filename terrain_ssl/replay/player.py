@@ -21,6 +21,18 @@ SENSOR_TYPES = {'sensor_msgs/msg/Imu', 'sensor_msgs/msg/PointCloud2', 'nav_msgs/
 MATCH_SETTLE_S = 0.5  # after discovery, until the DDS endpoints have matched (s)
 
 
+def _wait_for_subscribers(publishers, start_delay_s: float) -> None:
+    """Let subscribers discover the publishers: a message sent before a subscriber has matched
+    is lost. Wait until every topic has one (or start_delay_s has passed). The count comes from
+    the discovery graph; the writer and the reader match a little later, and what is sent
+    before that is lost just the same."""
+    deadline = time.monotonic() + start_delay_s
+    while time.monotonic() < deadline and not all(
+            publisher.get_subscription_count() for publisher in publishers):
+        time.sleep(0.05)
+    time.sleep(min(MATCH_SETTLE_S, max(deadline - time.monotonic(), 0.0)))
+
+
 def play(bag_path, rate: float = 1.0, topics=None, remap=None, clock_hz: float = 100.0,
          context=None, progress: bool = True, start_delay_s: float = 3.0) -> ReadCounts:
     """Publish the bag's messages at `rate` x real time; returns what was read and published.
@@ -71,15 +83,7 @@ def play(bag_path, rate: float = 1.0, topics=None, remap=None, clock_hz: float =
                                   f'{", ".join(sorted(set(counts.unknown_types.values())))}'
                                   if counts.unknown_types else 'no topics'))
             clock = node.create_publisher(Clock, '/clock', 10)
-            # Let subscribers discover the publishers: a message sent before a subscriber has
-            # matched is lost. Wait until every topic has one (or start_delay_s has passed).
-            deadline = time.monotonic() + start_delay_s
-            while time.monotonic() < deadline and not all(
-                    publisher.get_subscription_count() for publisher in publishers.values()):
-                time.sleep(0.05)
-            # The count comes from the discovery graph; the writer and the reader match a
-            # little later, and what is sent before that is lost just the same.
-            time.sleep(min(MATCH_SETTLE_S, max(deadline - time.monotonic(), 0.0)))
+            _wait_for_subscribers(publishers.values(), start_delay_s)
             wall_start = time.monotonic()
             bag_start = bag.start_ns
             next_clock_ns = bag_start
