@@ -200,7 +200,7 @@ def test_tune_writes_parameters_replay_accepts_and_reports_best_vs_default(bags,
     """Four trials on the embedded local Ray; the best trial's parameters file, given to
     `terrain-ssl replay --config`, reproduces the best trial's score."""
     from terrain_ssl.cli import main
-    from terrain_ssl.fleet.objectives import rank_correlation
+    from terrain_ssl.core.metrics import finite_spearman
     from terrain_ssl.fleet.report import read_labels
     from terrain_ssl.fleet.tune import tune
 
@@ -217,6 +217,6 @@ def test_tune_writes_parameters_replay_accepts_and_reports_best_vs_default(bags,
     assert main(['replay', bags[0], '--out', str(replayed), '--no-progress',
                  '--config', str(out / 'best_params.yaml')]) == 0
     labels = read_labels(replayed / 'labels.csv')
-    score = 1.0 - rank_correlation(labels['predicted'], labels['truth'])
+    score = 1.0 - finite_spearman(labels['predicted'], labels['truth'])
     # labels.csv holds 6 significant digits; ranks are nearly always unchanged by that.
     assert score == pytest.approx(summary['best']['value'], abs=2e-3)
