@@ -261,7 +261,7 @@ class Labeler:
 
     def add_imu(self, t_ns: int, accel, quat_xyzw=None) -> None:
         """One IMU sample: specific force (3,) m/s^2 in the IMU frame; orientation or None."""
-        # The 200-1000 Hz path: plain floats (numpy costs ~1 us per call on 3 values).
+        # The 200-1000 Hz path: plain floats (numpy's per-call overhead dwarfs 3 values).
         values = _floats(accel, 3)
         if values is None or not _all_finite(values):
             self._reject('nonfinite_imu', f'acceleration {accel}')

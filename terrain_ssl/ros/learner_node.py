@@ -335,8 +335,8 @@ class RoughnessLearnerNode(Node):
 
     def flush_training(self) -> None:
         """Score, then learn every label received so far. Labels arrive a few per odometry
-        message; scikit-learn's partial_fit has a fixed overhead per call and ensemble member,
-        so they are learned in batches (each predicted before it is learned)."""
+        message; a learning step has a fixed overhead per call and ensemble member, so they
+        are learned in batches (each predicted before it is learned)."""
         self.score_pending()
         if not self._pending:
             return
