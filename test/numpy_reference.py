@@ -3,7 +3,7 @@ for test/test_kernels.py to compare with. Not used by the package.
 
 Every function computes in float64 whatever its input's dtype, as the kernels do. Sums here run
 in another order than in C (numpy's pairwise summation, np.bincount, matmul), and the compiler
-may fuse multiply-adds, so results agree to round-off, not bit for bit.
+may fuse multiply-adds, so results agree to round-off, not to the last bit.
 """
 
 import math

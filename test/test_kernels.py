@@ -3,8 +3,8 @@ inner loops, against the readable numpy version in test/numpy_reference.py.
 
 Tolerances. Both compute in float64, but sums run in other orders (numpy's pairwise summation,
 np.bincount, matmul against one loop in C), the compiler may fuse multiply-adds (aarch64 does by
-default), and numpy picks SIMD kernels per CPU. So nothing here is compared bit for bit except
-integers, masks and reasons:
+default), and numpy picks SIMD kernels per CPU. So nothing here is compared for exact
+equality except integers, masks and reasons:
   - SUM_RTOL = 1e-12 for means and root-mean-squares of up to a few hundred terms: reordering a
     sum of n terms moves it by at most ~n eps of the sum of magnitudes (400 x 1.1e-16 < 1e-13);
   - FEATURE_RTOL = 1e-9, FEATURE_ATOL = 1e-9 (m, rad, -) for cell features: they go through

@@ -316,15 +316,15 @@ def test_float32_cloud_view_gives_what_its_float64_copy_gives(drive):
 
 def test_speed_exponent_sets_how_labels_normalise_shock(reference_labels, drive):
     """label.speed_exponent: roughness = shock / speed**exponent, the same crossings labelled."""
-    reference, _ = reference_labels
-    np.testing.assert_allclose(reference['roughness'],
-                               reference['shock'] / reference['speed'], rtol=1e-6)
+    unit_exponent, _ = reference_labels
+    np.testing.assert_allclose(unit_exponent['roughness'],
+                               unit_exponent['shock'] / unit_exponent['speed'], rtol=1e-6)
     half = collect(run(Labeler(LabelerConfig(label_speed_exponent=0.5)), drive))
-    np.testing.assert_array_equal(half['keys'], reference['keys'])
-    np.testing.assert_allclose(half['shock'], reference['shock'], rtol=1e-9)
+    np.testing.assert_array_equal(half['keys'], unit_exponent['keys'])
+    np.testing.assert_allclose(half['shock'], unit_exponent['shock'], rtol=1e-9)
     np.testing.assert_allclose(half['roughness'], half['shock'] / np.sqrt(half['speed']),
                                rtol=1e-6)
     # At 4 m/s, shock / v^0.5 is sqrt(4) = 2x shock / v.
-    ratio = half['roughness'] / reference['roughness']
-    np.testing.assert_allclose(ratio, np.sqrt(reference['speed']), rtol=1e-6)
+    ratio = half['roughness'] / unit_exponent['roughness']
+    np.testing.assert_allclose(ratio, np.sqrt(unit_exponent['speed']), rtol=1e-6)
     assert np.median(ratio) == pytest.approx(2.0, rel=0.02)
