@@ -14,7 +14,10 @@ Methods (`GroundConfig.method`):
   wall tops). Cells higher than `max_height_m` above it (``above_ground``) or steeper than
   `max_slope_rad` (``steep``: wall faces) are rejected, and the patches are computed again from
   the returns of the accepted cells only, so that neighbourhood features see ground only.
-  Cells wider than the window that stand on nothing lower (a large flat roof seen alone) stay.
+  Small surfaces, and surfaces with nothing lower within the window, are also measured against
+  the lowest cell around them plus the height a ground slope explains: at the edge of a scan
+  a lone roof or wall top is otherwise its own envelope. Cells wider than the window that stand
+  on nothing lower (a large flat roof seen alone) stay.
 - ``patchwork``: Patchwork++ (`pypatchworkpp`, optional) on the returns within `max_range`,
   in a frame at the sensor with odom's (gravity-aligned) axes; its ground returns make the
   patches. Slower per scan than ``envelope`` (see bench/bench_ground.py).
@@ -169,7 +172,9 @@ class GroundSegmenter:
                                   self.config.max_step_m)
         # A surface with nothing lower within the window (no cell of it stands above the
         # envelope), or of a few cells only, is often a roof or a wall top seen without the
-        # ground beside it: it is measured against a window three times wider.
+        # ground beside it: it is measured against a window three times wider, and against the
+        # lowest cell around it too, since at the edge of the scan a window that holds nothing
+        # else makes such a cell its own envelope.
         sizes = np.bincount(surface)
         highest = np.zeros(sizes.shape[0])
         np.maximum.at(highest, surface, height_above)
@@ -178,6 +183,7 @@ class GroundSegmenter:
         if unsupported.any():
             wide = first.centres[:, 2] - lower_envelope(
                 local, first.centres[:, 2], shape, 3 * window_cells)[0]
+            wide = np.maximum(wide, first.centres[:, 2] - (eroded + allowance))
             height_above = np.where(unsupported, wide, height_above)
         above = height_above > self.config.max_height_m
         above_share = np.bincount(surface, weights=above) / sizes
