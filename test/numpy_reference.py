@@ -346,3 +346,19 @@ def sgd_epoch(coef, intercept, X, y, sample_weight, eta, alpha) -> tuple:
         w = w * max(0.0, 1.0 - eta * alpha) + update * x
         intercept += update
     return w, intercept
+
+
+def deskew_points_to_frame(points, offsets_s, rotation, translation, omega, velocity,
+                           middle_s) -> tuple:
+    """The finite rows p of (N, 3) points, each moved with the constant twist (omega rad/s,
+    velocity m/s) to its firing time: r + s (omega x r + v) + s^2 / 2 omega x (omega x r) + t,
+    r = rotation @ p, s = offsets_s - middle_s: columns x, y, z."""
+    points = np.asarray(points, dtype=np.float64)
+    with np.errstate(over='ignore', invalid='ignore'):
+        finite = np.isfinite(points.sum(axis=1))
+    relative = points[finite] @ np.asarray(rotation, dtype=np.float64).T
+    s = (np.asarray(offsets_s, dtype=np.float64)[finite] - middle_s)[:, None]
+    first = np.cross(omega, relative)
+    second = np.cross(omega, first)
+    moved = relative + s * (first + velocity) + 0.5 * s * s * second + translation
+    return moved[:, 0], moved[:, 1], moved[:, 2]

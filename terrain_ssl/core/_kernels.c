@@ -822,6 +822,66 @@ read_point(const Py_buffer *view, Py_ssize_t k, double *p)
     return isfinite(x) && isfinite(y) && isfinite(z);
 }
 
+PyDoc_STRVAR(deskew_points_to_frame_doc,
+"deskew_points_to_frame(points, offsets_s, rotation, translation, omega, velocity, middle_s,\n"
+"                       x, y, z) -> count\n\n"
+"The finite points p of an (N, 3) float32 / float64 sweep (sensor frame), in order, each moved\n"
+"with the sensor's constant twist to its firing time offsets_s[k] (N float64, s), into x, y, z\n"
+"(float64, room for N). With r = rotation (3 x 3, row-major: target <- sensor at mid-sweep) @ p\n"
+"and s = offsets_s[k] - middle_s: r + s (omega x r + velocity) + s^2 / 2 omega x (omega x r)\n"
+"+ translation; omega (3,, rad/s) and velocity (3,, m/s) in the target frame.");
+
+static PyObject *
+deskew_points_to_frame(PyObject *module, PyObject *args)
+{
+    PyObject *points, *objects[8];
+    double middle_s;
+    if (!PyArg_ParseTuple(args, "OOOOOOdOOO", &points, &objects[0], &objects[1], &objects[2],
+                          &objects[3], &objects[4], &middle_s, &objects[5], &objects[6],
+                          &objects[7])) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (get_points(points, &view) < 0) {
+        return NULL;
+    }
+    const Py_ssize_t n = view.shape[0];
+    const BufferSpec specs[8] = {{"offsets_s", 8, 0, -1, n}, {"rotation", 8, 0, -1, 9},
+                                 {"translation", 8, 0, -1, 3}, {"omega", 8, 0, -1, 3},
+                                 {"velocity", 8, 0, -1, 3}, {"x", 8, 1, -1, n},
+                                 {"y", 8, 1, -1, n}, {"z", 8, 1, -1, n}};
+    Py_buffer views[8] = {{0}};
+    if (get_buffers(objects, views, 8, specs) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    const double *offsets = views[0].buf, *r = views[1].buf, *t = views[2].buf;
+    const double *w = views[3].buf, *v = views[4].buf;
+    double *x = views[5].buf, *y = views[6].buf, *z = views[7].buf;
+    Py_ssize_t written = 0;
+    double p[3];
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (!read_point(&view, k, p)) {
+            continue;
+        }
+        const double r0 = r[0] * p[0] + r[1] * p[1] + r[2] * p[2];
+        const double r1 = r[3] * p[0] + r[4] * p[1] + r[5] * p[2];
+        const double r2 = r[6] * p[0] + r[7] * p[1] + r[8] * p[2];
+        const double c0 = w[1] * r2 - w[2] * r1, c1 = w[2] * r0 - w[0] * r2,
+                     c2 = w[0] * r1 - w[1] * r0;                      /* omega x r */
+        const double d0 = w[1] * c2 - w[2] * c1, d1 = w[2] * c0 - w[0] * c2,
+                     d2 = w[0] * c1 - w[1] * c0;                      /* omega x (omega x r) */
+        const double s = offsets[k] - middle_s, half_s2 = 0.5 * s * s;
+        x[written] = r0 + s * (c0 + v[0]) + half_s2 * d0 + t[0];
+        y[written] = r1 + s * (c1 + v[1]) + half_s2 * d1 + t[1];
+        z[written] = r2 + s * (c2 + v[2]) + half_s2 * d2 + t[2];
+        written++;
+    }
+    release_all(views, 8);
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(written);
+}
+
 PyDoc_STRVAR(count_finite_doc,
 "count_finite(points) -> int\n\n"
 "How many points of an (N, 3) float32 / float64 array (any strides) are finite.");
@@ -1275,6 +1335,8 @@ static PyMethodDef methods[] = {
     {"stale_slots", stale_slots, METH_VARARGS, stale_slots_doc},
     {"window_means", window_means, METH_VARARGS, window_means_doc},
     {"window_shocks", window_shocks, METH_VARARGS, window_shocks_doc},
+    {"deskew_points_to_frame", deskew_points_to_frame, METH_VARARGS,
+     deskew_points_to_frame_doc},
     {"finite_points_to_frame", finite_points_to_frame, METH_VARARGS,
      finite_points_to_frame_doc},
     {"cell_features", cell_features, METH_VARARGS, cell_features_doc},

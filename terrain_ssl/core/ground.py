@@ -13,7 +13,7 @@ Methods (`GroundConfig.method`):
   and removes what stands up from the ground over a smaller footprint (vehicles, trunks, bushes,
   wall tops). Cells higher than `max_height_m` above it (``above_ground``) or steeper than
   `max_slope_rad` (``steep``: wall faces) are rejected, and the patches are computed again from
-  the returns of the accepted cells only, so that neighbourhood features see ground only.
+  the accepted cells only, so that neighbourhood features see ground only.
   Small surfaces, and surfaces with nothing lower within the window, are also measured against
   the lowest cell around them plus the height a ground slope explains: at the edge of a scan
   a lone roof or wall top is otherwise its own envelope. Cells wider than the window that stand
@@ -35,8 +35,8 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
-from terrain_ssl.core.patches import (FEATURE_INDEX, PatchSet, cell_indices,
-                                      compute_patches_xyz)
+from terrain_ssl.core.patches import (FEATURE_INDEX, CellPlaneFits, PatchSet, cell_indices,
+                                      cell_plane_fits, compute_patches_xyz, patches_of_fits)
 
 GROUND_METHODS = ('envelope', 'patchwork', 'none')
 # Why a cell was judged not to be ground (GroundRejects.reasons indexes this).
@@ -122,6 +122,13 @@ class CellGeometry:
         return compute_patches_xyz(x, y, z, origin, t_ns, self.cell_size, self.min_points,
                                    self.ground_band, self.min_range, self.max_range)
 
+    def plane_fits(self, x, y, z, origin) -> CellPlaneFits:
+        return cell_plane_fits(x, y, z, origin, self.cell_size, self.min_points,
+                               self.ground_band, self.min_range, self.max_range)
+
+    def patches_of(self, fits: CellPlaneFits, origin, t_ns: int) -> PatchSet:
+        return patches_of_fits(fits, origin, t_ns, self.cell_size)
+
 
 class GroundSegmenter:
     """Points of one scan (odom, m) -> the patches of their ground, and what was rejected."""
@@ -148,7 +155,8 @@ class GroundSegmenter:
     # -- envelope ------------------------------------------------------------------------------
 
     def _envelope_patches(self, x, y, z, origin, t_ns, geometry: CellGeometry) -> PatchSet:
-        first = geometry.patches(x, y, z, origin, t_ns)
+        fits = geometry.plane_fits(x, y, z, origin)
+        first = geometry.patches_of(fits, origin, t_ns)
         if not len(first):
             self.last_rejects = GroundRejects.empty()
             return first
@@ -196,10 +204,10 @@ class GroundSegmenter:
             first.features[rejected, FEATURE_INDEX['point_count']])
         if not rejected.any():
             return first
-        accepted = np.zeros(shape, dtype=bool)
-        accepted[local[0][~rejected], local[1][~rejected]] = True
-        keep = _points_in_cells(x, y, accepted, ix0, iy0, geometry.cell_size)
-        return geometry.patches(x[keep], y[keep], z[keep], origin, t_ns)
+        # The accepted cells' own fits stand; their neighbourhood features are computed again
+        # over accepted cells only, so that they see ground only.
+        accepted = np.isin(fits.keys(), first.keys[~rejected], assume_unique=True)
+        return geometry.patches_of(fits.subset(accepted), origin, t_ns)
 
     # -- patchwork -----------------------------------------------------------------------------
 
@@ -269,17 +277,6 @@ def smooth_surfaces(cells, heights, shape, usable, max_step: float) -> np.ndarra
     heads, tails = np.concatenate(heads), np.concatenate(tails)
     graph = sparse.coo_matrix((np.ones(heads.shape[0]), (heads, tails)), shape=(n, n))
     return csgraph.connected_components(graph, directed=False)[1]
-
-
-def _points_in_cells(x, y, accepted: np.ndarray, ix0: int, iy0: int,
-                     cell_size: float) -> np.ndarray:
-    """Mask of the points (odom, m) whose cell is True in `accepted` (cell ix0, iy0 at [0, 0])."""
-    ix = np.floor(x / cell_size).astype(np.int64) - ix0
-    iy = np.floor(y / cell_size).astype(np.int64) - iy0
-    inside = (ix >= 0) & (ix < accepted.shape[0]) & (iy >= 0) & (iy < accepted.shape[1])
-    keep = np.zeros(x.shape[0], dtype=bool)
-    keep[inside] = accepted[ix[inside], iy[inside]]
-    return keep
 
 
 __all__ = ['GROUND_METHODS', 'REJECT_REASONS', 'CellGeometry', 'GroundConfig',

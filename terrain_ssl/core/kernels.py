@@ -11,12 +11,14 @@ BUILD_HINT = ('terrain_ssl: the compiled core (terrain_ssl/core/_kernels.c) is n
 
 try:
     from terrain_ssl.core._kernels import (cell_features, cell_moments, closed_form_eigen_3x3,
-                                           count_finite, finite_points_to_frame,
+                                           count_finite, deskew_points_to_frame,
+                                           finite_points_to_frame,
                                            footprint_update, merge_sightings, plane_fits,
                                            sgd_epoch, stale_slots, window_means, window_shocks)
 except ImportError as error:
     raise ImportError(f'{BUILD_HINT} ({error})') from None
 
 __all__ = ['cell_features', 'cell_moments', 'closed_form_eigen_3x3', 'count_finite',
-           'finite_points_to_frame', 'footprint_update', 'merge_sightings', 'plane_fits',
-           'sgd_epoch', 'stale_slots', 'window_means', 'window_shocks']
+           'deskew_points_to_frame', 'finite_points_to_frame', 'footprint_update',
+           'merge_sightings', 'plane_fits', 'sgd_epoch', 'stale_slots', 'window_means',
+           'window_shocks']

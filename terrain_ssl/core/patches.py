@@ -119,10 +119,57 @@ def compute_patches_xyz(x: np.ndarray, y: np.ndarray, z: np.ndarray, sensor_orig
     For callers that have the coordinates as separate arrays (the labeler): contiguous columns
     are read faster than the strided columns of an (N, 3) array.
     """
+    fits = cell_plane_fits(x, y, z, sensor_origin, cell_size, min_points, ground_band,
+                           min_range, max_range)
+    return patches_of_fits(fits, sensor_origin, t_ns, cell_size)
+
+
+@dataclass
+class CellPlaneFits:
+    """Per cell with at least `min_points` ground returns: the moments of those returns and the
+    plane through them, before the features (kernels.plane_fits' rows). A cell's fit depends on
+    its own returns only, so dropping cells (ground segmentation) leaves the others' fits as
+    they are; only the neighbourhood features must be computed again."""
+
+    occupied: np.ndarray     # (M,) int64 flat index in the (nx, ny) grid at (ix0, iy0)
+    n: np.ndarray            # (M,) ground returns
+    z_min: np.ndarray        # (M,) m
+    dz_max: np.ndarray       # (M,) m
+    means: np.ndarray        # (M, 3) m, relative to the cell corner and z_min
+    covariances: np.ndarray  # (M, 6) m^2: xx, yy, zz, xy, xz, yz
+    eigenvalues: np.ndarray  # (M, 3) m^2, ascending
+    normal: np.ndarray       # (M, 3) unit eigenvector of the smallest eigenvalue
+    ix0: int
+    iy0: int
+    nx: int
+    ny: int
+
+    def __len__(self) -> int:
+        return self.occupied.shape[0]
+
+    def keys(self) -> np.ndarray:
+        """Cell keys of the rows (cell_keys)."""
+        return cell_keys(self.occupied // self.ny + self.ix0, self.occupied % self.ny + self.iy0)
+
+    def subset(self, rows: np.ndarray) -> 'CellPlaneFits':
+        """The fits of `rows` (mask or indices), in order."""
+        arrays = (self.occupied, self.n, self.z_min, self.dz_max, self.means, self.covariances,
+                  self.eigenvalues, self.normal)
+        return CellPlaneFits(*(np.ascontiguousarray(a[rows]) for a in arrays),
+                             self.ix0, self.iy0, self.nx, self.ny)
+
+
+def cell_plane_fits(x, y, z, sensor_origin, cell_size: float = 0.5, min_points: int = 5,
+                    ground_band: float = 0.3, min_range: float = 2.0,
+                    max_range: float = 30.0) -> CellPlaneFits:
+    """The points x, y, z ((N,) each, m, odom) binned into cells, and each cell's plane fit
+    (arguments as compute_patches)."""
     origin = np.asarray(sensor_origin, dtype=np.float64)
     moments = _cell_moments(x, y, z, origin, cell_size, ground_band, min_range, max_range)
     if moments is None:
-        return PatchSet.empty(t_ns)
+        return CellPlaneFits(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), np.zeros(0),
+                             np.zeros((0, 3)), np.zeros((0, 6)), np.zeros((0, 3)),
+                             np.zeros((0, 3)), 0, 0, 1, 1)
     present, count, z_min, sums, dz_max, ix0, iy0, nx, ny = moments
     cells = present.shape[0]
     occupied, n = np.empty(cells, dtype=np.int64), np.empty(cells)
@@ -133,20 +180,31 @@ def compute_patches_xyz(x: np.ndarray, y: np.ndarray, z: np.ndarray, sensor_orig
     m = kernels.plane_fits(present, count, z_min, np.ascontiguousarray(sums), dz_max,
                            int(min_points), occupied, n, z_min_occupied, dz_max_occupied,
                            means, covariances, eigenvalues, normal, unsure)
-    if m == 0:
-        return PatchSet.empty(t_ns)
     if m < cells:
         occupied, n, z_min_occupied, dz_max_occupied, means, covariances, eigenvalues, \
             normal, unsure = (a[:m] for a in (occupied, n, z_min_occupied, dz_max_occupied,
                                               means, covariances, eigenvalues, normal, unsure))
     if unsure.any():
         _eigh_rows(unsure, covariances.T, eigenvalues, normal)
+    return CellPlaneFits(occupied, n, z_min_occupied, dz_max_occupied, means, covariances,
+                         eigenvalues, normal, ix0, iy0, nx, ny)
+
+
+def patches_of_fits(fits: CellPlaneFits, sensor_origin, t_ns: int,
+                    cell_size: float = 0.5) -> PatchSet:
+    """The cells of `fits` with their features (the neighbourhood features over these cells
+    only), seen from `sensor_origin` (m, odom)."""
+    m = len(fits)
+    if m == 0:
+        return PatchSet.empty(t_ns)
+    origin = np.asarray(sensor_origin, dtype=np.float64)
     keys, centres = np.empty(m, dtype=np.int64), np.empty((m, 3))
     features = np.empty((m, len(FEATURE_NAMES)))
     ascending = kernels.cell_features(
-        occupied, n, z_min_occupied, dz_max_occupied, means, covariances, eigenvalues, normal,
-        ix0, iy0, nx, ny, float(origin[0]), float(origin[1]), float(origin[2]),
-        float(cell_size), NEIGHBOURHOOD_CELLS, keys, centres, features)
+        fits.occupied, fits.n, fits.z_min, fits.dz_max, fits.means, fits.covariances,
+        fits.eigenvalues, fits.normal, fits.ix0, fits.iy0, fits.nx, fits.ny,
+        float(origin[0]), float(origin[1]), float(origin[2]), float(cell_size),
+        NEIGHBOURHOOD_CELLS, keys, centres, features)
     # Ascending keys let the cell map merge with searchsorted. The cells come in flat index
     # order, i.e. by (ix, iy), which is the keys' order unless an index is beyond the key range.
     if not ascending:
@@ -176,7 +234,7 @@ def _cell_moments(x, y, z, origin, cell_size, ground_band, min_range, max_range)
 def count_finite_points(points: np.ndarray) -> int:
     """Rows of (N, 3) `points` whose coordinates are all finite (float64 rows: whose sum is
     finite, so an overflowing row counts as not finite too)."""
-    return kernels.count_finite(_readable_points(points))
+    return kernels.count_finite(readable_points(points))
 
 
 def finite_points_to_frame(points: np.ndarray, rotation, translation) -> tuple:
@@ -187,14 +245,14 @@ def finite_points_to_frame(points: np.ndarray, rotation, translation) -> tuple:
     compute_patches_xyz reads faster than the strided columns of an (N, 3) array."""
     rotation = np.ascontiguousarray(rotation, dtype=np.float64)
     translation = np.ascontiguousarray(translation, dtype=np.float64)
-    points = _readable_points(points)
+    points = readable_points(points)
     n = points.shape[0]
     x, y, z = np.empty(n), np.empty(n), np.empty(n)
     count = kernels.finite_points_to_frame(points, rotation, translation, x, y, z)
     return x[:count], y[:count], z[:count]
 
 
-def _readable_points(points: np.ndarray) -> np.ndarray:
+def readable_points(points: np.ndarray) -> np.ndarray:
     """`points` as the kernels read them: (N, 3) float32 / float64 in native byte order, any
     strides (a PointCloud2 view as it is); other dtypes are converted to float64."""
     points = np.asarray(points)
