@@ -6,6 +6,7 @@ batch of IMU samples is one numpy call.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -89,6 +90,16 @@ def make_transform(translation, quat_xyzw) -> np.ndarray:
     transform[:3, :3] = quat_to_matrix(quat_xyzw)
     transform[:3, 3] = np.asarray(translation, dtype=np.float64)
     return transform
+
+
+def xyz_rpy(transform: np.ndarray) -> tuple:
+    """4x4 -> (x, y, z, roll, pitch, yaw) (m, rad; rotation = Rz(yaw) Ry(pitch) Rx(roll))."""
+    r = transform[:3, :3]
+    pitch = math.asin(max(-1.0, min(1.0, -r[2, 0])))
+    roll = math.atan2(r[2, 1], r[2, 2])
+    yaw = math.atan2(r[1, 0], r[0, 0])
+    x, y, z = (float(v) for v in transform[:3, 3])
+    return x, y, z, roll, pitch, yaw
 
 
 class PoseHistory:

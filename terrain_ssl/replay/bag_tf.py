@@ -10,7 +10,6 @@ The lidar frame is the `frame_id` of the bag's first point cloud unless named.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -19,7 +18,7 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
-from terrain_ssl.core.geometry import make_transform
+from terrain_ssl.core.geometry import make_transform, xyz_rpy
 
 TF_TOPICS = ('/tf_static', '/tf')
 EXTRINSIC_PARAMETERS = ('lidar.x', 'lidar.y', 'lidar.z', 'lidar.roll', 'lidar.pitch',
@@ -97,16 +96,6 @@ def lookup(edges: dict, parent: str, child: str) -> Optional[np.ndarray]:
     return None
 
 
-def xyz_rpy(transform: np.ndarray) -> tuple:
-    """4x4 -> (x, y, z, roll, pitch, yaw) (m, rad; rotation = Rz(yaw) Ry(pitch) Rx(roll))."""
-    r = transform[:3, :3]
-    pitch = math.asin(max(-1.0, min(1.0, -r[2, 0])))
-    roll = math.atan2(r[2, 1], r[2, 2])
-    yaw = math.atan2(r[1, 0], r[0, 0])
-    x, y, z = (float(v) for v in transform[:3, 3])
-    return x, y, z, roll, pitch, yaw
-
-
 def explicit_extrinsic(parameters) -> bool:
     """True when `-p [node:]lidar.*:=value` overrides set the extrinsic by hand."""
     return any(item.split(':=', 1)[0].split(':')[-1] in EXTRINSIC_PARAMETERS
@@ -153,4 +142,4 @@ def with_bag_extrinsics(options, out=None):
 
 
 __all__ = ['BagFrames', 'EXTRINSIC_PARAMETERS', 'bag_extrinsic_parameters',
-           'explicit_extrinsic', 'lookup', 'read_bag_frames', 'with_bag_extrinsics', 'xyz_rpy']
+           'explicit_extrinsic', 'lookup', 'read_bag_frames', 'with_bag_extrinsics']

@@ -86,9 +86,10 @@ def ros_arguments(options: ReplayOptions) -> list:
     args = ['terrain-ssl-replay', '--ros-args']
     if options.config:
         args += ['--params-file', str(options.config)]
-    # Bag time; and the learner neither loads nor saves its robot model file during a replay
-    # (a replay starts cold or from --model-in, and writes its own model file at the end).
-    args += ['-p', 'use_sim_time:=true', '-p', "model_path:=''"]
+    # Bag time; the learner neither loads nor saves its robot model file during a replay (a
+    # replay starts cold or from --model-in, and writes its own model file at the end); and the
+    # labeler does not ask TF for its mount (the replay read the bag's own /tf_static).
+    args += ['-p', 'use_sim_time:=true', '-p', "model_path:=''", '-p', 'frames.use_tf:=false']
     for override in options.parameters:
         args += ['-p', override]
     return args

@@ -21,6 +21,7 @@ from dataclasses import fields
 import numpy as np
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import Imu, PointCloud2
 
 from terrain_ssl.core.deskew import STAMP_CONVENTIONS
@@ -33,6 +34,7 @@ from terrain_ssl.ros.linked_publisher import LinkedPublisher
 from terrain_ssl.ros.node_main import run_node
 from terrain_ssl.ros.parameters import LiveParameters, ParamSpec
 from terrain_ssl.ros.qos import HIGH_RATE_SENSOR_QOS, LABELS_QOS, RELIABLE_QOS, SENSOR_QOS
+from terrain_ssl.ros.tf_extrinsic import TfExtrinsic, set_by_hand, tf2_available
 from terrain_ssl.ros.conversions import (MalformedCloudError, float_matrix_to_pointcloud2,
                                          pointcloud2_point_times, pointcloud2_xyz_view,
                                          stamp_to_ns)
@@ -140,6 +142,8 @@ NODE_PARAMS = [
               read_only=True),
     ParamSpec('frames.lidar', '', 'Lidar frame for TF lookups; empty: the clouds\' frame_id.',
               read_only=True),
+    ParamSpec('frames.use_tf', True, 'Take the lidar mount (lidar.*) from TF when tf2_ros is '
+              'installed and lidar.* are at their defaults.', read_only=True),
 ]
 
 
@@ -173,10 +177,48 @@ class RoughnessLabelerNode(Node):
         self.create_subscription(Imu, 'imu/data', self.on_imu, HIGH_RATE_SENSOR_QOS)
         self.create_subscription(PointCloud2, 'points', self.on_points, SENSOR_QOS)
         self.create_subscription(Odometry, 'odom', self.on_odometry, HIGH_RATE_SENSOR_QOS)
+        self.tf_extrinsic = self._tf_extrinsic()
         self._rate_marks = None  # (clock ns, counts) at the previous diagnostics
         self.rates_hz = {stream: 0.0 for stream in _RATE_STREAMS}
         self.diagnostics = DiagnosticsPublisher(
             self, self.params.values['diagnostics_period_s'], self.collect_diagnostics)
+
+    def _tf_extrinsic(self):
+        """A TF listener for the lidar mount, or None where the lidar.* parameters stand."""
+        defaults = {spec.name: spec.default for spec in CONFIG_PARAMS}
+        if not self.params.values['frames.use_tf']:
+            return None
+        if set_by_hand(self.params.values, defaults):
+            self.get_logger().info('lidar extrinsic: the lidar.* parameters (set by hand)')
+            return None
+        if not tf2_available():
+            self.get_logger().info('lidar extrinsic: the lidar.* parameters (tf2_ros is not '
+                                   'installed, so TF cannot be asked)')
+            return None
+        return TfExtrinsic(self, self.params.values['frames.base'])
+
+    def _extrinsic_from_tf(self, lidar_frame: str) -> None:
+        """Once TF knows base -> lidar: the lidar.* parameters become it, and TF is left."""
+        values = self.tf_extrinsic.lookup(lidar_frame)
+        base = self.tf_extrinsic.base_frame
+        if values is None:
+            self.get_logger().warning(
+                f'lidar extrinsic: TF has no {base} -> {lidar_frame} yet; the lidar.* '
+                'parameters meanwhile', throttle_duration_sec=10.0)
+            return
+        self.tf_extrinsic.close()
+        self.tf_extrinsic = None
+        results = self.set_parameters([Parameter(name, value=float(value))
+                                       for name, value in values.items()])
+        refused = [result.reason for result in results if not result.successful]
+        if refused:
+            self.get_logger().error(f'lidar extrinsic: TF\'s {base} -> {lidar_frame} refused '
+                                    f'({refused[0]}); the lidar.* parameters stand')
+            return
+        self.get_logger().info(
+            f'lidar extrinsic: {base} -> {lidar_frame} = '
+            + ' '.join(f'{value:.4g}' for value in values.values())
+            + ' (x y z m, roll pitch yaw rad) from TF')
 
     def _apply(self, values: dict) -> None:
         """Accepted parameter change: reconfigure the core (it raises ValueError if refused)."""
@@ -218,6 +260,8 @@ class RoughnessLabelerNode(Node):
             reason = 'missing_fields' if 'field (fields' in str(error) else 'malformed_cloud'
             self.rejects.reject(reason, str(error))
             return
+        if self.tf_extrinsic is not None:
+            self._extrinsic_from_tf(self.params.values['frames.lidar'] or msg.header.frame_id)
         t_ns = stamp_to_ns(msg.header.stamp)
         patches = self.labeler.add_scan(t_ns, points, pointcloud2_point_times(msg))
         if patches is None or not len(patches) or not self.params.values['publish_lookahead']:
