@@ -9,6 +9,8 @@ may fuse multiply-adds, so results agree to round-off, not to the last bit.
 import math
 
 import numpy as np
+from scipy import sparse
+from scipy.sparse import csgraph
 
 from terrain_ssl.core.patches import (
     FEATURE_INDEX,
@@ -362,3 +364,24 @@ def deskew_points_to_frame(points, offsets_s, rotation, translation, omega, velo
     second = np.cross(omega, first)
     moved = relative + s * (first + velocity) + 0.5 * s * s * second + translation
     return moved[:, 0], moved[:, 1], moved[:, 2]
+
+
+def smooth_surfaces(cells, heights, shape, usable, max_step: float) -> np.ndarray:
+    """Label per cell: cells joined through 8-neighbours whose heights (m) differ by at most
+    `max_step` (m) share a label; cells not `usable` are alone."""
+    n = heights.shape[0]
+    index = np.full(shape, -1, dtype=np.int64)
+    index[cells[0][usable], cells[1][usable]] = np.flatnonzero(usable)
+    padded = np.pad(index, 1, constant_values=-1)
+    heads, tails = [], []
+    for dx, dy in ((1, 0), (0, 1), (1, 1), (1, -1)):
+        here = padded[1:-1, 1:-1]
+        there = padded[1 + dx:padded.shape[0] - 1 + dx, 1 + dy:padded.shape[1] - 1 + dy]
+        both = (here >= 0) & (there >= 0)
+        a, b = here[both], there[both]
+        close = np.abs(heights[a] - heights[b]) <= max_step
+        heads.append(a[close])
+        tails.append(b[close])
+    heads, tails = np.concatenate(heads), np.concatenate(tails)
+    graph = sparse.coo_matrix((np.ones(heads.shape[0]), (heads, tails)), shape=(n, n))
+    return csgraph.connected_components(graph, directed=False)[1]

@@ -166,6 +166,29 @@ def test_deskew_kernel_matches_the_reference(dtype):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)  # m, at 300 m from the origin
 
 
+def same_partition(a, b) -> bool:
+    """Whether two labelings group the cells alike (label values aside)."""
+    pairs = np.unique(np.stack([a, b]), axis=1).shape[1]
+    return pairs == np.unique(a).shape[0] == np.unique(b).shape[0]
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_smooth_surfaces_kernel_groups_cells_as_the_reference(seed):
+    from terrain_ssl.core.ground import smooth_surfaces
+    rng = np.random.default_rng(seed)
+    shape = (40, 30)
+    flat = rng.choice(shape[0] * shape[1], 700, replace=False)
+    cells = (flat // shape[1], flat % shape[1])
+    # Terraces and steps: neighbours join or not, depending on max_step.
+    heights = 0.2 * np.round(cells[0] / 7.0) + rng.normal(0, 0.08, 700)
+    usable = rng.random(700) > 0.1
+    got = smooth_surfaces(cells, heights, shape, usable, 0.25)
+    want = reference.smooth_surfaces(cells, heights, shape, usable, 0.25)
+    assert same_partition(got, want)
+    assert 5 < np.unique(got).shape[0] < 700  # neither everything apart nor all one surface
+    assert got.max() == np.unique(got).shape[0] - 1  # labels 0 .. surfaces-1
+
+
 def test_points_of_the_wrong_shape_are_refused_with_one_line():
     with pytest.raises(ValueError, match=r'\(N, 3\)'):
         patches.count_finite_points(np.zeros((5, 4)))

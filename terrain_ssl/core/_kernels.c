@@ -882,6 +882,100 @@ deskew_points_to_frame(PyObject *module, PyObject *args)
     return PyLong_FromSsize_t(written);
 }
 
+/* Union-find root of k, halving the path on the way. */
+static inline int64_t
+find_root(int64_t *parent, int64_t k)
+{
+    while (parent[k] != k) {
+        parent[k] = parent[parent[k]];
+        k = parent[k];
+    }
+    return k;
+}
+
+PyDoc_STRVAR(smooth_surfaces_doc,
+"smooth_surfaces(ix, iy, heights, usable, nx, ny, max_step, labels) -> surfaces\n\n"
+"Label per cell (M cells at ix, iy (int64) in an nx x ny grid, heights float64, usable uint8):\n"
+"cells joined through 8-neighbours whose heights differ by at most max_step share a label;\n"
+"cells not usable are alone. Labels 0 .. surfaces-1 into labels (M int64), in order of each\n"
+"surface's first cell.");
+
+static PyObject *
+smooth_surfaces(PyObject *module, PyObject *args)
+{
+    PyObject *objects[5];
+    long long nx, ny;
+    double max_step;
+    if (!PyArg_ParseTuple(args, "OOOOLLdO", &objects[0], &objects[1], &objects[2], &objects[3],
+                          &nx, &ny, &max_step, &objects[4])) {
+        return NULL;
+    }
+    static const BufferSpec specs[5] = {{"ix", 8, 0, -1, 0}, {"iy", 8, 0, 0, 1},
+                                        {"heights", 8, 0, 0, 1}, {"usable", 1, 0, 0, 1},
+                                        {"labels", 8, 1, 0, 1}};
+    Py_buffer views[5] = {{0}};
+    if (get_buffers(objects, views, 5, specs) < 0) {
+        return NULL;
+    }
+    const Py_ssize_t m = items_of(&views[0]);
+    const int64_t *ix = views[0].buf, *iy = views[1].buf;
+    const double *heights = views[2].buf;
+    const char *usable = views[3].buf;
+    int64_t *labels = views[4].buf;
+    if (nx <= 0 || ny <= 0 || nx > (1LL << 31) / ny) {
+        release_all(views, 5);
+        PyErr_SetString(PyExc_ValueError, "smooth_surfaces: grid size out of range");
+        return NULL;
+    }
+    int64_t *grid = malloc((size_t)(nx * ny) * sizeof(int64_t));
+    int64_t *parent = malloc((size_t)(m > 0 ? m : 1) * sizeof(int64_t));
+    if (grid == NULL || parent == NULL) {
+        free(grid);
+        free(parent);
+        release_all(views, 5);
+        return PyErr_NoMemory();
+    }
+    for (int64_t g = 0; g < nx * ny; g++) {
+        grid[g] = -1;
+    }
+    for (Py_ssize_t k = 0; k < m; k++) {
+        parent[k] = k;
+        if (usable[k] && ix[k] >= 0 && ix[k] < nx && iy[k] >= 0 && iy[k] < ny) {
+            grid[ix[k] * ny + iy[k]] = k;
+        }
+    }
+    static const int steps[4][2] = {{1, 0}, {0, 1}, {1, 1}, {1, -1}};
+    for (Py_ssize_t k = 0; k < m; k++) {
+        if (!usable[k] || ix[k] < 0 || ix[k] >= nx || iy[k] < 0 || iy[k] >= ny) {
+            continue;
+        }
+        for (int d = 0; d < 4; d++) {
+            const int64_t jx = ix[k] + steps[d][0], jy = iy[k] + steps[d][1];
+            if (jx < 0 || jx >= nx || jy < 0 || jy >= ny) {
+                continue;
+            }
+            const int64_t j = grid[jx * ny + jy];
+            if (j < 0 || !(fabs(heights[k] - heights[j]) <= max_step)) {
+                continue;
+            }
+            const int64_t a = find_root(parent, k), b = find_root(parent, j);
+            if (a != b) {
+                parent[a > b ? a : b] = a < b ? a : b;  /* the first cell's root stays */
+            }
+        }
+    }
+    /* Roots are their surface's first cell: numbering in cell order numbers the roots first. */
+    int64_t surfaces = 0;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        const int64_t root = find_root(parent, k);
+        labels[k] = root == k ? surfaces++ : labels[root];
+    }
+    free(grid);
+    free(parent);
+    release_all(views, 5);
+    return PyLong_FromLongLong(surfaces);
+}
+
 PyDoc_STRVAR(count_finite_doc,
 "count_finite(points) -> int\n\n"
 "How many points of an (N, 3) float32 / float64 array (any strides) are finite.");
@@ -1337,6 +1431,7 @@ static PyMethodDef methods[] = {
     {"window_shocks", window_shocks, METH_VARARGS, window_shocks_doc},
     {"deskew_points_to_frame", deskew_points_to_frame, METH_VARARGS,
      deskew_points_to_frame_doc},
+    {"smooth_surfaces", smooth_surfaces, METH_VARARGS, smooth_surfaces_doc},
     {"finite_points_to_frame", finite_points_to_frame, METH_VARARGS,
      finite_points_to_frame_doc},
     {"cell_features", cell_features, METH_VARARGS, cell_features_doc},

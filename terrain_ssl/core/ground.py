@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-from scipy import ndimage, sparse
-from scipy.sparse import csgraph
+from scipy import ndimage
 
+from terrain_ssl.core import kernels
 from terrain_ssl.core.patches import (FEATURE_INDEX, CellPlaneFits, PatchSet, cell_indices,
                                       cell_plane_fits, compute_patches_xyz, patches_of_fits)
 
@@ -260,23 +260,15 @@ def lower_envelope(cells, heights, shape, window_cells: float) -> tuple:
 
 def smooth_surfaces(cells, heights, shape, usable, max_step: float) -> np.ndarray:
     """Label per cell: cells joined through 8-neighbours whose heights (m) differ by at most
-    `max_step` (m) share a label; cells not `usable` are alone."""
-    n = heights.shape[0]
-    index = np.full(shape, -1, dtype=np.int64)
-    index[cells[0][usable], cells[1][usable]] = np.flatnonzero(usable)
-    padded = np.pad(index, 1, constant_values=-1)
-    heads, tails = [], []
-    for dx, dy in ((1, 0), (0, 1), (1, 1), (1, -1)):
-        here = padded[1:-1, 1:-1]
-        there = padded[1 + dx:padded.shape[0] - 1 + dx, 1 + dy:padded.shape[1] - 1 + dy]
-        both = (here >= 0) & (there >= 0)
-        a, b = here[both], there[both]
-        close = np.abs(heights[a] - heights[b]) <= max_step
-        heads.append(a[close])
-        tails.append(b[close])
-    heads, tails = np.concatenate(heads), np.concatenate(tails)
-    graph = sparse.coo_matrix((np.ones(heads.shape[0]), (heads, tails)), shape=(n, n))
-    return csgraph.connected_components(graph, directed=False)[1]
+    `max_step` (m) share a label; cells not `usable` are alone. `cells` is (ix, iy) in a grid of
+    `shape`."""
+    labels = np.empty(heights.shape[0], dtype=np.int64)
+    kernels.smooth_surfaces(np.ascontiguousarray(cells[0], dtype=np.int64),
+                            np.ascontiguousarray(cells[1], dtype=np.int64),
+                            np.ascontiguousarray(heights, dtype=np.float64),
+                            np.ascontiguousarray(usable, dtype=np.uint8),
+                            int(shape[0]), int(shape[1]), float(max_step), labels)
+    return labels
 
 
 __all__ = ['GROUND_METHODS', 'REJECT_REASONS', 'CellGeometry', 'GroundConfig',

@@ -14,11 +14,12 @@ try:
                                            count_finite, deskew_points_to_frame,
                                            finite_points_to_frame,
                                            footprint_update, merge_sightings, plane_fits,
-                                           sgd_epoch, stale_slots, window_means, window_shocks)
+                                           sgd_epoch, smooth_surfaces, stale_slots, window_means,
+                                           window_shocks)
 except ImportError as error:
     raise ImportError(f'{BUILD_HINT} ({error})') from None
 
 __all__ = ['cell_features', 'cell_moments', 'closed_form_eigen_3x3', 'count_finite',
            'deskew_points_to_frame', 'finite_points_to_frame', 'footprint_update',
-           'merge_sightings', 'plane_fits', 'sgd_epoch', 'stale_slots', 'window_means',
-           'window_shocks']
+           'merge_sightings', 'plane_fits', 'sgd_epoch', 'smooth_surfaces', 'stale_slots',
+           'window_means', 'window_shocks']
