@@ -148,3 +148,39 @@ def test_one_clock_subscription_sets_every_node_clock(ros_context):
         executor.shutdown()
         for node in nodes + [source]:
             node.destroy_node()
+
+
+@pytest.mark.parametrize('kind', ['events', 'single'])
+def test_a_signal_between_the_check_and_the_wait_is_a_clean_stop(kind, monkeypatch):
+    """SIGTERM can shut the context down after spin_until_shutdown saw it running and before
+    spin_once builds its wait set on it (a node printed a traceback and exited 1 on a busy
+    machine): that is the requested stop, not an error."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.node import Node
+
+    from terrain_ssl.ros.executor import new_executor, spin_until_shutdown
+
+    context = Context()
+    rclpy.init(context=context)
+    node = Node('race_probe', context=context)
+    executor = new_executor(kind, context=context)
+    executor.add_node(node)
+    real_ok = rclpy.ok
+    checks = []
+
+    def ok_then_signal(context=None):
+        checks.append(real_ok(context=context))
+        if len(checks) == 1:
+            context.try_shutdown()  # the signal lands right after the check said "running"
+            return True
+        return real_ok(context=context)
+
+    monkeypatch.setattr(rclpy, 'ok', ok_then_signal)
+    try:
+        spin_until_shutdown(executor, context=context, slice_s=0.05)  # returns, no RCLError
+        assert checks[0] is True and not real_ok(context=context)
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        context.try_shutdown()

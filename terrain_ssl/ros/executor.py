@@ -46,9 +46,20 @@ def new_executor(kind: str | None = None, context=None):
 
 
 def spin_until_shutdown(executor, context=None, slice_s: float = 0.5) -> None:
-    """Spin until the context shuts down (Ctrl-C, SIGTERM, rclpy.shutdown). Raises what spin
-    raises (KeyboardInterrupt, ExternalShutdownException)."""
+    """Spin until the context shuts down (Ctrl-C, SIGTERM, rclpy.shutdown), then return.
+    Raises KeyboardInterrupt where rclpy's signal handler is not installed."""
     import rclpy
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.impl.implementation_singleton import rclpy_implementation
 
     while rclpy.ok(context=context):
-        executor.spin_once(timeout_sec=slice_s)
+        try:
+            executor.spin_once(timeout_sec=slice_s)
+        except ExternalShutdownException:
+            return
+        except rclpy_implementation.RCLError:
+            # A signal can shut the context down between the check above and the wait set
+            # spin_once builds on it: that is the shutdown asked for, not an error.
+            if rclpy.ok(context=context):
+                raise
+            return
