@@ -95,7 +95,8 @@ def _settings_lines(laps, seed, world, advisor, oracle_speeds_mps, with_safe_ora
         f'{advisor["v_min_mps"]}, v_max {advisor["v_max_mps"]} m/s, uncertainty weight '
         f'{advisor.get("uncertainty_weight", AdvisorConfig().uncertainty_weight)}',
         'constant: always v_max.  terrain_ssl: the three real nodes, cold start, learning live'
-        + (", driving at the speed_mask under base_link (as Nav2's SpeedFilter)."
+        + (", driving at the speed_mask under base_link as Nav2 would (SpeedFilter read "
+           "once per costmap update, velocity smoother ramp at accel_limit_mps2)."
            if speed_source == 'mask' else ", driving at the advisor's speed_limit."),
         f'oracle: the same speed rule (advisor, same settings) on the measured roughness of '
         f'the terrain: per cell the labeler\'s label (shock over the footprint crossing / '
