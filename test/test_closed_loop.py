@@ -145,7 +145,7 @@ def test_by_the_mask_the_speed_changes_as_nav2_would_change_it():
         commands, command = [], 1.5
         for k in range(80):
             x = 6.0 if 41 <= k <= 60 else 1.0  # on smooth ground from step 41 to 60
-            command = run._nav2_command(VehicleState(x, 0.0, 0.0, command), 10**9 + k * step_ns,
+            command = run.nav2_command(VehicleState(x, 0.0, 0.0, command), 10**9 + k * step_ns,
                                         command)
             commands.append(command)
         commands = np.array(commands)

@@ -343,7 +343,7 @@ class ClosedLoopRun:
         if stack is not None:
             stack.advance_to(now_ns)
             if self.config.speed_source == 'mask':
-                command = self._nav2_command(state, now_ns, command)
+                command = self.nav2_command(state, now_ns, command)
             elif stack.speed_limit is not None:
                 command = stack.speed_limit
             advice = stack.advisor.advisor.last_advice
@@ -356,7 +356,7 @@ class ClosedLoopRun:
             command = oracle.update(now_ns).speed_limit_mps
         return command
 
-    def _nav2_command(self, state, now_ns: int, command: float) -> float:
+    def nav2_command(self, state, now_ns: int, command: float) -> float:
         """The speed Nav2 would command by the mask: its SpeedFilter reads the cell under
         base_link once per costmap update and the limit holds until the next; the velocity
         smoother after the controller raises the speed at most at its max_accel (here the

@@ -19,11 +19,16 @@ from terrain_ssl.sim.closed_loop import ClosedLoopConfig, format_table, run_clos
 from terrain_ssl.sim.oracle import labeler_footprint, oracle_calibration_drive
 from terrain_ssl.sim.world import WorldConfig
 
+SCENARIO_LABELER = {'footprint.length': 3.0, 'footprint.offset_x': 1.3, 'footprint.width': 1.8}
 SCENARIO_ADVISOR = {'shock_limit_mps2': 2.0, 'v_max_mps': 6.0, 'v_min_mps': 1.0,
                     'cautious_speed_mps': 1.5, 'front_offset_m': 2.6,
                     'uncertainty_weight': AdvisorConfig.uncertainty_weight,
-                    'map_memory_s': 20.0}
-SCENARIO_LABELER = {'footprint.length': 3.0, 'footprint.offset_x': 1.3, 'footprint.width': 1.8}
+                    'map_memory_s': 20.0,
+                    # The speed mask's ground contact: the labeler's footprint, whose crossings
+                    # define roughness (docs/nav2.md).
+                    'footprint_length_m': SCENARIO_LABELER['footprint.length'],
+                    'footprint_width_m': SCENARIO_LABELER['footprint.width'],
+                    'footprint_offset_x_m': SCENARIO_LABELER['footprint.offset_x']}
 ORACLE_SPEEDS_MPS = (2.0, 4.0)
 
 
