@@ -58,9 +58,9 @@ class MaskConfig:
     footprint_length_m: float = 2.8       # m
     footprint_width_m: float = 1.8
     footprint_offset_x_m: float = 1.3     # centre ahead of base_link, m
-    reaction_s: float = 0.15              # base_link entering a cell -> the vehicle following
+    reaction_s: float = 0.1               # base_link entering a cell -> the vehicle following
     #                                       the speed read there (Nav2's costmap update period
-    #                                       + the controller's), s
+    #                                       + the controller's, 20 Hz each), s
     unknown_is_cautious: bool = True      # unknown ground: cautious speed (else no limit)
     costmap_full_scale: float = 1.0       # conservative roughness ((m/s^2)/(m/s)) -> cost 100
 

@@ -32,7 +32,7 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 _DEFAULTS = MaskConfig()
 
 NAV2_PARAMS = [
-    ParamSpec('nav2_rate_hz', 10.0, 'Rate of terrain_ssl/speed_mask and '
+    ParamSpec('nav2_rate_hz', 20.0, 'Rate of terrain_ssl/speed_mask and '
               'terrain_ssl/roughness_costmap (Hz); match the local costmap\'s update_frequency '
               '(new predictions reach the SpeedFilter at the slower of the two).', min=0.1,
               max=100.0, read_only=True),

@@ -68,9 +68,9 @@ class ClosedLoopConfig:
     speed_source: str = 'advisor'                      # terrain_ssl drives at: 'advisor' (its
     #                                                    speed_limit) or 'mask' (speed_mask read
     #                                                    at base_link, as Nav2's SpeedFilter)
-    speed_filter_period_s: float = 0.1                 # mask: the SpeedFilter reads the mask
+    speed_filter_period_s: float = 0.05                # mask: the SpeedFilter reads the mask
     #                                                    once per local costmap update
-    #                                                    (update_frequency 10 Hz, as shipped)
+    #                                                    (update_frequency 20 Hz, as shipped)
 
     def check(self) -> None:
         """ValueError for an unknown policy or a parameter no node declares (a misspelt name
