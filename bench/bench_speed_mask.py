@@ -3,8 +3,9 @@
     PYTHONPATH=. .venv/bin/python bench/bench_speed_mask.py [--repeats 300] [--cells 25000]
 
 One update = terrain_ssl.core.speed_mask.nav2_grids (window lookup, speed rule, footprint
-erosion, braking distance transforms, costmap) plus both OccupancyGrid messages, at the default
-parameters (40 m window, 0.5 m cells: 80 x 80) on an advisor map of `--cells` remembered cells
+erosion, braking along the heading and the plan after the reaction time, costmap) plus both
+OccupancyGrid messages, at the default parameters (40 m window, 0.5 m cells: 80 x 80, reaction
+0.1 s) on an advisor map of `--cells` remembered cells
 (the soak bench's advisor map stays under ~23,000) with rough patches scattered over smooth
 ground, the vehicle turning as it moves along a curved plan. Target: <= 2 ms per update.
 """

@@ -120,3 +120,43 @@ def test_closed_loop_command_registers_and_refuses_bad_arguments(capsys):
     assert '--laps must be >= 2' in capsys.readouterr().err
     args = parser.parse_args(['closed-loop', '--shock-limit', '0'])
     assert args.func(args) == 2
+
+
+@pytest.mark.ros
+def test_by_the_mask_the_speed_changes_as_nav2_would_change_it():
+    """--speed-source mask: the SpeedFilter reads the mask under base_link once per costmap
+    update (the limit holds in between), and the velocity smoother raises the speed at most at
+    accel_limit; a lower limit applies at once (the vehicle brakes)."""
+    from std_msgs.msg import Header
+
+    from terrain_ssl.core.advisor import VehicleState
+    from terrain_ssl.ros.conversions import occupancy_grid
+    from terrain_ssl.sim.closed_loop import ClosedLoopRun, NodeStack
+
+    config = ClosedLoopConfig(policy='terrain_ssl', speed_source='mask', advisor=ADVISOR,
+                              speed_filter_period_s=0.2)
+    run = ClosedLoopRun(config)
+    run.stack = NodeStack(config)
+    try:
+        cells = np.full((4, 20), 50, dtype=np.int8)  # x in [0, 5) m: 50 % of 6 m/s
+        cells[:, 10:] = 100                          # x in [5, 10) m: no limit below v_max
+        run.stack.speed_mask = occupancy_grid(cells, 0.0, -1.0, 0.5, Header(frame_id='odom'))
+        step_ns, accel = 50_000_000, 1.0  # control period; AdvisorConfig's accel_limit_mps2
+        commands, command = [], 1.5
+        for k in range(80):
+            x = 6.0 if 41 <= k <= 60 else 1.0  # on smooth ground from step 41 to 60
+            command = run.nav2_command(VehicleState(x, 0.0, 0.0, command), 10**9 + k * step_ns,
+                                        command)
+            commands.append(command)
+        commands = np.array(commands)
+        assert np.diff(commands).max() <= accel * 0.05 + 1e-9  # the smoother's ramp
+        assert commands[40] == pytest.approx(3.0)  # reached the slow cells' limit
+        # The filter reads every 4th step (0.2 s): on smooth ground from step 41, the limit
+        # holds until the read at step 44, then the speed ramps up.
+        np.testing.assert_allclose(commands[41:44], 3.0)
+        assert commands[44] == pytest.approx(3.05) and commands[60] == pytest.approx(3.85)
+        # Back over the slow cells from step 61: unchanged until the read at step 64, which
+        # applies at once (braking is not ramped).
+        assert commands[63] == pytest.approx(4.0) and commands[64] == pytest.approx(3.0)
+    finally:
+        run.stack.close()

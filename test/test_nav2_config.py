@@ -75,3 +75,18 @@ def test_the_filter_reads_our_mask_the_way_we_write_it():
     # Graded costs: a trinary costmap would turn every roughness below 100 into free space.
     assert costmap['trinary_costmap'] is False
     assert costmap['global_frame'] == 'odom' and costmap['rolling_window'] is True
+
+
+def test_the_masks_reaction_time_covers_the_shipped_update_rates():
+    """speed_advisor's defaults fit the shipped costmap: the mask is published at least as often
+    as the SpeedFilter reads it, and mask_reaction_s covers one costmap update period plus one
+    controller period (Nav2's default controller_frequency, 20 Hz), or the mask's braking would
+    plan with less time than the vehicle takes to react."""
+    from terrain_ssl.ros.nav2_outputs import NAV2_PARAMS
+
+    defaults = {spec.name: spec.default for spec in NAV2_PARAMS}
+    costmap = load()['local_costmap']['local_costmap']['ros__parameters']
+    controller_period_s = 1.0 / 20.0
+    assert defaults['nav2_rate_hz'] >= costmap['update_frequency']
+    assert defaults['mask_reaction_s'] >= 1.0 / costmap['update_frequency'] \
+        + controller_period_s - 1e-9

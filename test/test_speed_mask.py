@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 
 from terrain_ssl.core.advisor import AdvisorConfig, RoughnessMap, SpeedAdvisor, VehicleState
-from terrain_ssl.core.speed_mask import MaskConfig, footprint_kernel, mask_speed_at, nav2_grids
+from terrain_ssl.core.speed_mask import (MaskConfig, braking_profile, footprint_kernel,
+                                         mask_speed_at, nav2_grids)
 
 CELL = 0.5
 ADVISOR = AdvisorConfig(shock_limit_mps2=6.0, v_min_mps=1.0, v_max_mps=6.0,
                         cautious_speed_mps=1.5, decel_limit_mps2=1.5, uncertainty_weight=1.5,
                         margin_m=0.0, front_offset_m=0.0, corridor_half_width_m=0.0)
+# No reaction time: braking alone, the advisor's rule (the reaction has its own test).
 MASK = MaskConfig(size_m=40.0, footprint_length_m=2.0, footprint_width_m=1.0,
-                  footprint_offset_x_m=0.0)
+                  footprint_offset_x_m=0.0, reaction_s=0.0)
 
 
 def field(rough_x_m=(10.0, 11.0), rough=3.0, smooth=0.3, uncertainty=0.0):
@@ -53,9 +55,58 @@ def test_the_same_speed_as_the_advisor_over_known_ground():
         advisor.set_state(VehicleState(x, 0.25, 0.0, 6.0), 0)  # sees 12 m ahead
         grids = nav2_grids(roughness_map, (x, 0.25), 0.0, ADVISOR,
                            MaskConfig(size_m=40.0, footprint_length_m=0.01,
-                                      footprint_width_m=0.01, footprint_offset_x_m=0.0))
+                                      footprint_width_m=0.01, footprint_offset_x_m=0.0,
+                                      reaction_s=0.0))
         assert mask_speed_at(grids, (x, 0.25), 6.0) == pytest.approx(
             advisor.allowed(0).allowed_mps, abs=0.3)
+
+
+def test_the_mask_brakes_earlier_by_the_distance_driven_before_the_vehicle_reacts():
+    """Nav2 reads the mask once per costmap update and the controller acts a cycle later: the
+    vehicle covers v * t_r before it brakes, so the limit falls that much earlier; over the
+    strip itself, the strip's own speed (the reaction must not slow the vehicle below it)."""
+    reaction_s, a, at_strip = 0.3, 1.5, 2.0
+    slow_to_react = MaskConfig(size_m=40.0, footprint_length_m=2.0, footprint_width_m=1.0,
+                               footprint_offset_x_m=0.0, reaction_s=reaction_s)
+    grids = nav2_grids(field(), (0.0, 0.0), 0.0, ADVISOR, slow_to_react)
+    at_once = nav2_grids(field(), (0.0, 0.0), 0.0, ADVISOR, MASK)
+    for x in (2.25, 4.25, 6.25, 7.75):
+        distance = max(10.0 - (x + 1.0) - 0.25, 0.0)  # footprint front -> strip's near edge
+        lag = a * reaction_s
+        expected = min(math.sqrt(lag**2 + at_strip**2 + 2 * a * distance) - lag, 6.0)
+        assert mask_speed_at(grids, (x, 0.25), 6.0) == pytest.approx(expected, abs=0.35)
+        assert mask_speed_at(grids, (x, 0.25), 6.0) < mask_speed_at(at_once, (x, 0.25), 6.0)
+    for x in (8.75, 9.25, 10.25):
+        assert mask_speed_at(grids, (x, 0.25), 6.0) == pytest.approx(at_strip, abs=0.06)
+
+
+def test_braking_profile_is_the_pairwise_rule_exactly():
+    """Against the rule written out per pair of samples: v_i = min over j >= i of
+    max(v_j, sqrt((a t)^2 + v_j^2 + 2 a d_ij) - a t), d_ij = (j - i) spacing - edge >= 0."""
+    rng = np.random.default_rng(3)
+    a, spacing, edge, v_max = 1.5, 0.25, 0.25, 6.0
+    for reaction_s in (0.0, 0.15, 0.6):
+        target = rng.choice([1.0, 2.0, 3.5, 6.0], size=(4, 60), p=[0.05, 0.1, 0.15, 0.7])
+        got = braking_profile(target, spacing, edge, a, reaction_s, v_max)
+        lag = a * reaction_s
+        for row in range(target.shape[0]):
+            for i in range(target.shape[1]):
+                ahead = target[row, i:]
+                d = np.maximum(np.arange(ahead.size) * spacing - edge, 0.0)
+                d[0] = 0.0
+                rule = np.maximum(ahead, np.sqrt(lag**2 + ahead**2 + 2 * a * d) - lag)
+                assert got[row, i] == pytest.approx(rule.min(), abs=1e-9)
+
+
+def test_a_rough_cell_the_wheels_have_left_no_longer_limits_the_speed():
+    """The default outline is where the vehicle touches the ground (the labeler's footprint):
+    from 0.1 m behind base_link (the rear wheels' contact) to the front wheels'. The strip ends
+    at x = 11 m: with base_link at 11.25 m the rear wheels have left it; at 10.75 m they have
+    not."""
+    contact = MaskConfig(reaction_s=0.0)
+    grids = nav2_grids(field(), (8.0, 0.0), 0.0, ADVISOR, contact)
+    assert mask_speed_at(grids, (11.25, 0.25), 6.0) == pytest.approx(6.0)
+    assert mask_speed_at(grids, (10.75, 0.25), 6.0) == pytest.approx(2.0, abs=0.06)
 
 
 def test_braking_looks_along_the_heading_not_behind_or_beside():

@@ -8,20 +8,23 @@ over it*, which is what the speed advisor computes along its corridor, here for 
 
     conservative roughness r = prediction + uncertainty_weight * uncertainty   (per map cell)
     -> target speed          clamp(shock_limit / r, v_min, v_max); unknown ground: cautious
-    -> footprint             the lowest target under the vehicle's footprint, placed at each
-                             base_link cell (a grey erosion with the footprint as kernel, turned
-                             to the current heading): a rough cell limits the speed while any
-                             part of the vehicle is over it
-    -> braking               the speed from which braking at decel_limit still reaches the
-                             target of every cell ahead along the current heading:
-                             min over cells ahead of sqrt(v^2 + 2 a d), as the advisor's
-                             corridor (whose width the footprint step already gives)
+    -> footprint             the lowest target under the vehicle's footprint (where it touches
+                             the ground), placed at each base_link cell (a grey erosion with the
+                             footprint as kernel, turned to the current heading): a rough cell
+                             limits the speed while the wheels are over it, not once they
+                             have left it
+    -> braking               the speed from which the vehicle, reacting after reaction_s (Nav2
+                             reads the mask once per costmap update, the controller acts on
+                             its next cycle) and then braking at decel_limit, still reaches the
+                             target of every cell ahead along the plan (the heading off it):
+                             v^2 + 2 a t_r v <= v_target^2 + 2 a d, as the advisor's corridor
+                             (whose width the footprint step already gives)
     -> percent of v_max      rounded down, at least 1 (0 would mean "no limit" to Nav2)
 
-Braking looks along the current heading, not in every direction: Nav2 reads the mask where the
-vehicle is, which is where the heading leads in the next update, and rough ground beside or
-behind the vehicle must not slow it (counted in every direction, the rough patches within
-braking distance of anywhere kept the vehicle near its slowest speed).
+Braking looks along the plan or the current heading, not in every direction: Nav2 reads the
+mask where the vehicle is, which is where the plan leads in the next update, and rough ground
+beside or behind the vehicle must not slow it (counted in every direction, the rough patches
+within braking distance of anywhere kept the vehicle near its slowest speed).
 
 The costmap holds the same conservative roughness scaled to 0..100 (-1 unknown), widened by the
 vehicle's half width so that a path whose centre passes beside a rough cell still pays for it.
@@ -50,9 +53,14 @@ class MaskConfig:
     """The Nav2 grids' own settings (the speed rule's come from AdvisorConfig)."""
 
     size_m: float = 40.0                  # side of the square window centred on the vehicle, m
-    footprint_length_m: float = 3.4       # the vehicle's outline, m
+    # Where the vehicle touches the ground (wheels, tracks), as the labeler's footprint whose
+    # crossings define roughness: body overhangs do not feel the ground.
+    footprint_length_m: float = 2.8       # m
     footprint_width_m: float = 1.8
-    footprint_offset_x_m: float = 1.3     # outline centre ahead of base_link, m
+    footprint_offset_x_m: float = 1.3     # centre ahead of base_link, m
+    reaction_s: float = 0.1               # base_link entering a cell -> the vehicle following
+    #                                       the speed read there (Nav2's costmap update period
+    #                                       + the controller's, 20 Hz each), s
     unknown_is_cautious: bool = True      # unknown ground: cautious speed (else no limit)
     costmap_full_scale: float = 1.0       # conservative roughness ((m/s^2)/(m/s)) -> cost 100
 
@@ -64,6 +72,8 @@ class MaskConfig:
         if not math.isfinite(self.footprint_offset_x_m):
             raise ValueError(f'footprint_offset_x_m must be finite, got '
                              f'{self.footprint_offset_x_m}')
+        if not (math.isfinite(self.reaction_s) and self.reaction_s >= 0.0):
+            raise ValueError(f'reaction_s must be a finite number >= 0, got {self.reaction_s}')
 
 
 @dataclass(frozen=True)
@@ -121,16 +131,53 @@ def footprint_kernel(cfg: MaskConfig, yaw_rad: float, resolution_m: float):
     return inside.astype(np.uint8), (half, half)
 
 
-def _braking_along_heading(target: np.ndarray, yaw_rad: float, decel_mps2: float,
-                           resolution_m: float, v_max_mps: float) -> np.ndarray:
-    """Per cell, the speed from which braking at `decel_mps2` along the heading still reaches
-    the target of every cell ahead: min over cells d ahead of sqrt(v(ahead)^2 + 2 a d).
+def braking_profile(target: np.ndarray, spacing_m: float, edge_m: float, decel_mps2: float,
+                    reaction_s: float, v_max_mps: float) -> np.ndarray:
+    """Per sample along the last axis (samples `spacing_m` apart, the vehicle driving towards
+    higher indices), the fastest speed there from which the vehicle, holding it for
+    `reaction_s` and then braking at `decel_mps2`, is at or under the target of every sample
+    ahead when it gets there; a sample's target holds from `edge_m` before it.
+
+    Without reaction time this is min over samples ahead of sqrt(v^2 + 2 a d). With it, a
+    vehicle at v covers v * t_r first: v^2 + 2 a t_r v <= v_target^2 + 2 a d, i.e.
+    v <= sqrt((a t_r)^2 + v_target^2 + 2 a d) - a t_r; and a sample it may reach before it
+    reacts (d <= v_target * t_r) must already allow v: max(v_target, that) per sample, exactly.
+    That pairwise form is needed only within the reaction distance at v_max; beyond, the
+    second term is the larger, and one running minimum per row gives it.
+    """
+    n = target.shape[-1]
+    squared = np.square(target)
+    lag = decel_mps2 * reaction_s  # a * t_r, m/s
+
+    def after_reaction(squared_reach):
+        return np.sqrt(lag * lag + np.maximum(squared_reach, 0.0)) - lag
+
+    allowed = np.array(target, dtype=np.float64)
+    near = min(int(math.floor((v_max_mps * reaction_s + edge_m) / spacing_m + 1e-9)), n - 1)
+    for k in range(1, near + 1):
+        reach = 2.0 * decel_mps2 * max(k * spacing_m - edge_m, 0.0)
+        per_sample = np.maximum(target[..., k:], after_reaction(squared[..., k:] + reach))
+        allowed[..., :-k] = np.minimum(allowed[..., :-k], per_sample)
+    first = near + 1
+    if first < n:
+        gain = 2.0 * decel_mps2 * spacing_m * np.arange(n)
+        ahead = np.minimum.accumulate((squared + gain)[..., ::-1], axis=-1)[..., ::-1]
+        far = ahead[..., first:] - gain[:n - first] - 2.0 * decel_mps2 * edge_m
+        allowed[..., :n - first] = np.minimum(allowed[..., :n - first], after_reaction(far))
+    return allowed
+
+
+def _braking_along_heading(target: np.ndarray, yaw_rad: float, advisor: AdvisorConfig,
+                           reaction_s: float, resolution_m: float) -> np.ndarray:
+    """Per cell, `braking_profile` along the heading.
 
     The grid is turned so that the heading runs along its rows (nearest cell: the footprint
-    step has already widened every slow cell by the vehicle's outline), each row is one running
-    minimum from the far end, and the result is turned back.
+    step has already widened every slow cell by the vehicle's outline), each row is one
+    profile, and the result is turned back. A cell's target counts from its near edge, half a
+    cell before its centre, as the advisor measures to a cell's near edge.
     """
     n = target.shape[0]
+    v_max = advisor.v_max_mps
     m = int(math.ceil(n * math.sqrt(2.0))) + 2  # holds the window at any angle
     c, s = math.cos(yaw_rad), math.sin(yaw_rad)
     centre_in, centre_out = (n - 1) / 2.0, (m - 1) / 2.0
@@ -139,41 +186,35 @@ def _braking_along_heading(target: np.ndarray, yaw_rad: float, decel_mps2: float
                           [s, c, centre_in - s * centre_out - c * centre_out]])
     turned = cv2.warpAffine(target.astype(np.float32), to_window, (m, m),
                             flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=float(v_max_mps))
-    squared = np.square(turned.astype(np.float64))
-    step = 2.0 * decel_mps2 * resolution_m  # v^2 gained per cell of braking distance
-    u = np.arange(m) * step
-    # min over u' > u of v(u')^2 + step * (u' - u - 1/2): the nearer half of the cell ahead
-    # counts as reached, as the advisor measures to a cell's near edge.
-    ahead = np.minimum.accumulate((squared + u)[:, ::-1], axis=1)[:, ::-1]
-    ahead = np.concatenate((ahead[:, 1:], np.full((m, 1), np.inf)), axis=1) - u - 0.5 * step
-    allowed_turned = np.sqrt(np.minimum(squared, np.maximum(ahead, 0.0))).astype(np.float32)
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=float(v_max))
+    allowed_turned = braking_profile(turned.astype(np.float64), resolution_m,
+                                     0.5 * resolution_m, advisor.decel_limit_mps2, reaction_s,
+                                     v_max).astype(np.float32)
     allowed = cv2.warpAffine(allowed_turned, cv2.invertAffineTransform(to_window), (n, n),
                              flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=float(v_max_mps))
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=float(v_max))
     return np.minimum(allowed.astype(np.float64), target)
 
 
 def _braking_along_path(allowed: np.ndarray, target: np.ndarray, window: GridWindow,
                         position_xy_m, yaw_rad: float, path_xy_m, advisor: AdvisorConfig,
-                        reach_m: float) -> np.ndarray:
+                        reaction_s: float, reach_m: float) -> np.ndarray:
     """`allowed` with the cells along the plan ahead set by braking along the plan, as the
     advisor's corridor follows it (through curves, where the heading points off the road)."""
     res, n = window.resolution_m, window.size_cells
     state = VehicleState(float(position_xy_m[0]), float(position_xy_m[1]), yaw_rad, 0.0)
-    xy, stations, _ = corridor_samples(state, reach_m, advisor.corridor_half_width_m, 0.5 * res,
-                                       path_xy_m, advisor.path_max_offset_m)
+    xy, _, _ = corridor_samples(state, reach_m, advisor.corridor_half_width_m, 0.5 * res,
+                                path_xy_m, advisor.path_max_offset_m)
     cell = np.floor((xy - (window.origin_x_m, window.origin_y_m)) / res).astype(np.int64)
     inside = ((cell >= 0) & (cell < n)).all(axis=2)
     flat = np.where(inside, cell[..., 1] * n + cell[..., 0], 0)
     centre = xy.shape[1] // 2  # base_link on the plan: the outline step already has the width
     v_station = np.where(inside[:, centre], target.reshape(-1)[flat[:, centre]],
                          advisor.v_max_mps)
-    squared = np.square(v_station)
-    gain = 2.0 * advisor.decel_limit_mps2 * stations
-    ahead = np.minimum.accumulate((squared + gain)[::-1])[::-1]
-    ahead = np.append(ahead[1:], np.inf) - gain - advisor.decel_limit_mps2 * res
-    along = np.sqrt(np.minimum(squared, np.maximum(ahead, 0.0)))
+    # Stations half a cell apart; a station's target counts from half a cell before it, as a
+    # cell's from its near edge along the heading.
+    along = braking_profile(v_station, 0.5 * res, 0.5 * res, advisor.decel_limit_mps2,
+                            reaction_s, advisor.v_max_mps)
     painted = np.full(n * n, np.inf)
     np.minimum.at(painted, flat[inside], np.broadcast_to(along[:, None], flat.shape)[inside])
     painted = painted.reshape(n, n)
@@ -205,11 +246,10 @@ def nav2_grids(map_: Optional[RoughnessMap], position_xy_m, yaw_rad: float,
     any_known = cv2.dilate(known.astype(np.uint8), kernel, anchor=anchor,
                            borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
     under_footprint = np.where(any_known, under_footprint, unknown_speed)
-    allowed = _braking_along_heading(under_footprint, yaw_rad, advisor.decel_limit_mps2, res,
-                                     advisor.v_max_mps)
+    allowed = _braking_along_heading(under_footprint, yaw_rad, advisor, cfg.reaction_s, res)
     if path_xy_m is not None and len(path_xy_m) >= 2:
         allowed = _braking_along_path(allowed, under_footprint, window, position_xy_m, yaw_rad,
-                                      path_xy_m, advisor, 0.5 * cfg.size_m)
+                                      path_xy_m, advisor, cfg.reaction_s, 0.5 * cfg.size_m)
     allowed = np.minimum(allowed, advisor.v_max_mps)
     # Rounded down (never faster than the rule), but not below v_min, which the rule never goes.
     v_min_percent = math.ceil(100.0 * advisor.v_min_mps / advisor.v_max_mps - 1e-6)

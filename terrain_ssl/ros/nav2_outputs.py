@@ -32,18 +32,26 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 _DEFAULTS = MaskConfig()
 
 NAV2_PARAMS = [
-    ParamSpec('nav2_rate_hz', 5.0, 'Rate of terrain_ssl/speed_mask and '
-              'terrain_ssl/roughness_costmap (Hz).', min=0.1, max=100.0, read_only=True),
+    ParamSpec('nav2_rate_hz', 20.0, 'Rate of terrain_ssl/speed_mask and '
+              'terrain_ssl/roughness_costmap (Hz); match the local costmap\'s update_frequency '
+              '(new predictions reach the SpeedFilter at the slower of the two).', min=0.1,
+              max=100.0, read_only=True),
     ParamSpec('mask_size_m', _DEFAULTS.size_m, 'Side of the square window of the speed mask '
               'and the costmap, centred on the vehicle (m).', min=1.0, max=1000.0),
     ParamSpec('footprint_length_m', _DEFAULTS.footprint_length_m,
-              'Length of the vehicle outline (m): a rough cell limits the mask while any part '
-              'of the outline is over it.', min=0.01, max=100.0),
+              'Length of the ground the vehicle touches, rearmost to foremost wheel or track '
+              'contact (m), as the labeler\'s footprint: a rough cell limits the mask while any '
+              'part of it is over the cell.', min=0.01, max=100.0),
     ParamSpec('footprint_width_m', _DEFAULTS.footprint_width_m,
-              'Width of the vehicle outline (m); half of it also widens the costmap.',
-              min=0.01, max=100.0),
+              'Width of the ground the vehicle touches (m); half of it also widens the '
+              'costmap.', min=0.01, max=100.0),
     ParamSpec('footprint_offset_x_m', _DEFAULTS.footprint_offset_x_m,
-              'Centre of the vehicle outline ahead of base_link (m).', min=-50.0, max=50.0),
+              'Centre of that ground contact ahead of base_link (m).', min=-50.0, max=50.0),
+    ParamSpec('mask_reaction_s', _DEFAULTS.reaction_s,
+              'Time from base_link entering a mask cell until the vehicle follows the speed '
+              'read there (s): the local costmap\'s update period (the SpeedFilter reads the '
+              'mask once per update) plus the controller\'s period. The mask\'s braking adds '
+              'the distance driven meanwhile.', min=0.0, max=10.0),
     ParamSpec('mask_unknown', 'cautious', 'Speed mask over ground with no prediction: '
               '"cautious" (cautious_speed_mps) or "no_limit" (v_max_mps).',
               choices=('cautious', 'no_limit')),
@@ -59,6 +67,7 @@ def mask_config_from_values(values: dict) -> MaskConfig:
                       footprint_length_m=values['footprint_length_m'],
                       footprint_width_m=values['footprint_width_m'],
                       footprint_offset_x_m=values['footprint_offset_x_m'],
+                      reaction_s=values['mask_reaction_s'],
                       unknown_is_cautious=values['mask_unknown'] == 'cautious',
                       costmap_full_scale=values['costmap_full_scale'])
 

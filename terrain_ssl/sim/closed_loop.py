@@ -68,6 +68,9 @@ class ClosedLoopConfig:
     speed_source: str = 'advisor'                      # terrain_ssl drives at: 'advisor' (its
     #                                                    speed_limit) or 'mask' (speed_mask read
     #                                                    at base_link, as Nav2's SpeedFilter)
+    speed_filter_period_s: float = 0.05                # mask: the SpeedFilter reads the mask
+    #                                                    once per local costmap update
+    #                                                    (update_frequency 20 Hz, as shipped)
 
     def check(self) -> None:
         """ValueError for an unknown policy or a parameter no node declares (a misspelt name
@@ -83,6 +86,9 @@ class ClosedLoopConfig:
             unknown = sorted(set(overrides) - node_parameter_names(module))
             if unknown:
                 raise ValueError(f'{name} has no parameter {", ".join(unknown)}')
+        if not self.speed_filter_period_s > 0.0:
+            raise ValueError(f'speed_filter_period_s must be > 0, got '
+                             f'{self.speed_filter_period_s}')
         if self.policy == 'oracle' and self.oracle_map is None:
             raise ValueError('the oracle needs an oracle_map (terrain_ssl.sim.oracle)')
 
@@ -254,6 +260,8 @@ class ClosedLoopRun:
         self.reasons: dict = {}  # (lap, advisor reason) -> control steps: why terrain_ssl drove so
         self.lap_starts = [0.0]
         self.message_types: dict = {}
+        self.filter_limit: Optional[float] = None  # mask: the SpeedFilter's latest limit, m/s
+        self.filter_due_ns: Optional[int] = None   # mask: when it next reads the mask
 
     def run(self) -> ClosedLoopResult:
         self.world = World(self.world_config, seed=self.config.seed)
@@ -335,9 +343,7 @@ class ClosedLoopRun:
         if stack is not None:
             stack.advance_to(now_ns)
             if self.config.speed_source == 'mask':
-                v_max = stack.advisor.advisor.config.v_max_mps
-                from_mask = stack.mask_speed(state.x_m, state.y_m, v_max)
-                command = command if from_mask is None else from_mask
+                command = self.nav2_command(state, now_ns, command)
             elif stack.speed_limit is not None:
                 command = stack.speed_limit
             advice = stack.advisor.advisor.last_advice
@@ -349,6 +355,23 @@ class ClosedLoopRun:
                                           state.speed_mps), now_ns)
             command = oracle.update(now_ns).speed_limit_mps
         return command
+
+    def nav2_command(self, state, now_ns: int, command: float) -> float:
+        """The speed Nav2 would command by the mask: its SpeedFilter reads the cell under
+        base_link once per costmap update and the limit holds until the next; the velocity
+        smoother after the controller raises the speed at most at its max_accel (here the
+        advisor's accel_limit, as the advisor path); braking is the vehicle's own."""
+        if self.filter_due_ns is None or now_ns >= self.filter_due_ns:
+            v_max = self.stack.advisor.advisor.config.v_max_mps
+            read = self.stack.mask_speed(state.x_m, state.y_m, v_max)
+            self.filter_limit = read if read is not None else self.filter_limit
+            period_ns = int(round(self.config.speed_filter_period_s * NS_PER_S))
+            due = self.filter_due_ns if self.filter_due_ns is not None else now_ns
+            self.filter_due_ns = due + period_ns
+        if self.filter_limit is None:
+            return command
+        ramp = self.advisor_config.accel_limit_mps2 * self.config.control_period_s
+        return min(self.filter_limit, command + ramp)
 
     def _run_info(self) -> dict:
         config, stack = self.config, self.stack

@@ -19,11 +19,16 @@ from terrain_ssl.sim.closed_loop import ClosedLoopConfig, format_table, run_clos
 from terrain_ssl.sim.oracle import labeler_footprint, oracle_calibration_drive
 from terrain_ssl.sim.world import WorldConfig
 
+SCENARIO_LABELER = {'footprint.length': 3.0, 'footprint.offset_x': 1.3, 'footprint.width': 1.8}
 SCENARIO_ADVISOR = {'shock_limit_mps2': 2.0, 'v_max_mps': 6.0, 'v_min_mps': 1.0,
                     'cautious_speed_mps': 1.5, 'front_offset_m': 2.6,
                     'uncertainty_weight': AdvisorConfig.uncertainty_weight,
-                    'map_memory_s': 20.0}
-SCENARIO_LABELER = {'footprint.length': 3.0, 'footprint.offset_x': 1.3, 'footprint.width': 1.8}
+                    'map_memory_s': 20.0,
+                    # The speed mask's ground contact: the labeler's footprint, whose crossings
+                    # define roughness (docs/nav2.md).
+                    'footprint_length_m': SCENARIO_LABELER['footprint.length'],
+                    'footprint_width_m': SCENARIO_LABELER['footprint.width'],
+                    'footprint_offset_x_m': SCENARIO_LABELER['footprint.offset_x']}
 ORACLE_SPEEDS_MPS = (2.0, 4.0)
 
 
@@ -95,7 +100,8 @@ def _settings_lines(laps, seed, world, advisor, oracle_speeds_mps, with_safe_ora
         f'{advisor["v_min_mps"]}, v_max {advisor["v_max_mps"]} m/s, uncertainty weight '
         f'{advisor.get("uncertainty_weight", AdvisorConfig().uncertainty_weight)}',
         'constant: always v_max.  terrain_ssl: the three real nodes, cold start, learning live'
-        + (", driving at the speed_mask under base_link (as Nav2's SpeedFilter)."
+        + (", driving at the speed_mask under base_link as Nav2 would (SpeedFilter read "
+           "once per costmap update, velocity smoother ramp at accel_limit_mps2)."
            if speed_source == 'mask' else ", driving at the advisor's speed_limit."),
         f'oracle: the same speed rule (advisor, same settings) on the measured roughness of '
         f'the terrain: per cell the labeler\'s label (shock over the footprint crossing / '
