@@ -94,12 +94,12 @@ def cloud_rows(msg) -> np.ndarray:
 def reference_labels(bag_path: Path, config: Path) -> tuple:
     """The fast replay: (label rows before the final flush, rows of the flush, the labeler's
     accepted input counts by role)."""
-    import terrain_ssl.ros.pipeline as pipeline
+    import terrain_ssl.replay.runner as runner
     from terrain_ssl.replay.runner import ReplayOptions, run_replay
 
     chunks = {'live': [], 'flush': []}
     state = {'part': 'live', 'labeler': None}
-    original = pipeline.create_nodes
+    original = runner.create_nodes  # the name the runner looks up
 
     def create_nodes(*args, **kwargs):
         nodes = original(*args, **kwargs)
@@ -112,12 +112,12 @@ def reference_labels(bag_path: Path, config: Path) -> tuple:
             flush()
         labeler.flush_labels = flush_labels
         return nodes
-    pipeline.create_nodes = create_nodes
+    runner.create_nodes = create_nodes
     try:
         run_replay(ReplayOptions(bag=str(bag_path), config=str(config), progress=False,
                                  processes=1))
     finally:
-        pipeline.create_nodes = original
+        runner.create_nodes = original
     stats = state['labeler'].labeler.stats
     accepted = {'imu': stats['imu'], 'odom': stats['odometry'], 'points': stats['scans']}
     return tuple(np.concatenate(chunks[part]) if chunks[part] else np.zeros((0, 1))

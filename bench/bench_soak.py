@@ -31,7 +31,7 @@ TARGET_GROWTH = 0.10
 
 
 class NodeWatcher:
-    """Keeps the nodes the replay builds (pipeline.create_nodes is wrapped, not replaced) and
+    """Keeps the nodes the replay builds (the runner's create_nodes is wrapped, not replaced) and
     samples RSS and structure sizes from a background thread."""
 
     def __init__(self, period_s: float = 0.5):
@@ -44,14 +44,15 @@ class NodeWatcher:
         self._process = psutil.Process()
 
     def install(self) -> None:
-        import terrain_ssl.ros.pipeline as pipeline
+        # The replay runner imported create_nodes by name: wrap it where the runner looks it up.
+        import terrain_ssl.replay.runner as runner
 
-        original = pipeline.create_nodes
+        original = runner.create_nodes
 
         def create_nodes(*args, **kwargs):
             self.nodes = original(*args, **kwargs)
             return self.nodes
-        pipeline.create_nodes = create_nodes
+        runner.create_nodes = create_nodes
 
     def start(self) -> None:
         self._thread.start()
