@@ -139,8 +139,11 @@ def test_a_mount_out_of_range_is_refused_and_the_parameters_stand(ros_context, t
     tf.add('base_link', 'lidar_link', (25.0, 0.0, 1.0), (0.0, 0.0, 0.0))  # lidar.x max is 10 m
     node = RoughnessLabelerNode(context=ros_context)
     try:
-        default_x = node.params.values['lidar.x']
+        defaults = {name: node.params.values[name] for name in ('lidar.x', 'lidar.z')}
         one_scan(node)
-        assert node.labeler.config.lidar_x == default_x and node.tf_extrinsic is None
+        # None of the six applied (lidar.z = 1.0 would have been valid on its own).
+        assert node.labeler.config.lidar_x == defaults['lidar.x']
+        assert node.labeler.config.lidar_z == defaults['lidar.z'] != 1.0
+        assert node.tf_extrinsic is None
     finally:
         node.destroy_node()

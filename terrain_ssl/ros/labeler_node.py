@@ -208,12 +208,12 @@ class RoughnessLabelerNode(Node):
             return
         self.tf_extrinsic.close()
         self.tf_extrinsic = None
-        results = self.set_parameters([Parameter(name, value=float(value))
-                                       for name, value in values.items()])
-        refused = [result.reason for result in results if not result.successful]
-        if refused:
+        # All six or none: a mount half applied would be worse than either.
+        result = self.set_parameters_atomically([Parameter(name, value=float(value))
+                                                 for name, value in values.items()])
+        if not result.successful:
             self.get_logger().error(f'lidar extrinsic: TF\'s {base} -> {lidar_frame} refused '
-                                    f'({refused[0]}); the lidar.* parameters stand')
+                                    f'({result.reason}); the lidar.* parameters stand')
             return
         self.get_logger().info(
             f'lidar extrinsic: {base} -> {lidar_frame} = '
