@@ -33,7 +33,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'test'))
 
-from test_ground import GroundConfig, ground_quality, real_scans, realdata  # noqa: E402
+from test_ground import (GroundConfig, ground_quality, ouster_first_sweep,  # noqa: E402
+                         real_scans, realdata)
 
 from terrain_ssl.core.ground import patchwork_available  # noqa: E402
 from terrain_ssl.core.labeler import Labeler, LabelerConfig  # noqa: E402
@@ -44,19 +45,7 @@ RESULTS = Path(__file__).resolve().parent / 'results' / 'bench_ground.md'
 
 def ouster_sweep():
     """(points (N, 3) float32 with NaN no-returns, `t` (N,) uint32 ns) of the real sweep."""
-    from rosbags.highlevel import AnyReader
-    from rosbags.typesys import Stores, get_typestore
-    folder = realdata() / 'ouster_os1_128' / 'lb_n3_poses_mcap'
-    with AnyReader([folder], default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as reader:
-        connection = next(c for c in reader.connections if c.topic == '/ouster/points')
-        _, _, raw = next(reader.messages(connections=[connection]))
-        msg = reader.deserialize(raw, connection.msgtype)
-    offsets = {field.name: field.offset for field in msg.fields}
-    data = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(-1, msg.point_step)
-    xyz = np.stack([data[:, offsets[a]:offsets[a] + 4].copy().view('<f4')[:, 0]
-                    for a in 'xyz'], axis=1)
-    times = data[:, offsets['t']:offsets['t'] + 4].copy().view('<u4')[:, 0]
-    return xyz, times
+    return ouster_first_sweep(realdata() / 'ouster_os1_128' / 'lb_n3_poses_mcap')
 
 
 def time_variants(repeats: int) -> dict:

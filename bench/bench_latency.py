@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -33,17 +32,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Own DDS domain, this host only: other runs on the machine cannot disturb the figures.
-os.environ['ROS_DOMAIN_ID'] = os.environ.get('BENCH_ROS_DOMAIN_ID',
-                                             str(random.SystemRandom().randint(101, 200)))
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
-# The profile the README tells robot users to export ("Large point clouds"): without it a 0.5 MB
-# VLP-16 scan does not fit Fast DDS's 512 KB shared-memory segment and goes as fragmented
-# best-effort UDP, where a lost fragment loses the scan. Measured without it, 90 of 150 scans
-# never reached the labeler, and the scans matched to a speed_limit were a lucky few.
-os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
-                      str(REPO / 'config' / 'fastdds_large_messages.xml'))
+
+sys.path.insert(0, str(REPO / 'bench'))
+from isolated_dds import isolate_dds  # noqa: E402
+
+isolate_dds()  # before rclpy loads
 
 import numpy as np  # noqa: E402
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -36,14 +35,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-os.environ['ROS_DOMAIN_ID'] = os.environ.get('BENCH_ROS_DOMAIN_ID',
-                                             str(random.SystemRandom().randint(101, 200)))
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
-# The README's profile for large clouds: a 1.5-3 MB scan does not fit Fast DDS's default
-# shared-memory segment.
-os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
-                      str(REPO / 'config' / 'fastdds_large_messages.xml'))
+
+sys.path.insert(0, str(REPO / 'bench'))
+from isolated_dds import isolate_dds  # noqa: E402
+
+isolate_dds()  # before rclpy loads
 
 import numpy as np  # noqa: E402
 

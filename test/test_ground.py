@@ -29,7 +29,9 @@ def realdata() -> Path:
     pytest.skip('no ../shared/realdata nor /work/shared/realdata: real scans not available')
 
 
-def _ouster_first_sweep(folder: Path) -> np.ndarray:
+def ouster_first_sweep(folder: Path) -> tuple:
+    """(points (N, 3) float32 with NaN no-returns, `t` (N,) uint32 ns) of the bag's first
+    /ouster/points sweep."""
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
     with AnyReader([folder], default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as reader:
@@ -39,14 +41,16 @@ def _ouster_first_sweep(folder: Path) -> np.ndarray:
     offsets = {field.name: field.offset for field in msg.fields}
     data = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(-1, msg.point_step)
     xyz = np.stack([data[:, offsets[a]:offsets[a] + 4].copy().view('<f4')[:, 0]
-                    for a in 'xyz'], axis=1).astype(np.float64)
-    return xyz[np.isfinite(xyz).all(axis=1)]
+                    for a in 'xyz'], axis=1)
+    times = data[:, offsets['t']:offsets['t'] + 4].copy().view('<u4')[:, 0]
+    return xyz, times
 
 
 def real_scans():
     root = realdata()
     scans = {path.name: read_scan(path) for path in sorted((root / 'lidar_scans').glob('*.pcd'))}
-    scans['ouster_os1_128'] = _ouster_first_sweep(root / 'ouster_os1_128' / 'lb_n3_poses_mcap')
+    xyz, _ = ouster_first_sweep(root / 'ouster_os1_128' / 'lb_n3_poses_mcap')
+    scans['ouster_os1_128'] = xyz[np.isfinite(xyz).all(axis=1)].astype(np.float64)
     return scans
 
 
