@@ -151,6 +151,27 @@ def node_commands(mode: str, repo: Path, model_path: Path) -> dict:
             for name, module in NODE_MODULES.items()}
 
 
+def host_speed_ms(repeats: int = 5) -> float:
+    """CPU ms of a fixed workload like the nodes' (Python calls, small numpy arrays, a 1.5 MB
+    copy), best of `repeats`. On a shared virtual machine the same code costs up to ~1.8x more
+    CPU time when the host is busy; this figure, taken beside each run, tells such runs apart."""
+    buffer = np.zeros(1_500_000, dtype=np.uint8)
+    best = float('inf')
+    for _ in range(repeats + 1):  # the first warms up
+        started = time.process_time()
+        total = 0.0
+        for index in range(100_000):
+            values = {'x': float(index), 'y': 0.5 * index}
+            total += values['x'] - values['y']
+        for _ in range(2_500):
+            matrix = np.random.default_rng(0).normal(size=(64, 3))
+            total += float(np.linalg.eigvalsh(matrix.T @ matrix)[0])
+        for _ in range(100):
+            total += float(bytes(buffer)[0])
+        best = min(best, time.process_time() - started)
+    return 1e3 * best
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads (not its children)."""
     with open(f'/proc/{pid}/stat') as stat:
@@ -265,8 +286,12 @@ def stop_processes(processes: dict) -> None:
             process.wait()
 
 
-def run_live(mode: str, repo: Path, bag_path: Path, work: Path) -> dict:
-    """Nodes from `repo` in `mode`, fed by `terrain-ssl play` at 1x; CPU, RSS, labels."""
+def run_live(mode: str, repo: Path, bag_path: Path, work: Path, on_tick=None,
+             max_play_s: float = 600.0) -> dict:
+    """Nodes from `repo` in `mode`, fed by `terrain-ssl play` at 1x; CPU, RSS, labels.
+
+    `on_tick(pids, listener)`, if given, is called every 0.1 s while the bag plays (bench_soak
+    samples memory with it)."""
     env = dict(os.environ, PYTHONPATH=str(repo))
     model = work / f'model_{mode}_{time.monotonic_ns()}.npz'
     log = open(work / f'nodes_{mode}.log', 'ab')
@@ -288,13 +313,17 @@ def run_live(mode: str, repo: Path, bag_path: Path, work: Path) -> dict:
                                    str(bag_path)], env=dict(os.environ, PYTHONPATH=str(REPO)),
                                   cwd=REPO, stdout=log, stderr=subprocess.DEVNULL)
         player_cpu_s = 0.0  # the feed's own cost, for context (read just before it exits)
-        player_deadline = time.monotonic() + 600.0
+        player_deadline = time.monotonic() + max_play_s
         while player.poll() is None and time.monotonic() < player_deadline:
             try:
                 player_cpu_s = cpu_seconds(player.pid)
             except (OSError, IndexError):  # exiting
                 pass
+            if on_tick is not None:
+                on_tick({name: p.pid for name, p in processes.items()}, listener)
             time.sleep(0.1)
+        if player.poll() is None:
+            raise RuntimeError(f'the player did not finish within {max_play_s:.0f} s')
         end_wall = time.perf_counter()
         end_cpu = {name: cpu_seconds(p.pid) for name, p in processes.items()}
         end_memory = {name: memory_mb(p.pid) for name, p in processes.items()}
@@ -366,6 +395,7 @@ def main() -> int:
                   flush=True)
             for mode in modes:
                 for tag, repo in repos:
+                    host_ms = host_speed_ms()
                     r = run_live(mode, repo, bag_path, temp)
                     received = received_counts(r['diagnostics'])
                     # Against what the replay accepted: both refuse the same few inputs
@@ -385,7 +415,7 @@ def main() -> int:
                            'reference_labels': int(reference.shape[0]),
                            'labels_equal': not label_problem, 'label_problem': label_problem,
                            'received': received, 'dropped': dropped,
-                           'target_percent': SETUPS[setup][2]}
+                           'target_percent': SETUPS[setup][2], 'host_ms': host_ms}
                     rows.append(row)
                     print_row(row)
     finally:
@@ -408,14 +438,15 @@ def print_row(row: dict) -> None:
           f'{row["total_rss_mb"]:.0f} MB (PSS {row["total_pss_mb"]:.0f} MB); '
           f'{row["labels"]} labels; {row["speed_limits"]} '
           f'speed limits; {inputs} (labeler rejected {row["rejected"]}); {labels}; the player '
-          f'took {row["player_percent"]:.0f}% of one core (start-up included)',
+          f'took {row["player_percent"]:.0f}% of one core (start-up included); host speed '
+          f'{row["host_ms"]:.0f} ms',
           flush=True)
 
 
 def print_summary(rows: list) -> None:
     print('\n| setup | mode | code | CPU % of one core (total) | per node | RSS (PSS) MB '
-          '| labels |')
-    print('|---|---|---|---|---|---|---|')
+          '| labels | host speed ms |')
+    print('|---|---|---|---|---|---|---|---|')
     for row in rows:
         per_node = ', '.join(f'{name.split("_")[-1]} {pct:.1f}'
                              for name, pct in row['percent'].items())
@@ -423,7 +454,7 @@ def print_summary(rows: list) -> None:
         print(f'| {row["setup"]} | {row["mode"]} | {row["code"]} | '
               f'{row["total_percent"]:.1f} | {per_node} | {row["total_rss_mb"]:.0f} '
               f'({row["total_pss_mb"]:.0f}) | '
-              f'{row["labels"]} ({ok}) |')
+              f'{row["labels"]} ({ok}) | {row["host_ms"]:.0f} |')
     for row in rows:
         name = f'robot_cpu_{row["setup"]}_{row["mode"]}_{row["code"]}'
         print(f'RESULT {name}_total {row["total_percent"]:.1f} % of one core')

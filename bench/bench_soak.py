@@ -7,10 +7,16 @@ the labeler's cell map, IMU and pose histories and pending crossings, the learne
 batch, the advisor's remembered map. Reports RSS growth after the first 5 minutes of bag time
 (`--quick`: after the first minute). Target: <= 10 %.
 
+`--live`: the nodes as on the robot instead, `terrain-ssl bringup` (one process, use_sim_time)
+fed by `terrain-ssl play` at 1x over DDS, as bench_robot_cpu.py runs them: the drive takes its
+own length in wall time. Samples the bringup process's RSS and PSS every 5 s; the target is RSS
+<= 300 MB at the end of the 30 minutes (and the same <= 10 % growth). The replay's own records
+(every label, speed limit and map cell for its report) are not in this process.
+
 Disk and time: the 30-minute bag is ~13 GB in a temp directory (deleted afterwards) and takes
 ~15 min to simulate plus the replay on the 2-core development machine.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_soak.py [--quick] [--bag DIR] [--keep DIR]
+    PYTHONPATH=. .venv/bin/python bench/bench_soak.py [--quick] [--live] [--bag DIR] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import numpy as np
 import psutil
 
 TARGET_GROWTH = 0.10
+TARGET_LIVE_RSS_MB = 300.0
+LIVE_SAMPLE_PERIOD_S = 5.0
 
 
 class NodeWatcher:
@@ -93,13 +101,24 @@ class NodeWatcher:
                 self.rows.append(row)
 
 
+def rss_after_warmup(bag_s: np.ndarray, rss_mb: np.ndarray, warmup_s: float) -> tuple:
+    """(RSS at the first sample past the warm-up, the largest RSS from there on), MB."""
+    after = bag_s >= warmup_s
+    return float(rss_mb[np.argmax(after)]), float(rss_mb[after].max())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='3 min drive instead of 30 min')
     parser.add_argument('--bag', help='replay this simulator bag instead of simulating one')
     parser.add_argument('--keep', help='write the simulated bag here and keep it')
     parser.add_argument('--json', help='also write the samples here (JSON)')
+    parser.add_argument('--live', action='store_true',
+                        help='the nodes in `terrain-ssl bringup`, fed at 1x over DDS')
     args = parser.parse_args()
+    if args.live:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_robot_cpu  # noqa: F401  (an isolated DDS domain, set before rclpy loads)
     duration_s = 180.0 if args.quick else 1800.0
     warmup_s = 60.0 if args.quick else 300.0
 
@@ -122,6 +141,8 @@ def main() -> int:
             print(f'simulated a {duration_s / 60:.0f} min VLP-16 drive in '
                   f'{time.perf_counter() - started:.0f} s')
 
+        if args.live:
+            return live_soak(bag, warmup_s)
         watcher = NodeWatcher()
         watcher.install()
         watcher.start()
@@ -140,12 +161,10 @@ def main() -> int:
         t0 = rows[0]['bag_ns']
         bag_s = np.array([(row['bag_ns'] - t0) / 1e9 for row in rows])
         rss = np.array([row['rss_mb'] for row in rows])
-        after = bag_s >= warmup_s
-        if not after.any():
+        if not (bag_s >= warmup_s).any():
             print(f'the bag is shorter than the {warmup_s:.0f} s warm-up', file=sys.stderr)
             return 1
-        reference = float(rss[np.argmax(after)])
-        peak_after = float(rss[after].max())
+        reference, peak_after = rss_after_warmup(bag_s, rss, warmup_s)
         final = float(rss[-1])
         growth = (peak_after - reference) / reference
         timing = record.timing
@@ -183,6 +202,61 @@ def main() -> int:
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
+    return 0
+
+
+def live_soak(bag: Path, warmup_s: float) -> int:
+    """The bag played at 1x to `terrain-ssl bringup`; the process's memory every 5 s."""
+    import bench_robot_cpu as robot
+
+    rows = []
+    next_sample = [0.0]
+
+    def sample(pids, listener):
+        if listener.start is None or time.perf_counter() < next_sample[0]:
+            return
+        next_sample[0] = time.perf_counter() + LIVE_SAMPLE_PERIOD_S
+        memory = robot.memory_mb(pids['bringup'])
+        rows.append({'bag_s': time.perf_counter() - listener.start[0], 'rss_mb': memory['rss'],
+                     'pss_mb': memory['pss']})
+
+    bag_counts = robot.bag_input_counts(bag)
+    work = Path(tempfile.mkdtemp(prefix='bench_soak_live_'))
+    try:
+        from terrain_ssl.replay.bag import Bag
+        with Bag(bag) as reader:
+            bag_s = (reader.end_ns - reader.start_ns) / 1e9
+        result = robot.run_live('bringup', robot.REPO, bag, work, on_tick=sample,
+                                max_play_s=bag_s * 1.5 + 120.0)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    received = robot.received_counts(result['diagnostics'])
+    bag_time = np.array([row['bag_s'] for row in rows])
+    rss = np.array([row['rss_mb'] for row in rows])
+    if not (bag_time >= warmup_s).any():
+        print(f'the bag is shorter than the {warmup_s:.0f} s warm-up', file=sys.stderr)
+        return 1
+    reference, peak_after = rss_after_warmup(bag_time, rss, warmup_s)
+    final = float(result['memory_mb']['bringup']['rss'])
+    peak_after = max(peak_after, final)
+    growth = (peak_after - reference) / reference
+    rejected = robot.labeler_rejects(result['diagnostics'])
+    print(f'played {bag_s:.0f} s of bag at 1x to terrain-ssl bringup; {len(rows)} samples; '
+          f'CPU {result["percent"]["bringup"]:.1f}% of one core; bag inputs {bag_counts}, '
+          f'the labeler accepted {received}; rejected {rejected}')
+    print(f'{"bag time":>9} {"RSS MB":>8} {"PSS MB":>8}')
+    for index in np.unique(np.searchsorted(bag_time, np.linspace(0, bag_time[-1], 13))
+                           .clip(0, len(rows) - 1)):
+        print(f'{bag_time[index]:8.0f}s {rows[index]["rss_mb"]:8.1f} {rows[index]["pss_mb"]:8.1f}')
+    verdict = 'PASS' if final <= TARGET_LIVE_RSS_MB and growth <= TARGET_GROWTH else 'FAIL'
+    print(f'RSS at {warmup_s / 60:.0f} min: {reference:.1f} MB, peak after: {peak_after:.1f} MB, '
+          f'at the end: {final:.1f} MB, growth {100 * growth:.1f} % (target <= '
+          f'{TARGET_LIVE_RSS_MB:.0f} MB and <= {100 * TARGET_GROWTH:.0f} %: {verdict})')
+    print(f'RESULT soak_live_bag_minutes {bag_s / 60:.1f} min')
+    print(f'RESULT soak_live_rss_after_warmup {reference:.1f} MB')
+    print(f'RESULT soak_live_rss_final {final:.1f} MB')
+    print(f'RESULT soak_live_rss_growth_after_warmup {100 * growth:.1f} %')
+    print(f'RESULT soak_live_cpu {result["percent"]["bringup"]:.1f} % of one core')
     return 0
 
 

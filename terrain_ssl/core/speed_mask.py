@@ -36,7 +36,6 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-import cv2
 import numpy as np
 
 from terrain_ssl.core.advisor import AdvisorConfig, RoughnessMap, VehicleState, corridor_samples
@@ -176,6 +175,8 @@ def _braking_along_heading(target: np.ndarray, yaw_rad: float, advisor: AdvisorC
     profile, and the result is turned back. A cell's target counts from its near edge, half a
     cell before its centre, as the advisor measures to a cell's near edge.
     """
+    import cv2  # see nav2_grids
+
     n = target.shape[0]
     v_max = advisor.v_max_mps
     m = int(math.ceil(n * math.sqrt(2.0))) + 2  # holds the window at any angle
@@ -225,6 +226,10 @@ def nav2_grids(map_: Optional[RoughnessMap], position_xy_m, yaw_rad: float,
                advisor: AdvisorConfig, cfg: MaskConfig, path_xy_m=None) -> Nav2Grids:
     """The speed mask and the roughness costmap in a window centred on the vehicle; braking
     follows `path_xy_m` (the plan, odom frame) where the vehicle is on it, else the heading."""
+    # OpenCV is loaded on the first mask, i.e. only where Nav2 subscribes to one: it adds
+    # ~15 MB to the resident memory of a node process that never makes a mask.
+    import cv2
+
     if map_ is None:
         map_ = RoughnessMap.empty(advisor.cell_size_m)
     window = grid_window(map_, position_xy_m, cfg.size_m)

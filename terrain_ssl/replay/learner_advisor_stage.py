@@ -15,6 +15,7 @@ second process.
 
 from __future__ import annotations
 
+from array import array
 from typing import Optional
 
 import numpy as np
@@ -79,7 +80,9 @@ class LearnerAdvisorStage:
                 if topic in upstream_topics:
                     node.destroy_subscription(subscription)
 
-        self.speed_rows: list = []
+        # Packed as they come (one row per speed limit, 20 a second on long bags).
+        self.speed_stamps_ns = array('q')
+        self.speed_rows = array('d')  # speed_limit, x, y, speed per row
         self.latest_odom: dict = {}
         self._odom_topic = ROLE_TOPICS['odom']
         for publisher in linked_publishers_of(self.advisor):
@@ -95,8 +98,9 @@ class LearnerAdvisorStage:
 
     def _record_speed(self, msg) -> None:
         odom = self.latest_odom
-        self.speed_rows.append((self.driver.now_ns, msg.data, odom.get('x', np.nan),
-                                odom.get('y', np.nan), odom.get('v', np.nan)))
+        self.speed_stamps_ns.append(self.driver.now_ns)
+        self.speed_rows.extend((msg.data, odom.get('x', np.nan), odom.get('y', np.nan),
+                                odom.get('v', np.nan)))
 
     def advance(self, stamp_ns: int) -> None:
         """Bag time moves to `stamp_ns`. Applied only before the next delivery (or at the end):
@@ -142,11 +146,12 @@ class LearnerAdvisorStage:
         if self._own_outputs is not None:
             self._own_outputs.close()
             self._own_outputs = None
-        if self.speed_rows:
-            rows = np.array(self.speed_rows, dtype=float)
-            result['speed'] = {'t_s': (rows[:, 0] - (first_ns or 0)) / 1e9,
-                               'speed_limit': rows[:, 1], 'x': rows[:, 2], 'y': rows[:, 3],
-                               'speed': rows[:, 4]}
+        if self.speed_stamps_ns:
+            stamps_ns = np.frombuffer(self.speed_stamps_ns, dtype=np.int64)
+            rows = np.frombuffer(self.speed_rows, dtype=float).reshape(-1, 4).copy()
+            result['speed'] = {'t_s': (stamps_ns - (first_ns or 0)) / 1e9,
+                               'speed_limit': rows[:, 0], 'x': rows[:, 1], 'y': rows[:, 2],
+                               'speed': rows[:, 3]}
         return result
 
     def destroy(self) -> None:

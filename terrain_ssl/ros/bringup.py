@@ -45,12 +45,14 @@ def run(args) -> int:
 
     from terrain_ssl.ros.node_main import init_ros, spin_then_close
     from terrain_ssl.ros.executor import new_executor
+    from terrain_ssl.ros.heap import keep_message_buffers
     from terrain_ssl.ros.math_threads import pin_math_threads
     from terrain_ssl.ros.pipeline import create_nodes
     from terrain_ssl.ros.wiring import (link_in_process, serialize_node_callbacks,
                                         share_clock_subscription)
 
     pin_math_threads()
+    keep_message_buffers()
     config = args.config or default_config_path()
     if not Path(config).exists():
         print(f'error: parameters file {config} does not exist', file=sys.stderr)

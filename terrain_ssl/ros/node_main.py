@@ -10,6 +10,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.impl.implementation_singleton import rclpy_implementation
 
 from terrain_ssl.ros.executor import new_executor, spin_until_shutdown
+from terrain_ssl.ros.heap import keep_message_buffers, release_free_memory_periodically
 from terrain_ssl.ros.math_threads import pin_math_threads
 
 
@@ -34,6 +35,7 @@ def run_node(node_factory: Callable, args=None) -> int:
     context was shut down by a signal. Returns the process exit code.
     """
     pin_math_threads()
+    keep_message_buffers()
     if not init_ros(args):
         return 2
     try:
@@ -55,6 +57,7 @@ def run_node(node_factory: Callable, args=None) -> int:
 def spin_then_close(executor, nodes) -> None:
     """Spin until Ctrl-C / SIGTERM / shutdown; then each node's `close()` (last node first:
     the learner saves its model after the advisor stops), and rclpy shut down."""
+    release_free_memory_periodically(nodes[0])
     try:
         spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
