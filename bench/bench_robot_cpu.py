@@ -49,6 +49,7 @@ NODE_MODULES = {'roughness_labeler': 'terrain_ssl.ros.labeler_node',
                 'roughness_learner': 'terrain_ssl.ros.learner_node',
                 'speed_advisor': 'terrain_ssl.ros.advisor_node'}
 CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
+KB_TO_MB = 1024 / 1e6  # /proc reports kB (KiB)
 
 
 def make_bag(directory: Path, setup: str, duration_s: float) -> Path:
@@ -181,17 +182,18 @@ def cpu_seconds(pid: int) -> float:
 
 def memory_mb(pid: int) -> dict:
     """RSS, PSS (shared pages split between the processes that map them: sums across
-    processes) and the shared-memory part of RSS (Fast DDS's segments), MB."""
+    processes) and the shared-memory part of RSS (Fast DDS's segments), MB (10^6 bytes, as
+    the targets and bench_soak's replay figures)."""
     values = {}
     with open(f'/proc/{pid}/smaps_rollup') as rollup:
         for line in rollup:
             key, _, rest = line.partition(':')
             if key in ('Rss', 'Pss'):
-                values[key.lower()] = int(rest.split()[0]) / 1024.0
+                values[key.lower()] = int(rest.split()[0]) * KB_TO_MB
     with open(f'/proc/{pid}/status') as status:
         for line in status:
             if line.startswith('RssShmem:'):
-                values['shmem'] = int(line.split()[1]) / 1024.0
+                values['shmem'] = int(line.split()[1]) * KB_TO_MB
     return values
 
 
