@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 TARGET_GROWTH = 0.10
 TARGET_LIVE_RSS_MB = 300.0
@@ -49,7 +48,6 @@ class NodeWatcher:
         self.last_error = ''
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._process = psutil.Process()
 
     def install(self) -> None:
         # The replay runner imported create_nodes by name: wrap it where the runner looks it up.
@@ -81,7 +79,7 @@ class NodeWatcher:
         return {
             'wall_s': time.perf_counter(),
             'bag_ns': int(bag_ns),
-            'rss_mb': self._process.memory_info().rss / 1e6,
+            'rss_mb': own_rss_mb(),
             'cells_in_map': len(labeler.cells),
             'imu_history': len(labeler.vibration._history),
             'pose_history': int(labeler.poses.t_ns.size),
@@ -99,6 +97,15 @@ class NodeWatcher:
                 continue
             if row is not None:
                 self.rows.append(row)
+
+
+def own_rss_mb() -> float:
+    """This process's resident memory, MB (10^6 bytes), from /proc (reported in KiB)."""
+    with open('/proc/self/status') as status:
+        for line in status:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) * 1024 / 1e6
+    raise RuntimeError('no VmRSS in /proc/self/status')
 
 
 def rss_after_warmup(bag_s: np.ndarray, rss_mb: np.ndarray, warmup_s: float) -> tuple:
