@@ -158,7 +158,7 @@ def node_commands(mode: str, repo: Path, model_path: Path) -> dict:
 
 def host_speed_ms(repeats: int = 5) -> float:
     """CPU ms of a fixed workload like the nodes' (Python calls, small numpy arrays, a 1.5 MB
-    copy), best of `repeats`. On a shared virtual machine the same code costs up to ~1.8x more
+    copy), best of `repeats`. On a shared virtual machine the same code costs up to ~2.5x more
     CPU time when the host is busy; this figure, taken beside each run, tells such runs apart."""
     buffer = np.zeros(1_500_000, dtype=np.uint8)
     best = float('inf')
