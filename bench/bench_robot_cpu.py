@@ -50,9 +50,10 @@ NODE_MODULES = {'roughness_labeler': 'terrain_ssl.ros.labeler_node',
                 'speed_advisor': 'terrain_ssl.ros.advisor_node'}
 CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
 KB_TO_MB = 1024 / 1e6  # /proc reports kB (KiB)
-# host_speed_ms on the development machine's host at its faster (53-56 ms, 2026-12-06). The
-# host's speed swings by up to ~2.3x; a run's CPU figure x REFERENCE_HOST_MS / its host speed
-# estimates what it would have read at that speed (an estimate: printed beside, not instead).
+# host_speed_ms on the development machine's host at its faster (53-56 ms, 2026-12-06; it read up
+# to ~200 ms in slow hours). A run's CPU figure x REFERENCE_HOST_MS / its host speed estimates
+# what it would have read at that speed (roughly: printed beside the measured figure, never
+# instead of it).
 REFERENCE_HOST_MS = 54.0
 
 
