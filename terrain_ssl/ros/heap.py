@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import platform
 
 # glibc's malloc.h
@@ -26,22 +27,19 @@ MMAP_THRESHOLD_BYTES = 32 * 2 ** 20  # glibc's own ceiling for its adaptive thre
 TRIM_THRESHOLD_BYTES = 128 * 2 ** 20
 RELEASE_PERIOD_S = 10.0
 
-_libc = None
 
-
+@functools.cache
 def _glibc():
-    global _libc
-    if _libc is None:
-        _libc = False
-        if platform.libc_ver()[0] == 'glibc':
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-                libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-                libc.malloc_trim.argtypes = (ctypes.c_size_t,)
-                _libc = libc
-            except (OSError, AttributeError):
-                pass
-    return _libc or None
+    """The C library, where it is glibc (whose mallopt parameters these are); else None."""
+    if platform.libc_ver()[0] != 'glibc':
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def keep_message_buffers() -> bool:
