@@ -100,7 +100,11 @@ class NodeWatcher:
 
 
 def own_rss_mb() -> float:
-    """This process's resident memory, MB (10^6 bytes), from /proc (reported in KiB)."""
+    """This process's resident memory, MB (10^6 bytes), from /proc (reported in KiB).
+
+    Not bench_robot_cpu.memory_mb: importing that module sets the DDS profile with large
+    shared-memory segments, which the replay would then map (measured: --quick peak 264 -> 333 MB).
+    """
     with open('/proc/self/status') as status:
         for line in status:
             if line.startswith('VmRSS:'):
